@@ -1,0 +1,52 @@
+# Every target here is a command the README names.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+PROTO_SRC := $(shell find protos -name '*.proto')
+
+.PHONY: install protos run test lint fmt bench bench-smoke clean
+
+# The editable install maps the generated `orchestrator` package (gen/orchestrator), so the
+# protos are generated before the project itself is installed a second time.
+$(VENV)/.installed: pyproject.toml $(PROTO_SRC)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[dev,bench]'
+	$(MAKE) --no-print-directory protos
+	$(PIP) install --quiet --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+# Generated code: gen/orchestrator/v1/jobs_pb2*.py(i). Never edited by hand, never committed.
+protos:
+	rm -rf gen && mkdir -p gen
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=gen --grpc_python_out=gen \
+		--mypy_out=quiet:gen --mypy_grpc_out=quiet:gen $(PROTO_SRC)
+	find gen -mindepth 1 -type d -exec touch {}/__init__.py \;
+
+run: install
+	$(PY) -m services.devstack
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+fmt: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	$(PY) -m bench
+
+bench-smoke: install
+	$(PY) -m bench --smoke
+
+clean:
+	rm -rf gen $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,177 @@
+"""One RabbitMQ consumer: its own robust channel, the delay hop, and the ack policy.
+
+Each delivery is handed to a task this consumer owns instead of running inside aio-pika's
+per-delivery task, because aio-pika cancels those when the channel drops: a handler cut between
+"provider accepted the submit" and "request id committed" would pay for the work twice. After a
+drop the handler finishes, its ack fails (logged), and RabbitMQ redelivers the message, which
+idempotent handlers absorb. The semaphore keeps "at most `prefetch` handlers" true even then,
+when the restored channel receives a fresh prefetch window while old handlers still run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
+
+from common.broker.amqp_errors import BROKER_FAILURES
+from common.broker.amqp_topology import RPC_TIMEOUT
+from common.broker.base import BrokerError, Handler, Incoming
+from common.broker.delays import public_headers, remaining_seconds
+from common.broker.handling import Outcome, run_handler
+from common.broker.topology import Topology, WorkQueue
+
+log = logging.getLogger(__name__)
+
+# Parks an early message in the given delay tier (ms); raises BrokerError when not confirmed.
+Parker = Callable[[AbstractIncomingMessage, WorkQueue, int], Awaitable[None]]
+
+# After a failed re-park the message is requeued; this pause keeps a broken publish path from
+# turning that into a hot loop.
+PARK_RETRY_PAUSE = 1.0
+
+
+class AmqpConsumer:
+    """A `Consumer` of one work queue. Built and started by `AmqpBroker.consume`."""
+
+    def __init__(
+        self,
+        *,
+        queue: WorkQueue,
+        handler: Handler,
+        channel: AbstractRobustChannel,
+        amqp_queue: AbstractQueue,
+        prefetch: int,
+        topology: Topology,
+        park: Parker,
+        on_stopped: Callable[[AmqpConsumer], None],
+    ) -> None:
+        self._queue = queue
+        self._handler = handler
+        self._channel = channel
+        self._amqp_queue = amqp_queue
+        self._topology = topology
+        self._park = park
+        self._on_stopped = on_stopped
+        self._slots = asyncio.Semaphore(prefetch)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._tag: str | None = None
+        self._stopping = False
+        self._stopped = False
+        self._stop_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._tag = await self._amqp_queue.consume(self._on_delivery, timeout=RPC_TIMEOUT)
+        log.info("consuming %s", self._amqp_queue.name)
+
+    async def stop(self, timeout: float) -> None:  # noqa: ASYNC109  (grace period)
+        """Cancel the consumer, drain handlers for up to `timeout` s, requeue the rest."""
+        async with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopping = True
+            if self._tag is not None:
+                try:
+                    # A robust queue forgets the consumer first, so it is not restored even if
+                    # this round trip fails because the connection is down.
+                    await self._amqp_queue.cancel(self._tag, timeout=RPC_TIMEOUT)
+                except BROKER_FAILURES as exc:
+                    log.warning("cancelling consumer of %s failed: %r", self._queue, exc)
+            pending = set(self._tasks)
+            if pending:
+                _, pending = await asyncio.wait(pending, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning(
+                    "%d handler(s) on %s still running after %.1f s: cancelled and requeued",
+                    len(pending),
+                    self._queue,
+                    timeout,
+                )
+                await asyncio.gather(*pending, return_exceptions=True)
+            try:
+                await self._channel.close()
+            except BROKER_FAILURES as exc:
+                log.warning("closing consumer channel of %s failed: %r", self._queue, exc)
+            self._stopped = True
+            self._on_stopped(self)
+            log.info("stopped consuming %s", self._amqp_queue.name)
+
+    async def _on_delivery(self, message: AbstractIncomingMessage) -> None:
+        if self._stopping:
+            # Delivered between basic.cancel and its ok: hand it straight back.
+            await self._settle(message, Outcome.REQUEUE)
+            return
+        task = asyncio.create_task(self._process(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("delivery task on %s failed", self._queue, exc_info=exc)
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        try:
+            async with self._slots:
+                outcome = await self._handle(message)
+        except asyncio.CancelledError:
+            await self._settle(message, Outcome.REQUEUE)
+            raise
+        await self._settle(message, outcome)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> Outcome:
+        remaining = remaining_seconds(message.headers)
+        tier = self._topology.next_tier(remaining)
+        if tier is not None:
+            return await self._repark(message, tier)
+        if remaining > 0:
+            # Within the tolerance: waiting a few ms here beats a >= 50 ms hop, and keeps
+            # "delivered no earlier than the delay" exact.
+            await asyncio.sleep(remaining)
+        incoming = Incoming(
+            queue=self._queue,
+            body=message.body,
+            redelivered=bool(message.redelivered),
+            priority=message.priority or 0,
+            message_id=message.message_id,
+            headers=public_headers(message.headers),
+        )
+        return await run_handler(self._handler, incoming)
+
+    async def _repark(self, message: AbstractIncomingMessage, tier: int) -> Outcome:
+        try:
+            await self._park(message, self._queue, tier)
+        except BrokerError as exc:
+            log.warning(
+                "re-parking delayed message %s on %s failed (%s); requeued",
+                message.message_id,
+                self._queue,
+                exc,
+            )
+            await asyncio.sleep(PARK_RETRY_PAUSE)
+            return Outcome.REQUEUE
+        # Confirmed in the delay tier: acking now cannot lose it.
+        return Outcome.ACK
+
+    async def _settle(self, message: AbstractIncomingMessage, outcome: Outcome) -> None:
+        try:
+            if outcome is Outcome.ACK:
+                await message.ack()
+            elif outcome is Outcome.DEAD_LETTER:
+                await message.reject(requeue=False)
+            else:
+                await message.nack(requeue=True)
+        except BROKER_FAILURES as exc:
+            # The channel is gone: RabbitMQ already requeued the message and will redeliver it
+            # (with redelivered=True), which idempotent handlers absorb.
+            log.warning(
+                "could not %s message %s on %s (%r); the broker will redeliver it",
+                outcome.value,
+                message.message_id,
+                self._queue,
+                exc,
+            )

@@ -1,0 +1,116 @@
+"""Names and shape of the broker topology: work queues, delay tiers, dead letters, progress.
+
+Everything is derived from one `prefix`, so several stacks (or parallel tests) can share one
+RabbitMQ without seeing each other's messages.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class WorkQueue(StrEnum):
+    """The queues workers consume; the value is the name's suffix after the prefix."""
+
+    VIDEO = "video.segment"
+    STORY = "story.set"
+
+
+# From 50 ms to 30 min, roughly x2-x5 apart: any delay up to 30 min takes a handful of hops, and
+# a delay longer than the last tier simply repeats it.
+DEFAULT_DELAY_TIERS_MS: tuple[int, ...] = (
+    50,
+    100,
+    250,
+    500,
+    1000,
+    2000,
+    5000,
+    10_000,
+    30_000,
+    60_000,
+    300_000,
+    1_800_000,
+)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Every queue and exchange name the brokers use, plus the delay-tier policy.
+
+    `delay_tolerance_ms`: a delayed message whose remaining delay is at most this is delivered
+    (after waiting out the rest in-process) instead of taking one more tier hop, which would make
+    it late by at least the smallest tier.
+    """
+
+    prefix: str = "orchestrator"
+    delay_tiers_ms: tuple[int, ...] = DEFAULT_DELAY_TIERS_MS
+    max_priority: int = 10
+    delay_tolerance_ms: int = 15
+
+    def __post_init__(self) -> None:
+        if not self.prefix:
+            raise ValueError("Topology.prefix must not be empty")
+        tiers = self.delay_tiers_ms
+        if not tiers or any(t <= 0 for t in tiers) or list(tiers) != sorted(set(tiers)):
+            raise ValueError(
+                f"Topology.delay_tiers_ms must be positive, unique and ascending, got {tiers}"
+            )
+        if not 1 <= self.max_priority <= 255:
+            raise ValueError(f"Topology.max_priority must be 1..255, got {self.max_priority}")
+        if self.delay_tolerance_ms < 0:
+            raise ValueError("Topology.delay_tolerance_ms must not be negative")
+
+    def work_queue(self, q: WorkQueue) -> str:
+        return f"{self.prefix}.{q}"
+
+    def delay_queue(self, tier_ms: int) -> str:
+        return f"{self.prefix}.delay.{tier_ms}ms"
+
+    def delay_exchange(self, tier_ms: int) -> str:
+        # Exchanges and queues live in separate namespaces: sharing the name makes the pair
+        # obvious in the management UI.
+        return self.delay_queue(tier_ms)
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"{self.prefix}.dead-letter"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.prefix}.dead-letter"
+
+    @property
+    def progress_exchange(self) -> str:
+        return f"{self.prefix}.progress"
+
+    def next_tier(self, remaining_seconds: float) -> int | None:
+        """The delay tier (ms) to park a message in, or None to deliver it now.
+
+        The largest tier that does not overshoot the remaining delay, so a message is never
+        parked past its due time; below the smallest tier (but above the tolerance) the smallest
+        tier, accepting that much lateness rather than early delivery.
+        """
+        remaining_ms = remaining_seconds * 1000.0
+        if remaining_ms <= self.delay_tolerance_ms:
+            return None
+        index = bisect.bisect_right(self.delay_tiers_ms, remaining_ms)
+        return self.delay_tiers_ms[max(index - 1, 0)]
+
+    def queue_names(self) -> list[str]:
+        """Every queue of this topology (progress queues are exclusive and delete themselves)."""
+        return [
+            *(self.work_queue(q) for q in WorkQueue),
+            *(self.delay_queue(t) for t in self.delay_tiers_ms),
+            self.dead_letter_queue,
+        ]
+
+    def exchange_names(self) -> list[str]:
+        """Every exchange of this topology (the default exchange is not one of them)."""
+        return [
+            *(self.delay_exchange(t) for t in self.delay_tiers_ms),
+            self.dead_letter_exchange,
+            self.progress_exchange,
+        ]

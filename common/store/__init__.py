@@ -1,0 +1,1 @@
+"""The state store: jobs, tasks, events and provider slots in SQLite or PostgreSQL."""

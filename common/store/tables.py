@@ -1,0 +1,154 @@
+"""The schema: jobs, their tasks (segments / story plan and sets), their events, provider slots.
+
+Times are UTC epoch seconds (float): portable between SQLite and PostgreSQL, cheap to compare.
+Schema changes go through Alembic (common/store/migrations); this module is the source of truth
+those migrations are written from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Deterministic constraint names, so migrations can name what they alter.
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# BIGINT autoincrement is not an alias of ROWID on SQLite; INTEGER there, BIGINT elsewhere.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(24))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    # sha256 of the normalised request: the same idempotency key with another request is refused.
+    request_hash: Mapped[str] = mapped_column(String(64))
+    # What was asked (validated request fields).
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # What the job learned on the way (story: title, logline, roster, outline; files written).
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    retry_history: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    total_tasks: Mapped[int] = mapped_column(Integer)
+    # Tasks not yet in a terminal state: the job finishes when this reaches 0 (an O(1) check on
+    # every task transition instead of counting thousands of rows).
+    open_tasks: Mapped[int] = mapped_column(Integer)
+    # Cursor of the newest event. Bumping it locks the job row, which serialises a job's event
+    # writers, so cursors commit in order and a watcher reading "after N" never skips one.
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    message: Mapped[str] = mapped_column(Text, default="")
+    warning: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Double)
+    updated_at: Mapped[float] = mapped_column(Double)
+    finished_at: Mapped[float | None] = mapped_column(Double)
+
+    __table_args__ = (
+        Index("ix_jobs_created", "created_at", "id"),
+        Index("ix_jobs_finished", "finished_at"),
+    )
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(24))
+    status: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    # Attempt currently under way (1-based). A message carries the attempt it was sent for; a
+    # message for another attempt is stale and dropped.
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Provider request of the current attempt (fal): committed right after submit, before
+    # anything else, so a redelivered task resumes it instead of paying again.
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    status_url: Mapped[str | None] = mapped_column(Text)
+    response_url: Mapped[str | None] = mapped_column(Text)
+    cancel_url: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    error_class: Mapped[str] = mapped_column(String(24), default="")
+    recoverable: Mapped[bool] = mapped_column(Boolean, default=False)
+    # True while this task holds one of its provider's concurrency slots.
+    holds_slot: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Poll messages carry the chain they belong to; re-issuing a poll starts a new chain and the
+    # old one dies out, so duplicates never multiply the polling.
+    poll_chain: Mapped[int] = mapped_column(Integer, default=0)
+    # When the sweeper should consider this task's next message lost and re-issue it. NULL for
+    # finished tasks and for tasks that wait on something else (a slot, the story plan).
+    deadline_at: Mapped[float | None] = mapped_column(Double)
+    next_attempt_at: Mapped[float | None] = mapped_column(Double)
+    updated_at: Mapped[float] = mapped_column(Double)
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "index"),
+        Index("ix_tasks_deadline", "deadline_at"),
+        Index("ix_tasks_waiting", "status", "priority", "id"),
+        Index("ix_tasks_request", "request_id"),
+    )
+
+
+class Event(Base):
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(24))
+    task_index: Mapped[int | None] = mapped_column(Integer)
+    task_status: Mapped[str] = mapped_column(String(16), default="")
+    job_status: Mapped[str] = mapped_column(String(24), default="")
+    message: Mapped[str] = mapped_column(Text, default="")
+    error_class: Mapped[str] = mapped_column(String(24), default="")
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[float] = mapped_column(Double)
+
+    __table_args__ = (UniqueConstraint("job_id", "seq"),)
+
+
+class ProviderSlots(Base):
+    """In-flight generations per provider, bounded by its concurrency limit across all workers.
+
+    `in_flight` always equals the number of that provider's tasks with holds_slot set; both change
+    in the same transaction. Updating the row also serialises slot decisions between workers.
+    """
+
+    __tablename__ = "provider_slots"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    in_flight: Mapped[int] = mapped_column(Integer, default=0)
+    # The provider's concurrency limit, written by the workers from their settings at start, so
+    # any process that frees a slot (a worker, or the gateway cancelling a job) can hand it on.
+    capacity: Mapped[int] = mapped_column(Integer)

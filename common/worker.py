@@ -1,0 +1,100 @@
+"""The one place a worker maps a handled message to ack, delayed redelivery or dead letter.
+
+Handlers return normally when the task's state is recorded (ack), raise `StaleTask` when the
+message no longer matches the task (ack: someone else moved it on), and raise anything else on
+an unexpected failure (database unreachable, a bug): the message is then put back with a growing
+delay a few times and finally dead-lettered, so one poison message cannot spin a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+from common.broker import Broker, Consumer, Incoming, Outgoing, Reject, WorkQueue
+from common.lifecycle import bind_task
+from common.messages import BadMessage, TaskMessage
+from common.store.ledger import StaleTask
+
+log = logging.getLogger(__name__)
+
+CRASH_HEADER = "x-crashes"
+MAX_CRASHES = 5
+
+
+class TaskHandler(Protocol):
+    async def handle(self, message: TaskMessage, *, redelivered: bool) -> None: ...
+
+
+class Dispatcher:
+    """Decodes task messages, runs the handler, and decides what becomes of the message."""
+
+    def __init__(self, broker: Broker, queue: WorkQueue, handler: TaskHandler) -> None:
+        self.broker = broker
+        self.queue = queue
+        self.handler = handler
+
+    async def __call__(self, incoming: Incoming) -> None:
+        try:
+            message = TaskMessage.decode(incoming.body)
+        except BadMessage as exc:
+            log.error("dead-lettering a message that is not a task message: %s", exc)  # noqa: TRY400
+            raise Reject("not a task message") from None
+        bind_task(message.job_id, None)
+        try:
+            await self.handler.handle(message, redelivered=incoming.redelivered)
+        except StaleTask as exc:
+            log.debug("dropped stale message: %s", exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            await self._put_back(incoming, message)
+
+    async def _put_back(self, incoming: Incoming, message: TaskMessage) -> None:
+        crashes = int(str(incoming.headers.get(CRASH_HEADER, 0))) + 1
+        if crashes >= MAX_CRASHES:
+            log.exception("task %s failed %d times; dead-lettering", message.task_id, crashes)
+            raise Reject("handler kept failing") from None
+        delay = float(2**crashes)
+        log.exception(
+            "handling task %s failed (%d/%d); retrying in %.0fs",
+            message.task_id,
+            crashes,
+            MAX_CRASHES,
+            delay,
+        )
+        await self.broker.publish(
+            [
+                Outgoing(
+                    queue=self.queue,
+                    body=incoming.body,
+                    priority=incoming.priority,
+                    delay=delay,
+                    message_id=incoming.message_id,
+                    headers={CRASH_HEADER: crashes},
+                )
+            ]
+        )
+
+
+@asynccontextmanager
+async def start_consumer(
+    broker: Broker,
+    queue: WorkQueue,
+    handler: TaskHandler,
+    *,
+    prefetch: int,
+    drain_seconds: float,
+) -> AsyncIterator[Consumer]:
+    """Consume `queue` inside the block; on exit stop taking messages and drain in-flight ones
+    within `drain_seconds` (the rest go back to the queue)."""
+    consumer = await broker.consume(queue, Dispatcher(broker, queue, handler), prefetch=prefetch)
+    log.info("consuming %s (prefetch %d)", queue, prefetch)
+    try:
+        yield consumer
+    finally:
+        log.info("draining %s for up to %.0fs", queue, drain_seconds)
+        await consumer.stop(timeout=drain_seconds)

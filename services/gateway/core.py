@@ -1,0 +1,243 @@
+"""What the gateway does, independent of gRPC or HTTP: both edges call `JobsCore`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.exc import IntegrityError
+
+from common.domain.states import JobStatus
+from common.errors import InvalidArgument, NotFound
+from common.service import Infra
+from common.store import jobs as job_store
+from common.store import queries
+from common.store.jobs import NewJob
+from common.store.tables import Event, Job
+from services.gateway.outbox import Outbox
+from services.gateway.progress import FALLBACK_READ_SECONDS, ProgressHub
+from services.gateway.requests import (
+    MAX_RETRIES,
+    Limits,
+    StoryJobRequest,
+    VideoJobRequest,
+    plan_story_job,
+    plan_video_job,
+)
+from services.gateway.views import JobView, load_view
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+EVENT_BATCH = 500
+DEFAULT_HEARTBEAT = 15
+MAX_JOB_ID = 64
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    cursor: int
+    at: float
+
+
+@dataclass(frozen=True)
+class RetryOutcome:
+    retried: list[int]
+    message: str
+    view: JobView
+
+
+def check_job_id(job_id: str) -> str:
+    if not job_id:
+        raise InvalidArgument("job_id", "required")
+    if len(job_id) > MAX_JOB_ID:
+        raise InvalidArgument("job_id", f"at most {MAX_JOB_ID} characters")
+    return job_id
+
+
+class JobsCore:
+    def __init__(
+        self,
+        infra: Infra,
+        outbox: Outbox,
+        hub: ProgressHub,
+        *,
+        clock: Callable[[], float] = time.time,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        s = infra.settings
+        self.infra = infra
+        self.outbox = outbox
+        self.hub = hub
+        self.clock = clock
+        self.new_id = new_id
+        self.limits = Limits(
+            max_video_segments=s.max_video_segments,
+            max_story_segments=s.max_story_segments,
+            video_max_retries=s.video_max_retries,
+            story_max_retries=s.story_max_retries,
+            default_video_model=s.fal_model,
+            default_story_model=s.openai_model,
+        )
+
+    # Start ------------------------------------------------------------------------------
+
+    async def start_video(self, request: VideoJobRequest) -> tuple[JobView, bool]:
+        return await self._start(plan_video_job(self.new_id(), request, self.limits))
+
+    async def start_story(self, request: StoryJobRequest) -> tuple[JobView, bool]:
+        plan = plan_story_job(
+            self.new_id(), request, self.limits, str(self.infra.settings.output_root)
+        )
+        return await self._start(plan)
+
+    async def _start(self, plan: NewJob) -> tuple[JobView, bool]:
+        try:
+            async with self.infra.uow.transaction() as tx:
+                job_id, created = await job_store.create_job(tx, plan)
+        except IntegrityError:
+            # The same idempotency key raced us to the insert: the other request won.
+            if not plan.idempotency_key:
+                raise
+            async with self.infra.uow.transaction() as tx:
+                job_id, created = await job_store.create_job(tx, plan)
+        if created:
+            self.outbox.publish_job(job_id)
+            log.info("job %s created (%s, %d tasks)", job_id, plan.kind, len(plan.tasks))
+        return await self.get(job_id, with_tasks=False), created
+
+    # Read -------------------------------------------------------------------------------
+
+    async def get(self, job_id: str, *, with_tasks: bool = True) -> JobView:
+        check_job_id(job_id)
+        async with self.infra.db.read() as session:
+            return await load_view(session, job_id, with_tasks=with_tasks)
+
+    async def list(
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        kind: str | None = None,
+        statuses: Sequence[str] = (),
+    ) -> tuple[list[JobView], str]:
+        size = page_size or DEFAULT_PAGE
+        if not 1 <= size <= MAX_PAGE:
+            raise InvalidArgument("page_size", f"must be between 1 and {MAX_PAGE}, got {size}")
+        before = _decode_token(page_token) if page_token else None
+        async with self.infra.db.read() as session:
+            found = await queries.list_jobs(
+                session, limit=size + 1, kind=kind, statuses=statuses, before=before
+            )
+            views = [await load_view(session, j.id, with_tasks=False) for j in found[:size]]
+        token = _encode_token(found[size - 1]) if len(found) > size else ""
+        return views, token
+
+    # Retry and cancel -------------------------------------------------------------------
+
+    async def retry_failed(self, job_id: str, max_retries: int = 0) -> RetryOutcome:
+        check_job_id(job_id)
+        if not 0 <= max_retries <= MAX_RETRIES:
+            raise InvalidArgument(
+                "max_retries", f"must be between 0 and {MAX_RETRIES}, got {max_retries}"
+            )
+        view = await self.get(job_id, with_tasks=False)
+        retries = max_retries or (
+            self.limits.story_max_retries if view.is_story else self.limits.video_max_retries
+        )
+        async with self.infra.uow.transaction() as tx:
+            retried = await job_store.retry_failed(tx, job_id, retries)
+        if retried:
+            self.outbox.publish_job(job_id)
+            message = f"re-queued {len(retried)} tasks: {', '.join(map(str, retried))}"
+        else:
+            message = f"nothing to retry: all {view.total_tasks} tasks succeeded"
+        return RetryOutcome(retried, message, await self.get(job_id, with_tasks=False))
+
+    async def cancel(self, job_id: str) -> JobView:
+        check_job_id(job_id)
+        async with self.infra.uow.transaction() as tx:
+            await job_store.cancel_job(tx, job_id)
+        return await self.get(job_id)
+
+    # Watch ------------------------------------------------------------------------------
+
+    async def watch(
+        self, job_id: str, *, after: int = 0, follow: bool = False, heartbeat: int = 0
+    ) -> AsyncIterator[Event | Heartbeat]:
+        """The job's events after `after`, then live ones; heartbeats while idle.
+
+        Ends once the job is finished and every event up to its terminal one was sent, unless
+        `follow`. Validates everything before yielding anything.
+        """
+        check_job_id(job_id)
+        interval = heartbeat or DEFAULT_HEARTBEAT
+        if not 1 <= interval <= 300:
+            raise InvalidArgument("heartbeat_seconds", f"must be between 1 and 300, got {interval}")
+        if after < 0:
+            raise InvalidArgument("after_cursor", f"must be >= 0, got {after}")
+        async with self.infra.db.read() as session:
+            job = await queries.get_job(session, job_id)
+        if job is None:
+            raise NotFound(f"job_id: no job {job_id!r}")
+        if after > job.last_seq:
+            raise InvalidArgument(
+                "after_cursor",
+                f"{after} is beyond the job's newest event (cursor {job.last_seq})",
+            )
+        return self._stream(job_id, after, follow, interval)
+
+    async def _stream(
+        self, job_id: str, cursor: int, follow: bool, interval: int
+    ) -> AsyncIterator[Event | Heartbeat]:
+        loop = asyncio.get_running_loop()
+        with self.hub.listen(job_id) as news:
+            next_beat = loop.time() + interval
+            while True:
+                news.clear()
+                async with self.infra.db.read() as session:
+                    events = await queries.events_after(session, job_id, cursor, EVENT_BATCH)
+                    job: Job | None = None
+                    if len(events) < EVENT_BATCH:
+                        job = await queries.get_job(session, job_id)
+                for event in events:
+                    cursor = event.seq
+                    yield event
+                if events:
+                    next_beat = loop.time() + interval
+                if len(events) == EVENT_BATCH:
+                    continue  # more history to send
+                if job is None:
+                    return  # the job was deleted (retention)
+                if not follow and JobStatus(job.status).terminal and cursor >= job.last_seq:
+                    return
+                wait = min(FALLBACK_READ_SECONDS, max(0.0, next_beat - loop.time()))
+                try:
+                    async with asyncio.timeout(wait):
+                        await news.wait()
+                except TimeoutError:
+                    if loop.time() >= next_beat:
+                        yield Heartbeat(cursor=cursor, at=self.clock())
+                        next_beat = loop.time() + interval
+
+
+def _encode_token(job: Job) -> str:
+    raw = json.dumps([job.created_at, job.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        created_at, job_id = json.loads(raw)
+        return float(created_at), str(job_id)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise InvalidArgument("page_token", f"not a token from ListJobs ({exc})") from None

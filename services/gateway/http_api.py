@@ -1,0 +1,153 @@
+"""The gateway's HTTP side port (aiohttp): the seed-compatible JSON API, fal webhooks, health.
+
+Routes:
+  POST /api/generate-video        seed video API: {"action": "start" | "status", ...}
+  POST /webhooks/fal              fal's completion call-back: triggers an early poll
+  GET  /healthz                   200 while serving, 503 while draining
+  GET  /metrics                   Prometheus text format
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Any
+
+from aiohttp import web
+
+from common.errors import InvalidArgument, NotFound, OrchestratorError
+from common.messages import MessageKind, TaskMessage, outgoing
+from common.service import Infra
+from common.store import queries
+from common.store.tables import Task
+from services.gateway.core import JobsCore
+from services.gateway.requests import VideoJobRequest
+from services.gateway.seed_shapes import seed_field_error, seed_status
+
+log = logging.getLogger(__name__)
+
+JSON_LIMIT = 1 << 20
+WEBHOOK_MEMORY = 10_000
+
+
+def error_response(exc: OrchestratorError) -> web.Response:
+    status = 404 if isinstance(exc, NotFound) else 400
+    body: dict[str, Any] = {"error": str(exc)}
+    if isinstance(exc, InvalidArgument):
+        body = seed_field_error(exc)
+    return web.json_response(body, status=status)
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    try:
+        data = await request.json()
+    except ValueError:
+        raise InvalidArgument("body", "must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument("body", "must be a JSON object")
+    return data
+
+
+class HttpApi:
+    def __init__(self, infra: Infra, core: JobsCore) -> None:
+        self.infra = infra
+        self.core = core
+        self.serving = True
+        # Request ids whose webhook already triggered a poll: fal may call back more than once.
+        self._seen_webhooks: OrderedDict[str, None] = OrderedDict()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=JSON_LIMIT)
+        app.router.add_post("/api/generate-video", self.generate_video)
+        app.router.add_post("/webhooks/fal", self.fal_webhook)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics)
+        return app
+
+    async def generate_video(self, request: web.Request) -> web.Response:
+        try:
+            body = await read_json(request)
+            action = body.get("action")
+            if action == "start":
+                view, _ = await self.core.start_video(
+                    VideoJobRequest(
+                        battle_arena_url=str(body.get("battleArenaUrl") or ""),
+                        total_segments=_int(body, "totalSegments", 0),
+                        prompt=str(body.get("prompt") or ""),
+                        segment_prompts=[str(p) for p in body.get("segmentPrompts") or []],
+                        idempotency_key=str(body.get("idempotencyKey") or ""),
+                    )
+                )
+                return web.json_response(
+                    {
+                        "sessionId": view.job.id,
+                        "totalSegments": view.total_segments,
+                        "message": f"Video generation started for {view.total_segments} segments",
+                    }
+                )
+            if action == "status":
+                view = await self.core.get(str(body.get("sessionId") or ""), with_tasks=False)
+                return web.json_response(seed_status(view))
+            raise InvalidArgument("action", "must be 'start' or 'status'")
+        except OrchestratorError as exc:
+            return error_response(exc)
+
+    async def fal_webhook(self, request: web.Request) -> web.Response:
+        """fal says a request finished: poll it now instead of at the next interval.
+
+        The call-back only triggers a poll (the worker asks fal itself), so a forged one costs a
+        status call and nothing else.
+        """
+        try:
+            body = await read_json(request)
+        except InvalidArgument as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        request_id = str(body.get("request_id") or "")
+        if not request_id:
+            return web.json_response({"error": "request_id: required"}, status=400)
+        if request_id in self._seen_webhooks:
+            return web.json_response({"status": "duplicate"})
+        async with self.infra.db.read() as session:
+            task = await queries.task_by_request_id(session, request_id)
+        if task is None or task.status != "running":
+            return web.json_response({"status": "ignored"})
+        self._remember(request_id)
+        await self.infra.broker.publish([_webhook_poll(task)])
+        return web.json_response({"status": "accepted"})
+
+    def _remember(self, request_id: str) -> None:
+        self._seen_webhooks[request_id] = None
+        while len(self._seen_webhooks) > WEBHOOK_MEMORY:
+            self._seen_webhooks.popitem(last=False)
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        status = 200 if self.serving else 503
+        return web.json_response(
+            {"status": "serving" if self.serving else "draining"}, status=status
+        )
+
+    async def metrics(self, _request: web.Request) -> web.Response:
+        async with self.infra.db.read() as session:
+            jobs = await queries.count_by_status(session, "jobs")
+            tasks = await queries.count_by_status(session, "tasks")
+        lines = ["# TYPE orchestrator_jobs gauge"]
+        lines += [f'orchestrator_jobs{{status="{s}"}} {n}' for s, n in sorted(jobs.items())]
+        lines.append("# TYPE orchestrator_tasks gauge")
+        lines += [f'orchestrator_tasks{{status="{s}"}} {n}' for s, n in sorted(tasks.items())]
+        lines.append("# TYPE orchestrator_watched_jobs gauge")
+        lines.append(f"orchestrator_watched_jobs {self.core.hub.watched_jobs}")
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
+def _webhook_poll(task: Task) -> Any:
+    poll = TaskMessage(task.id, task.job_id, MessageKind.POLL, task.attempt, once=True)
+    return outgoing(poll, task.kind, job_priority=task.priority)
+
+
+def _int(body: dict[str, Any], key: str, default: int) -> int:
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(key, f"must be an integer, got {value!r}")
+    return value

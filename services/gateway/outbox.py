@@ -1,0 +1,118 @@
+"""Publishing a job's tasks after the RPC returned, the sweeper, and retention clean-up.
+
+`Start*Job` and `RetryFailed` commit the job and its QUEUED tasks, hand the job id to
+`Outbox.publish_job`, and answer at once; the outbox publishes the task messages in confirmed
+batches and clears each task's deadline once RabbitMQ holds its message. If the gateway dies
+first, the deadline passes and the sweeper (here too) publishes them: nothing accepted is lost.
+
+The sweeper also re-issues any task message presumed lost (see common.store.sweeps), hands out
+provider slots nobody handed out, and deletes finished jobs past their retention.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from common.service import Infra
+from common.store import sweeps
+from common.store.tasks import SLOT_PROVIDER, release_slots
+
+log = logging.getLogger(__name__)
+
+PUBLISH_CHUNK = 1000
+
+
+class Outbox:
+    def __init__(self, infra: Infra) -> None:
+        self.infra = infra
+        self.uow = infra.uow
+        self._jobs: list[str] = []
+        self._kick = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def publish_job(self, job_id: str) -> None:
+        """Publish `job_id`'s unpublished tasks soon (the caller has committed them)."""
+        self._jobs.append(job_id)
+        self._idle.clear()
+        self._kick.set()
+
+    async def wait_idle(self) -> None:
+        """Until every job handed over so far is published (for shutdown and tests)."""
+        await self._idle.wait()
+
+    async def run(self) -> None:
+        """Publish handed-over jobs as they come; sweep every `sweep_interval` seconds."""
+        settings = self.infra.settings
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time()
+        next_cleanup = loop.time()
+        while True:
+            try:
+                async with asyncio.timeout(max(0.0, next_sweep - loop.time())):
+                    await self._kick.wait()
+            except TimeoutError:
+                pass
+            self._kick.clear()
+            try:
+                while self._jobs:
+                    await self._publish(self._jobs[0])
+                    self._jobs.pop(0)
+                self._idle.set()
+                if loop.time() >= next_sweep:
+                    await self.sweep()
+                    next_sweep = loop.time() + settings.sweep_interval
+                if loop.time() >= next_cleanup:
+                    await self.delete_expired()
+                    next_cleanup = loop.time() + max(settings.sweep_interval, 60.0)
+            except Exception:
+                # Database or broker trouble: the deadlines keep everything recoverable; retry.
+                log.exception("outbox pass failed; retrying in %.0fs", settings.sweep_interval)
+                next_sweep = loop.time() + settings.sweep_interval
+                await asyncio.sleep(settings.sweep_interval)
+
+    async def _publish(self, job_id: str) -> None:
+        async with self.infra.db.read() as session:
+            tasks = await sweeps.unpublished(session, job_id)
+        for start in range(0, len(tasks), PUBLISH_CHUNK):
+            chunk = tasks[start : start + PUBLISH_CHUNK]
+            messages = [m for t in chunk if (m := sweeps.message_for(t, reissued=False))]
+            await self.infra.broker.publish(messages)
+            async with self.uow.transaction() as tx:
+                await sweeps.mark_published(tx, [t.id for t in chunk])
+        if tasks:
+            log.info("published %d tasks of job %s", len(tasks), job_id)
+
+    async def sweep(self) -> int:
+        """Re-issue overdue task messages and hand out free provider slots; returns re-issues."""
+        reissued = 0
+        while True:
+            async with self.uow.transaction() as tx:
+                messages = await sweeps.claim_overdue(tx)
+                tx.outgoing.extend(messages)
+            reissued += len(messages)
+            if len(messages) < sweeps.CLAIM_LIMIT:
+                break
+        if reissued:
+            log.warning("sweeper re-issued %d task messages presumed lost", reissued)
+        for provider in set(SLOT_PROVIDER.values()):
+            try:
+                async with self.uow.transaction() as tx:
+                    await release_slots(tx, provider, 0)
+            except LookupError:
+                pass  # no worker of that provider has started yet
+        return reissued
+
+    async def delete_expired(self) -> int:
+        cutoff = self.uow.clock() - self.infra.settings.job_retention
+        deleted = 0
+        while True:
+            async with self.uow.transaction() as tx:
+                n = await sweeps.delete_finished_before(tx, cutoff)
+            deleted += n
+            if n == 0:
+                break
+        if deleted:
+            log.info("deleted %d finished jobs older than the retention", deleted)
+        return deleted

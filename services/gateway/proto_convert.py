@@ -1,0 +1,195 @@
+"""Domain views to protobuf messages and back: the only module that knows both."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
+from google.protobuf.timestamp_pb2 import Timestamp
+from orchestrator.v1 import jobs_pb2 as pb
+
+from common.domain.events import EventType
+from common.domain.states import JobKind, JobStatus, TaskStatus
+from common.store.tables import Event, Task
+from services.gateway.core import Heartbeat
+from services.gateway.requests import StoryJobRequest, VideoJobRequest
+from services.gateway.views import JobView
+
+JOB_KIND = {JobKind.VIDEO: pb.JOB_KIND_VIDEO, JobKind.STORY: pb.JOB_KIND_STORY}
+JOB_KIND_NAME = {v: k.value for k, v in JOB_KIND.items()}
+JOB_STATUS = {s: pb.JobStatus.Value(f"JOB_STATUS_{s.name}") for s in JobStatus}
+JOB_STATUS_NAME = {v: k.value for k, v in JOB_STATUS.items()}
+TASK_STATUS = {s: pb.TaskStatus.Value(f"TASK_STATUS_{s.name}") for s in TaskStatus}
+EVENT_TYPE = {t: pb.EventType.Value(f"EVENT_TYPE_{t.name}") for t in EventType}
+
+
+def error_class(value: str) -> pb.ErrorClass.ValueType:
+    if not value:
+        return pb.ERROR_CLASS_UNSPECIFIED
+    try:
+        return pb.ErrorClass.Value(f"ERROR_CLASS_{value.upper()}")
+    except ValueError:
+        return pb.ERROR_CLASS_INTERNAL
+
+
+def timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def struct(data: dict[str, Any]) -> Struct:
+    s = Struct()
+    s.update(data)
+    return s
+
+
+def video_request(r: pb.StartVideoJobRequest) -> VideoJobRequest:
+    return VideoJobRequest(
+        battle_arena_url=r.battle_arena_url,
+        total_segments=r.total_segments,
+        prompt=r.prompt,
+        segment_prompts=list(r.segment_prompts),
+        model=r.model,
+        idempotency_key=r.idempotency_key,
+        priority=r.priority,
+        model_arguments=json_format.MessageToDict(r.model_arguments)
+        if r.HasField("model_arguments")
+        else {},
+        max_retries=r.max_retries,
+    )
+
+
+def story_request(r: pb.StartStoryJobRequest) -> StoryJobRequest:
+    return StoryJobRequest(
+        idea=r.idea,
+        total_segments=r.total_segments,
+        segments_per_set=r.segments_per_set,
+        save_to_files=r.save_to_files,
+        output_directory=r.output_directory,
+        model=r.model,
+        idempotency_key=r.idempotency_key,
+        priority=r.priority,
+        max_retries=r.max_retries,
+    )
+
+
+def task_message(t: Task) -> pb.Task:
+    result = t.result or {}
+    return pb.Task(
+        index=t.index,
+        status=TASK_STATUS[TaskStatus(t.status)],
+        attempts=t.attempt,
+        max_attempts=t.max_attempts,
+        result_url=str(result.get("url", "")),
+        last_error=t.last_error,
+        error_class=error_class(t.error_class),
+        recoverable=t.recoverable,
+        provider_request_id=t.request_id or "",
+        updated_at=timestamp(t.updated_at),
+        next_attempt_at=timestamp(t.next_attempt_at),
+        prompt=str(t.payload.get("arguments", {}).get("prompt", "")),
+        segments_count=int(result.get("segments_count", 0)),
+        file_path=str(result.get("file_path", "")),
+    )
+
+
+def job_message(view: JobView) -> pb.Job:
+    job = view.job
+    message = pb.Job(
+        id=job.id,
+        kind=JOB_KIND[JobKind(job.kind)],
+        status=JOB_STATUS[view.status],
+        created_at=timestamp(job.created_at),
+        updated_at=timestamp(job.updated_at),
+        finished_at=timestamp(job.finished_at),
+        priority=cast(pb.Priority.ValueType, job.priority),
+        idempotency_key=job.idempotency_key or "",
+        total_segments=view.total_segments,
+        current_segment=view.finished_tasks,
+        message=job.message,
+        recoverable=view.status.terminal and view.recoverable,
+        warning=job.warning,
+        total_tasks=view.total_tasks,
+        succeeded_tasks=view.succeeded,
+        failed_tasks=view.failed,
+        last_cursor=job.last_seq,
+        retry_history=[_retry_round(r) for r in job.retry_history or []],
+    )
+    if view.tasks is not None:
+        message.tasks.extend(task_message(t) for t in view.tasks)
+    if view.is_story:
+        message.story.CopyFrom(_story(view))
+    else:
+        message.video.CopyFrom(
+            pb.VideoSpec(battle_arena_url=job.params["battle_arena_url"], model=job.params["model"])
+        )
+    return message
+
+
+def _retry_round(r: dict[str, Any]) -> pb.RetryRound:
+    return pb.RetryRound(
+        requested_at=timestamp(r["requested_at"]), tasks=r["tasks"], max_retries=r["max_retries"]
+    )
+
+
+def _story(view: JobView) -> pb.StoryResult:
+    p, meta = view.job.params, view.job.meta or {}
+    story = pb.StoryResult(
+        idea=p["idea"],
+        segments_per_set=p["segments_per_set"],
+        save_to_files=p["save_to_files"],
+        output_directory=p["output_directory"],
+        model=p["model"],
+        story_title=meta.get("title", ""),
+        logline=meta.get("logline", ""),
+        characters=[
+            pb.Character(
+                name=c["name"], role=c.get("role", ""), description=c.get("description", "")
+            )
+            for c in meta.get("characters", [])
+        ],
+        metadata_file=meta.get("metadata_file", ""),
+    )
+    if view.tasks is not None:
+        summary = view.story_summary()
+        story.generation_summary.CopyFrom(pb.GenerationSummary(**summary["generation_summary"]))
+        info = summary["retry_info"]
+        story.retry_info.CopyFrom(
+            pb.RetryInfo(
+                can_retry=info["can_retry"],
+                failed_sets=info["failed_sets"],
+                retry_history=[_retry_round(r) for r in info["retry_history"]],
+            )
+        )
+    return story
+
+
+def event_message(e: Event) -> pb.JobEvent:
+    return pb.JobEvent(
+        cursor=e.seq,
+        job_id=e.job_id,
+        type=EVENT_TYPE[EventType(e.type)],
+        created_at=timestamp(e.created_at),
+        task_index=-1 if e.task_index is None else e.task_index,
+        task_status=TASK_STATUS[TaskStatus(e.task_status)]
+        if e.task_status
+        else pb.TASK_STATUS_UNSPECIFIED,
+        job_status=JOB_STATUS[JobStatus(e.job_status)]
+        if e.job_status
+        else pb.JOB_STATUS_UNSPECIFIED,
+        message=e.message,
+        error_class=error_class(e.error_class),
+        details=struct(e.details or {}),
+    )
+
+
+def watch_message(item: Event | Heartbeat) -> pb.WatchJobResponse:
+    if isinstance(item, Heartbeat):
+        return pb.WatchJobResponse(
+            heartbeat=pb.Heartbeat(cursor=item.cursor, sent_at=timestamp(item.at))
+        )
+    return pb.WatchJobResponse(event=event_message(item))
