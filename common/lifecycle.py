@@ -40,7 +40,7 @@ def setup_logging(level: str, service: str) -> None:
     root.setLevel(level.upper())
     # Chatty libraries stay at WARNING unless asked for DEBUG.
     if level.upper() != "DEBUG":
-        for name in ("aio_pika", "aiormq", "httpx", "httpcore", "alembic", "openai", "fal_client"):
+        for name in ("aio_pika", "aiormq", "httpx", "httpx2", "httpcore", "alembic", "openai", "fal_client"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.domain.states import JobKind, JobStatus, TaskKind, TaskStatus
+from common.domain.story import story_summary
 from common.errors import NotFound
 from common.store import queries
 from common.store.tables import Job, Task
@@ -57,32 +58,12 @@ class JobView:
 
     def story_summary(self) -> dict[str, Any]:
         """The seed's generation_summary and retry_info for a story job."""
-        sets = self.output_tasks
-        failed = [
-            t.index
-            for t in sets
-            if TaskStatus(t.status) is not TaskStatus.SUCCEEDED and TaskStatus(t.status).terminal
-        ]
-        generated = sum(
-            int((t.result or {}).get("segments_count", 0))
-            for t in sets
-            if t.status == TaskStatus.SUCCEEDED
+        return story_summary(
+            self.tasks or (),
+            total_segments=self.total_segments,
+            finished=self.status.terminal,
+            retry_history=list(self.job.retry_history or []),
         )
-        return {
-            "generation_summary": {
-                "total_segments_requested": self.total_segments,
-                "total_segments_generated": generated,
-                "total_sets_requested": len(sets),
-                "successful_sets": self.succeeded,
-                "failed_sets": len(failed),
-                "failed_set_numbers": failed,
-            },
-            "retry_info": {
-                "can_retry": self.status.terminal and bool(failed),
-                "failed_sets": failed,
-                "retry_history": list(self.job.retry_history or []),
-            },
-        }
 
     @property
     def is_story(self) -> bool:

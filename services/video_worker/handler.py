@@ -30,14 +30,14 @@ from common.messages import MessageKind, TaskMessage, outgoing
 from common.resilience import (
     CircuitOpenError,
     ProviderError,
-    Retry,
     RetryPolicy,
     call_with_breaker,
     call_with_permit,
 )
 from common.store.ledger import StaleTask, Tx
 from common.store.tables import Task
-from common.store.tasks import Failure, change, load_task, note, try_acquire_slot
+from common.store.tasks import change, load_task, note, try_acquire_slot
+from common.task_steps import defer, fail_attempt
 from common.unit_of_work import UnitOfWork
 from services.video_worker.ports import Phase, ProviderRequest, VideoProvider
 
@@ -275,56 +275,13 @@ class SegmentHandler:
     # Failure paths -----------------------------------------------------------------------
 
     async def _attempt_failed(self, task: Task, error: ProviderError) -> None:
-        decision = self.policy.decide(error, task.attempt, max_attempts=task.max_attempts)
-        failure = Failure(error.message, error.error_class, recoverable=error.retryable)
         async with self.uow.transaction() as tx:
-            if isinstance(decision, Retry):
-                attempt = task.attempt + 1
-                await change(
-                    tx,
-                    task,
-                    TaskStatus.RETRYING,
-                    message=f"attempt {task.attempt} failed ({error.error_class}); "
-                    f"attempt {attempt} in {decision.delay:.1f}s",
-                    failure=failure,
-                    details={"retry_in": round(decision.delay, 3), "error": error.message},
-                    attempt=attempt,
-                    request_id=None,
-                    next_attempt_at=tx.now + decision.delay,
-                    deadline_at=tx.now + decision.delay + tx.timings.stale_after,
-                )
-                run = TaskMessage(task.id, task.job_id, MessageKind.RUN, attempt)
-                tx.outgoing.append(
-                    outgoing(run, task.kind, job_priority=task.priority, delay=decision.delay)
-                )
-            else:
-                await change(
-                    tx,
-                    task,
-                    TaskStatus.FAILED,
-                    message=f"failed: {decision.reason}",
-                    failure=Failure(error.message, error.error_class, decision.recoverable),
-                    details={"error": error.message},
-                )
+            await fail_attempt(tx, task, error, self.policy)
             await self.breakers.record(tx, task.job_id)
 
     async def _defer(self, task: Task, message: TaskMessage, delay: float) -> None:
-        """The circuit is open: put the message off without spending an attempt."""
         async with self.uow.transaction() as tx:
-            await note(
-                tx,
-                task,
-                EventDraft(
-                    EventType.TASK_DEFERRED,
-                    message=f"fal circuit open; deferred {delay:.1f}s",
-                    task_index=task.index,
-                    task_status=task.status,
-                    details={"retry_in": round(delay, 3), "breaker": PROVIDER},
-                ),
-            )
-            tx.outgoing.append(
-                outgoing(message, task.kind, job_priority=task.priority, delay=delay)
-            )
+            await defer(tx, task, message, delay, PROVIDER)
             await self.breakers.record(tx, task.job_id)
 
     # CANCEL ------------------------------------------------------------------------------
