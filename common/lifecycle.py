@@ -13,6 +13,18 @@ job_id_var: ContextVar[str] = ContextVar("job_id", default="-")
 task_index_var: ContextVar[str] = ContextVar("task_index", default="-")
 
 
+QUIET_LIBRARIES = (
+    "aio_pika",
+    "aiormq",
+    "httpx",
+    "httpx2",
+    "httpcore",
+    "alembic",
+    "openai",
+    "fal_client",
+)
+
+
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.job_id = job_id_var.get()
@@ -40,7 +52,7 @@ def setup_logging(level: str, service: str) -> None:
     root.setLevel(level.upper())
     # Chatty libraries stay at WARNING unless asked for DEBUG.
     if level.upper() != "DEBUG":
-        for name in ("aio_pika", "aiormq", "httpx", "httpx2", "httpcore", "alembic", "openai", "fal_client"):
+        for name in QUIET_LIBRARIES:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
