@@ -9,9 +9,14 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import pytest
+
+from services.simulator.app import SimulatorHandle, run_simulator
+from services.simulator.config import SimulatorConfig
+from tests.support.stack import FAL_KEY, OPENAI_KEY
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -53,3 +58,11 @@ def postgres_url() -> str:
 def queue_prefix() -> str:
     """A queue-name prefix no other test uses, so tests can share one broker."""
     return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimulatorHandle]:
+    """The provider simulator in the test's loop, requiring the test keys, short generations."""
+    config = SimulatorConfig(latency=0.3, hang_seconds=4, fal_key=FAL_KEY, openai_key=OPENAI_KEY)
+    async with run_simulator(config) as handle:
+        yield handle

@@ -1,4 +1,4 @@
-"""End-to-end fixtures: the simulator in the test's loop, services in real processes."""
+"""End-to-end fixtures: services in real processes on a real RabbitMQ."""
 
 from __future__ import annotations
 
@@ -7,19 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from common.broker import Topology, delete_topology
-from services.simulator.app import SimulatorHandle, run_simulator
-from services.simulator.config import SimulatorConfig
-from tests.support.stack import FAL_KEY, OPENAI_KEY
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[SimulatorHandle]:
-    """The provider simulator, requiring the test keys, with short generations."""
-    config = SimulatorConfig(latency=0.3, hang_seconds=4, fal_key=FAL_KEY, openai_key=OPENAI_KEY)
-    async with run_simulator(config) as handle:
-        yield handle
 
 
 @pytest.fixture

@@ -1,0 +1,62 @@
+"""Admin routes under /_sim/: read stats, read and change config, reset, health."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from services.simulator.endpoint import STATE
+
+
+def _problems(exc: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]}
+        for error in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    """`?logs=false` leaves out call_log and chat_log (cheap to poll)."""
+    with_logs = request.query.get("logs", "true").lower() not in {"0", "false"}
+    return web.json_response(request.app[STATE].snapshot(with_logs=with_logs))
+
+
+async def get_config(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE].config.public_dump())
+
+
+async def post_config(request: web.Request) -> web.Response:
+    """Merge a JSON object of top-level changes; 400 naming the field when invalid."""
+    try:
+        changes = json.loads(await request.text())
+    except ValueError:
+        return web.json_response({"detail": "body must be a JSON object"}, status=400)
+    if not isinstance(changes, dict):
+        return web.json_response({"detail": "body must be a JSON object"}, status=400)
+    state = request.app[STATE]
+    try:
+        config = state.configure(**changes)
+    except ValidationError as exc:
+        return web.json_response({"detail": _problems(exc)}, status=400)
+    return web.json_response(config.public_dump())
+
+
+async def post_reset(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.reset()
+    return web.json_response(state.config.public_dump())
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def add_admin_routes(app: web.Application) -> None:
+    app.router.add_get("/_sim/stats", get_stats)
+    app.router.add_get("/_sim/config", get_config)
+    app.router.add_post("/_sim/config", post_config)
+    app.router.add_post("/_sim/reset", post_reset)
+    app.router.add_get("/_sim/health", health)
