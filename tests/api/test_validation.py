@@ -12,14 +12,14 @@ from orchestrator.v1 import jobs_pb2 as pb
 
 from services.simulator.app import SimulatorHandle
 from tests.support.client import watch_to_end
-from tests.support.inproc import InProcStack, inproc_stack, test_settings
+from tests.support.inproc import InProcStack, inproc_stack, stack_settings
 
 ARENA = "https://example.com/arena.png"
 
 
 @pytest.fixture
 async def stack(tmp_path: Path, sim: SimulatorHandle) -> AsyncIterator[InProcStack]:
-    async with inproc_stack(test_settings(tmp_path, sim)) as s:
+    async with inproc_stack(stack_settings(tmp_path, sim)) as s:
         yield s
 
 

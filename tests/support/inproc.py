@@ -30,7 +30,7 @@ class InProcStack:
         return f"http://127.0.0.1:{self.gateway.http_port}"
 
 
-def test_settings(tmp_path: Path, sim: SimulatorHandle, **overrides: object) -> Settings:
+def stack_settings(tmp_path: Path, sim: SimulatorHandle, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "database_url": f"sqlite+aiosqlite:///{tmp_path}/orchestrator.db",
         "amqp_url": "memory://",
