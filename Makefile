@@ -28,7 +28,7 @@ protos:
 	find gen -mindepth 1 -type d -exec touch {}/__init__.py \;
 
 run: install
-	$(PY) -m services.devstack
+	$(PY) -m services.devstack --demo
 
 test: install
 	$(PY) -m pytest

@@ -25,7 +25,9 @@ DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 def _reachable(url: str, default_port: int) -> bool:
     parts = urlsplit(url)
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), 2):
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), 2
+        ):
             return True
     except OSError:
         return False
@@ -49,9 +51,7 @@ def amqp_url() -> str:
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     """URL of a real PostgreSQL database (TEST_POSTGRES_URL, default the local `test`)."""
-    return _require(
-        "PostgreSQL", os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL), 5432
-    )
+    return _require("PostgreSQL", os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL), 5432)
 
 
 @pytest.fixture

@@ -38,10 +38,10 @@ from aio_pika.abc import (
     HeadersType,
 )
 
+from common.broker.amqp_common import BROKER_FAILURES, RPC_TIMEOUT, quietly, redact
 from common.broker.amqp_consumer import AmqpConsumer
-from common.broker.amqp_errors import BROKER_FAILURES, redact
 from common.broker.amqp_progress import AmqpSubscription, encode_note, routing_key
-from common.broker.amqp_topology import RPC_TIMEOUT, declare_topology, work_queue_arguments
+from common.broker.amqp_topology import declare_topology, work_queue_arguments
 from common.broker.base import (
     BrokerError,
     Consumer,
@@ -188,7 +188,7 @@ class AmqpBroker:
                 await consumer.start()
         except BaseException as exc:
             if channel is not None:
-                await _close_quietly(channel)
+                await quietly("closing consumer channel", channel.close())
             if isinstance(exc, BROKER_FAILURES):
                 raise BrokerError(f"cannot consume {queue}: {exc!r}") from exc
             raise
@@ -223,7 +223,7 @@ class AmqpBroker:
                 await subscription.start(self._topology)
         except BaseException as exc:
             if channel is not None:
-                await _close_quietly(channel)
+                await quietly("closing subscription channel", channel.close())
             if isinstance(exc, BROKER_FAILURES):
                 raise BrokerError(f"cannot subscribe to progress: {exc!r}") from exc
             raise
@@ -240,9 +240,9 @@ class AmqpBroker:
             await subscription.close()
         for consumer in list(self._consumers):
             await consumer.stop(timeout=0)
-        await _close_quietly(self._notify_channel)
-        await _close_quietly(self._publish_channel)
-        await self._connection.close()
+        await quietly("closing progress channel", self._notify_channel.close())
+        await quietly("closing publish channel", self._publish_channel.close())
+        await quietly("closing connection", self._connection.close())
         log.info("RabbitMQ connection closed (prefix %r)", self._topology.prefix)
 
     async def _publish_one(self, outgoing: Outgoing) -> None:
@@ -293,13 +293,6 @@ async def _open_channel(
     channel = connection.channel(publisher_confirms=confirms, on_return_raises=confirms)
     await channel.initialize(timeout=RPC_TIMEOUT)
     return channel
-
-
-async def _close_quietly(channel: AbstractRobustChannel) -> None:
-    try:
-        await channel.close()
-    except BROKER_FAILURES as exc:
-        log.warning("closing channel failed: %r", exc)
 
 
 def _persistent(

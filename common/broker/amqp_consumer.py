@@ -16,8 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 
-from common.broker.amqp_errors import BROKER_FAILURES
-from common.broker.amqp_topology import RPC_TIMEOUT
+from common.broker.amqp_common import BROKER_FAILURES, RPC_TIMEOUT, quietly
 from common.broker.base import BrokerError, Handler, Incoming
 from common.broker.delays import public_headers, remaining_seconds
 from common.broker.handling import Outcome, run_handler
@@ -72,13 +71,13 @@ class AmqpConsumer:
             if self._stopped:
                 return
             self._stopping = True
-            if self._tag is not None:
-                try:
-                    # A robust queue forgets the consumer first, so it is not restored even if
-                    # this round trip fails because the connection is down.
-                    await self._amqp_queue.cancel(self._tag, timeout=RPC_TIMEOUT)
-                except BROKER_FAILURES as exc:
-                    log.warning("cancelling consumer of %s failed: %r", self._queue, exc)
+            # With the channel down there is nothing to cancel on the broker, and closing the
+            # robust channel below keeps it (and this consumer) from being restored.
+            if self._tag is not None and not self._channel.is_closed:
+                await quietly(
+                    f"cancelling consumer of {self._queue}",
+                    self._amqp_queue.cancel(self._tag, timeout=RPC_TIMEOUT),
+                )
             pending = set(self._tasks)
             if pending:
                 _, pending = await asyncio.wait(pending, timeout=timeout)
@@ -92,10 +91,7 @@ class AmqpConsumer:
                     timeout,
                 )
                 await asyncio.gather(*pending, return_exceptions=True)
-            try:
-                await self._channel.close()
-            except BROKER_FAILURES as exc:
-                log.warning("closing consumer channel of %s failed: %r", self._queue, exc)
+            await quietly(f"closing consumer channel of {self._queue}", self._channel.close())
             self._stopped = True
             self._on_stopped(self)
             log.info("stopped consuming %s", self._amqp_queue.name)

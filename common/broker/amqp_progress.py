@@ -11,10 +11,9 @@ import logging
 import uuid
 from collections.abc import Callable
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 
-from common.broker.amqp_errors import BROKER_FAILURES
-from common.broker.amqp_topology import RPC_TIMEOUT
+from common.broker.amqp_common import RPC_TIMEOUT, quietly
 from common.broker.base import ProgressNote
 from common.broker.topology import Topology
 
@@ -58,32 +57,26 @@ class AmqpSubscription:
         self._channel = channel
         self._callback = callback
         self._on_closed = on_closed
-        self._queue: AbstractQueue | None = None
-        self._tag: str | None = None
         self._closed = False
 
     async def start(self, topology: Topology) -> None:
-        self._queue = await self._channel.declare_queue(
+        queue = await self._channel.declare_queue(
             f"{topology.progress_exchange}.{uuid.uuid4().hex}",
             exclusive=True,
             auto_delete=True,
             arguments={"x-max-length": SUBSCRIBER_QUEUE_MAX_LENGTH},
             timeout=RPC_TIMEOUT,
         )
-        await self._queue.bind(topology.progress_exchange, routing_key="job.#", timeout=RPC_TIMEOUT)
-        self._tag = await self._queue.consume(self._on_message, no_ack=True, timeout=RPC_TIMEOUT)
+        await queue.bind(topology.progress_exchange, routing_key="job.#", timeout=RPC_TIMEOUT)
+        await queue.consume(self._on_message, no_ack=True, timeout=RPC_TIMEOUT)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        try:
-            if self._queue is not None and self._tag is not None:
-                await self._queue.cancel(self._tag, timeout=RPC_TIMEOUT)
-            # Closing the channel is enough to drop the exclusive queue.
-            await self._channel.close()
-        except BROKER_FAILURES as exc:
-            log.warning("closing progress subscription failed: %r", exc)
+        # Closing the channel cancels the consumer, which drops the auto-delete queue, and keeps
+        # the robust channel from restoring either.
+        await quietly("closing progress subscription", self._channel.close())
         self._on_closed(self)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:

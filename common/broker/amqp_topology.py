@@ -18,12 +18,10 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, ExchangeType
 from pamqp.common import FieldTable
 
+from common.broker.amqp_common import RPC_TIMEOUT
 from common.broker.topology import Topology, WorkQueue
 
 log = logging.getLogger(__name__)
-
-# Bound on every declare/delete/consume round trip: an unresponsive broker is an error, not a hang.
-RPC_TIMEOUT = 10.0
 
 
 def work_queue_arguments(topology: Topology) -> FieldTable:

@@ -195,6 +195,15 @@ class JobsCore:
             )
         return self._stream(job_id, after, follow, interval)
 
+    async def _read(self, job_id: str, cursor: int) -> tuple[Sequence[Event], Job | None]:
+        """Events after `cursor`; with the job row when they were the last ones."""
+        async with self.infra.db.read() as session:
+            events = await queries.events_after(session, job_id, cursor, EVENT_BATCH)
+            job = None
+            if len(events) < EVENT_BATCH:
+                job = await queries.get_job(session, job_id)
+        return events, job
+
     async def _stream(
         self, job_id: str, cursor: int, follow: bool, interval: int
     ) -> AsyncIterator[Event | Heartbeat]:
@@ -203,11 +212,9 @@ class JobsCore:
             next_beat = loop.time() + interval
             while True:
                 news.clear()
-                async with self.infra.db.read() as session:
-                    events = await queries.events_after(session, job_id, cursor, EVENT_BATCH)
-                    job: Job | None = None
-                    if len(events) < EVENT_BATCH:
-                        job = await queries.get_job(session, job_id)
+                # Shielded: a client hanging up mid-read must not cancel the database call
+                # halfway (the pool would log a failed reset of the connection).
+                events, job = await asyncio.shield(self._read(job_id, cursor))
                 for event in events:
                     cursor = event.seq
                     yield event

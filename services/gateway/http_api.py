@@ -27,6 +27,8 @@ from services.gateway.seed_shapes import seed_field_error, seed_status
 log = logging.getLogger(__name__)
 
 JSON_LIMIT = 1 << 20
+# The seed's start action took only the arena URL and generated this many segments.
+SEED_DEFAULT_SEGMENTS = 5
 WEBHOOK_MEMORY = 10_000
 
 
@@ -72,7 +74,11 @@ class HttpApi:
                 view, _ = await self.core.start_video(
                     VideoJobRequest(
                         battle_arena_url=str(body.get("battleArenaUrl") or ""),
-                        total_segments=_int(body, "totalSegments", 0),
+                        total_segments=_int(
+                            body,
+                            "totalSegments",
+                            0 if body.get("segmentPrompts") else SEED_DEFAULT_SEGMENTS,
+                        ),
                         prompt=str(body.get("prompt") or ""),
                         segment_prompts=[str(p) for p in body.get("segmentPrompts") or []],
                         idempotency_key=str(body.get("idempotencyKey") or ""),

@@ -26,8 +26,11 @@ T = TaskStatus
 @asynccontextmanager
 async def tx_of(db: Database, now: float | None = None) -> AsyncIterator[Tx]:
     async with db.write() as session:
-        yield Tx(session=session, now=time.time() if now is None else now,
-                 timings=StoreTimings(stale_after=60))
+        yield Tx(
+            session=session,
+            now=time.time() if now is None else now,
+            timings=StoreTimings(stale_after=60),
+        )
 
 
 def video_job(job_id: str, n: int, key: str | None = None, digest: str = "h") -> jobs.NewJob:
@@ -66,8 +69,13 @@ async def cursors(db: Database, job_id: str) -> list[int]:
 async def run_to(db: Database, task: Task, *statuses: TaskStatus, failure: Failure | None = None):
     for status in statuses:
         async with tx_of(db) as tx:
-            await change(tx, task, status, message=status.value,
-                         failure=failure if status is T.FAILED else None)
+            await change(
+                tx,
+                task,
+                status,
+                message=status.value,
+                failure=failure if status is T.FAILED else None,
+            )
 
 
 async def test_create_job_records_tasks_and_its_first_event(db: Database) -> None:
@@ -100,8 +108,13 @@ async def test_task_changes_are_events_in_cursor_order_and_finish_the_job(db: Da
     first, second = await tasks_of(db, "j1")
     await run_to(db, first, T.SUBMITTING, T.RUNNING, T.SUCCEEDED)
     assert (await job_of(db, "j1")).status == JobStatus.RUNNING
-    await run_to(db, second, T.SUBMITTING, T.FAILED,
-                 failure=Failure("400 bad", "bad_request", recoverable=False))
+    await run_to(
+        db,
+        second,
+        T.SUBMITTING,
+        T.FAILED,
+        failure=Failure("400 bad", "bad_request", recoverable=False),
+    )
     job = await job_of(db, "j1")
     assert job.status == JobStatus.PARTIALLY_FAILED
     assert job.open_tasks == 0 and job.finished_at is not None
@@ -112,7 +125,11 @@ async def test_task_changes_are_events_in_cursor_order_and_finish_the_job(db: Da
         last = (await queries.events_after(session, "j1", job.last_seq - 1))[0]
     assert (last.type, last.job_status) == (EventType.JOB_STATUS, "partially_failed")
     failed = (await tasks_of(db, "j1"))[1]
-    assert (failed.error_class, failed.recoverable, failed.last_error) == ("bad_request", False, "400 bad")
+    assert (failed.error_class, failed.recoverable, failed.last_error) == (
+        "bad_request",
+        False,
+        "400 bad",
+    )
 
 
 async def test_illegal_transition_is_refused(db: Database) -> None:
@@ -148,16 +165,26 @@ async def test_slots_bound_in_flight_and_are_handed_to_waiting_tasks(db: Databas
                 await change(tx, task, T.SUBMITTING, message="go", holds_slot=True)
             else:
                 await change(tx, task, T.WAITING, message="wait")
-    assert [t.status for t in await tasks_of(db, "j1")] == ["submitting", "submitting", "waiting", "waiting"]
+    assert [t.status for t in await tasks_of(db, "j1")] == [
+        "submitting",
+        "submitting",
+        "waiting",
+        "waiting",
+    ]
     async with tx_of(db) as tx:
-        await change(tx, tasks[0], T.FAILED, message="x", failure=Failure("e", "bad_request", False))
+        await change(
+            tx, tasks[0], T.FAILED, message="x", failure=Failure("e", "bad_request", False)
+        )
     granted = tx.outgoing
     assert len(granted) == 1
     message = TaskMessage.decode(granted[0].body)
     assert (message.task_id, message.kind) == (tasks[2].id, MessageKind.RUN)
     after = await tasks_of(db, "j1")
     assert [(t.status, t.holds_slot) for t in after] == [
-        ("failed", False), ("submitting", True), ("queued", True), ("waiting", False)
+        ("failed", False),
+        ("submitting", True),
+        ("queued", True),
+        ("waiting", False),
     ]
     async with db.read() as session:
         in_flight = await session.scalar(select(ProviderSlots.in_flight))
@@ -193,7 +220,9 @@ async def test_retry_failed_requeues_only_what_failed(db: Database) -> None:
     assert job.retry_history[0]["tasks"] == [2, 3] and job.retry_history[0]["max_retries"] == 5
     after = await tasks_of(db, "j1")
     assert [(t.status, t.attempt, t.max_attempts) for t in after] == [
-        ("succeeded", 1, 2), ("queued", 2, 7), ("queued", 2, 7)
+        ("succeeded", 1, 2),
+        ("queued", 2, 7),
+        ("queued", 2, 7),
     ]
 
 
@@ -202,7 +231,7 @@ async def test_cancel_job_cancels_open_tasks_and_owes_provider_cancels(db: Datab
         await ensure_slots(session, "fal", 5)
     async with tx_of(db) as tx:
         await jobs.create_job(tx, video_job("j1", 3))
-    a, b, c = await tasks_of(db, "j1")
+    a, b, _c = await tasks_of(db, "j1")
     await run_to(db, a, T.SUBMITTING, T.RUNNING, T.SUCCEEDED)
     async with tx_of(db) as tx:
         assert await try_acquire_slot(tx, "fal")
@@ -235,7 +264,8 @@ async def test_overdue_tasks_are_reissued_once_with_a_new_poll_chain(db: Databas
         messages = await sweeps.claim_overdue(tx)
     decoded = sorted((TaskMessage.decode(m.body) for m in messages), key=lambda m: m.task_id)
     assert [(m.task_id, m.kind, m.chain, m.reissued) for m in decoded] == [
-        (a.id, MessageKind.POLL, 1, False), (b.id, MessageKind.RUN, 0, True)
+        (a.id, MessageKind.POLL, 1, False),
+        (b.id, MessageKind.RUN, 0, True),
     ]
     async with tx_of(db, now + 121) as tx:
         assert await sweeps.claim_overdue(tx) == []

@@ -51,8 +51,9 @@ class ServiceProcess:
         self._reader = asyncio.create_task(self._read(self.proc))
         waiter = asyncio.create_task(self._seen_ready.wait())
         exited = asyncio.create_task(self.proc.wait())
-        done, _ = await asyncio.wait({waiter, exited}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {waiter, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         waiter.cancel()
         exited.cancel()
         if waiter not in done:
