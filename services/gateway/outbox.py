@@ -32,6 +32,12 @@ class Outbox:
         self._idle = asyncio.Event()
         self._idle.set()
 
+    @property
+    def _cleanup_every(self) -> float:
+        """Often enough that jobs go soon after their retention, at most once a minute."""
+        settings = self.infra.settings
+        return min(60.0, max(settings.sweep_interval, settings.job_retention / 4))
+
     def publish_job(self, job_id: str) -> None:
         """Publish `job_id`'s unpublished tasks soon (the caller has committed them)."""
         self._jobs.append(job_id)
@@ -65,7 +71,7 @@ class Outbox:
                     next_sweep = loop.time() + settings.sweep_interval
                 if loop.time() >= next_cleanup:
                     await self.delete_expired()
-                    next_cleanup = loop.time() + max(settings.sweep_interval, 60.0)
+                    next_cleanup = loop.time() + self._cleanup_every
             except Exception:
                 # Database or broker trouble: the deadlines keep everything recoverable; retry.
                 log.exception("outbox pass failed; retrying in %.0fs", settings.sweep_interval)

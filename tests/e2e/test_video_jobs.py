@@ -8,7 +8,7 @@ from orchestrator.v1 import jobs_pb2 as pb
 
 from services.simulator.app import SimulatorHandle
 from tests.support.client import assert_cursor_order, status_name, watch_to_end
-from tests.support.stack import running_stack
+from tests.support.stack import FAL_KEY, running_stack
 
 ARENA = "https://example.com/arena.png"
 
@@ -22,9 +22,11 @@ async def test_eight_segments_complete_in_cursor_order(
         )
         events = await watch_to_end(stack.stub, started.job_id)
         job = await stack.stub.GetJob(pb.GetJobRequest(job_id=started.job_id))
+        logs = stack.logs()
 
     assert status_name(job.status) == "COMPLETED", job.message
     assert_cursor_order(events)
+    assert FAL_KEY not in logs and FAL_KEY not in str(events) and FAL_KEY not in str(job)
     assert events[-1].type == pb.EVENT_TYPE_JOB_STATUS
     assert events[-1].job_status == pb.JOB_STATUS_COMPLETED
     assert [t.index for t in job.tasks] == list(range(1, 9))

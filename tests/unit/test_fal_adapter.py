@@ -1,0 +1,109 @@
+"""The fal adapter: the real fal_client against the simulator, with fal-client's hidden retries off."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from common.resilience import ErrorClass, PermanentError, TransientError
+from services.simulator.app import SimulatorHandle
+from services.video_worker.fal_adapter import FalVideoProvider
+from services.video_worker.ports import Phase
+from tests.support.stack import FAL_KEY
+
+MODEL = "fal-ai/kling-video/v1/standard/image-to-video"
+ARGS = {"prompt": "a duel", "image_url": "https://example.com/a.png"}
+
+
+@pytest.fixture
+async def fal(sim: SimulatorHandle) -> AsyncIterator[FalVideoProvider]:
+    async with FalVideoProvider(
+        key=FAL_KEY, queue_url=sim.url, timeout=1.0, secrets=[FAL_KEY]
+    ) as p:
+        yield p
+
+
+async def test_submit_status_result_round_trip(fal: FalVideoProvider, sim: SimulatorHandle) -> None:
+    sim.configure(latency=0)
+    request = await fal.submit(MODEL, ARGS)
+    assert request.status_url.startswith(sim.url)  # the simulator saw its own host, not fal's
+    progress = await fal.status(request)
+    assert progress.phase is Phase.COMPLETED
+    video = await fal.result(request)
+    assert video.url.endswith(f"{request.request_id}.mp4")
+    assert await fal.cancel(request) is False  # already completed
+
+
+@pytest.mark.parametrize(
+    ("fault", "error_class"),
+    [
+        ("429", ErrorClass.RATE_LIMITED),
+        ("503", ErrorClass.SERVER_ERROR),
+        ("409", ErrorClass.SERVER_ERROR),
+        ("reset", ErrorClass.CONNECTION),
+        ("timeout", ErrorClass.TIMEOUT),
+    ],
+)
+async def test_transient_failures_are_raised_once_not_retried_inside_fal_client(
+    fal: FalVideoProvider, sim: SimulatorHandle, fault: str, error_class: ErrorClass
+) -> None:
+    # fal-client alone would retry each of these up to 10 times.
+    sim.configure(rules=[{"endpoint": "submit", "match": "duel", "fault": fault}], hang_seconds=3)
+    with pytest.raises(TransientError) as caught:
+        await fal.submit(MODEL, ARGS)
+    assert caught.value.error_class is error_class
+    assert sim.stats(with_logs=False)["submits_total"] == 1
+    assert FAL_KEY not in str(caught.value)
+
+
+async def test_ingress_style_502_is_not_retried_either(
+    fal: FalVideoProvider, sim: SimulatorHandle
+) -> None:
+    sim.configure(faults=[{"endpoints": ["submit"], "rates": {"502": 1.0}, "ingress": True}])
+    with pytest.raises(TransientError):
+        await fal.submit(MODEL, ARGS)
+    assert sim.stats(with_logs=False)["submits_total"] == 1
+
+
+async def test_retry_after_is_carried_and_bad_request_is_permanent(
+    fal: FalVideoProvider, sim: SimulatorHandle
+) -> None:
+    sim.configure(
+        rules=[{"endpoint": "submit", "match": "duel", "fault": "429", "times": 1}],
+        faults=[{"endpoints": ["status"], "rates": {"429": 1.0}, "retry_after": 3}],
+    )
+    with pytest.raises(TransientError) as rate_limited:
+        await fal.submit(MODEL, ARGS)
+    assert rate_limited.value.status_code == 429
+    request = await fal.submit(MODEL, ARGS)
+    with pytest.raises(TransientError) as status_limited:
+        await fal.status(request)
+    assert status_limited.value.retry_after == 3
+    sim.configure(faults=[], rules=[{"endpoint": "submit", "match": "duel", "fault": "400"}])
+    with pytest.raises(PermanentError) as bad:
+        await fal.submit(MODEL, ARGS)
+    assert bad.value.error_class is ErrorClass.BAD_REQUEST
+
+
+async def test_failed_generation_result_is_unprocessable(
+    fal: FalVideoProvider, sim: SimulatorHandle
+) -> None:
+    sim.configure(
+        latency=0, rules=[{"endpoint": "submit", "match": "duel", "fault": "generation_failed"}]
+    )
+    request = await fal.submit(MODEL, ARGS)
+    assert (await fal.status(request)).phase is Phase.COMPLETED
+    with pytest.raises(TransientError) as caught:
+        await fal.result(request)
+    assert caught.value.error_class is ErrorClass.UNPROCESSABLE
+
+
+async def test_wrong_key_is_an_auth_error(sim: SimulatorHandle) -> None:
+    async with FalVideoProvider(
+        key="wrong", queue_url=sim.url, timeout=1.0, secrets=["wrong"]
+    ) as p:
+        with pytest.raises(PermanentError) as caught:
+            await p.submit(MODEL, ARGS)
+    assert caught.value.error_class is ErrorClass.AUTH
+    assert "wrong" not in str(caught.value)

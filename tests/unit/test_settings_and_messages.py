@@ -1,0 +1,54 @@
+"""Settings from the environment, task messages on the wire, the state tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.domain.states import (
+    JOB_TRANSITIONS,
+    TASK_TRANSITIONS,
+    TERMINAL_TASK,
+    JobStatus,
+    TaskStatus,
+)
+from common.messages import BadMessage, MessageKind, TaskMessage
+from common.settings import Settings, SettingsError
+
+
+def test_bad_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAL_CONCURRENCY", "lots")
+    monkeypatch.setenv("GRPC_ADDR", "nowhere")
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env()
+    assert "FAL_CONCURRENCY" in str(caught.value) and "GRPC_ADDR" in str(caught.value)
+
+
+def test_secrets_stay_out_of_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAL_KEY", "fal-secret-value")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-value")
+    settings = Settings.from_env()
+    assert "secret-value" not in repr(settings) and "secret-value" not in str(settings)
+    assert sorted(settings.secrets()) == ["fal-secret-value", "sk-secret-value"]
+
+
+def test_task_message_round_trip_and_garbage() -> None:
+    message = TaskMessage(7, "job", MessageKind.POLL, 2, chain=3, once=True, seen="queued:4")
+    assert TaskMessage.decode(message.encode()) == message
+    for garbage in (
+        b"",
+        b"[]",
+        b'{"task_id": 1}',
+        b'{"task_id":1,"job_id":"j","kind":"x","attempt":1}',
+    ):
+        with pytest.raises(BadMessage):
+            TaskMessage.decode(garbage)
+
+
+def test_transition_tables_are_closed_and_terminal_states_only_reopen_by_retry() -> None:
+    assert set(TASK_TRANSITIONS) == set(TaskStatus)
+    assert set(JOB_TRANSITIONS) == set(JobStatus)
+    assert TASK_TRANSITIONS[TaskStatus.SUCCEEDED] == frozenset()
+    for status in TERMINAL_TASK - {TaskStatus.SUCCEEDED}:
+        assert TASK_TRANSITIONS[status] <= {TaskStatus.QUEUED, TaskStatus.BLOCKED}
+    for status in set(TaskStatus) - TERMINAL_TASK:
+        assert TaskStatus.CANCELLED in TASK_TRANSITIONS[status]
