@@ -1,4 +1,4 @@
-"""The fal adapter: the real fal_client against the simulator, with fal-client's hidden retries off."""
+"""The fal adapter: the real fal_client against the simulator, hidden retries off."""
 
 from __future__ import annotations
 
