@@ -1,16 +1,12 @@
 """The RabbitMQ `Broker`, on aio-pika's robust connection.
 
 Channels (one connection per broker):
-- one publish channel with publisher confirms and `on_return_raises`: every task message and
-  every delay hop goes through it; the topology is declared on it, so it is declared again after
-  each reconnection;
+- one publish channel with publisher confirms and `on_return_raises` (see `amqp_publisher`):
+  every task message and every delay hop goes through it; the topology is declared on it, so it
+  is declared again after each reconnection;
 - one channel without confirms for progress notes, so a notification never queues behind task
   confirms;
 - one channel per consumer (its prefetch is the channel's QoS) and per subscription.
-
-A batch is pipelined: all messages of a window are written before any confirm is awaited, and
-aiormq settles each one's future as (usually multiple-)acks arrive, so 10 000 messages cost a few
-round trips, not 10 000. The window bounds memory and aiormq's per-ack bookkeeping.
 
 Reconnection: `connect_robust` restores channels, QoS, declarations, bindings and consumers after
 a drop (tune with URL query `reconnect_interval`, in seconds). A publish waits for the publish
@@ -23,24 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Self
 
 import aio_pika
-from aio_pika.abc import (
-    AbstractExchange,
-    AbstractIncomingMessage,
-    AbstractRobustChannel,
-    AbstractRobustConnection,
-    DeliveryMode,
-    HeadersType,
-)
+from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
 
 from common.broker.amqp_common import BROKER_FAILURES, RPC_TIMEOUT, quietly, redact
 from common.broker.amqp_consumer import AmqpConsumer
 from common.broker.amqp_progress import AmqpSubscription, encode_note, routing_key
+from common.broker.amqp_publisher import ConfirmedPublisher
 from common.broker.amqp_topology import declare_topology, work_queue_arguments
 from common.broker.base import (
     BrokerError,
@@ -51,13 +40,9 @@ from common.broker.base import (
     Subscription,
     check_batch,
 )
-from common.broker.delays import DELIVER_AT_HEADER, deliver_at_ms, public_headers
 from common.broker.topology import Topology, WorkQueue
 
 log = logging.getLogger(__name__)
-
-# Messages whose confirms are awaited together; see the module docstring.
-PUBLISH_WINDOW = 2_000
 
 
 class AmqpBroker:
@@ -71,7 +56,6 @@ class AmqpBroker:
         connection: AbstractRobustConnection,
         topology: Topology,
         publish_channel: AbstractRobustChannel,
-        delay_exchanges: dict[int, AbstractExchange],
         notify_channel: AbstractRobustChannel,
         progress_exchange: AbstractExchange,
         publish_timeout: float,
@@ -79,10 +63,9 @@ class AmqpBroker:
         self._connection = connection
         self._topology = topology
         self._publish_channel = publish_channel
-        self._delay_exchanges = delay_exchanges
+        self._publisher = ConfirmedPublisher(publish_channel, topology, publish_timeout)
         self._notify_channel = notify_channel
         self._progress_exchange = progress_exchange
-        self._publish_timeout = publish_timeout
         self._consumers: set[AmqpConsumer] = set()
         self._subscriptions: set[AmqpSubscription] = set()
         self._closed = False
@@ -106,7 +89,7 @@ class AmqpBroker:
         try:
             async with asyncio.timeout(connect_timeout):
                 publish_channel = await _open_channel(connection, confirms=True)
-                delay_exchanges = await declare_topology(publish_channel, topology)
+                await declare_topology(publish_channel, topology)
                 notify_channel = await _open_channel(connection, confirms=False)
                 progress_exchange = await notify_channel.declare_exchange(
                     topology.progress_exchange, aio_pika.ExchangeType.TOPIC, durable=True
@@ -121,7 +104,6 @@ class AmqpBroker:
             connection=connection,
             topology=topology,
             publish_channel=publish_channel,
-            delay_exchanges=delay_exchanges,
             notify_channel=notify_channel,
             progress_exchange=progress_exchange,
             publish_timeout=publish_timeout,
@@ -146,19 +128,7 @@ class AmqpBroker:
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         self._check_open()
         check_batch(messages, self._topology)
-        if not messages:
-            return
-        try:
-            async with asyncio.timeout(self._publish_timeout):
-                await self._publish_channel.ready()
-        except TimeoutError as exc:
-            raise BrokerError("RabbitMQ publish channel not ready (reconnecting?)") from exc
-        for start in range(0, len(messages), PUBLISH_WINDOW):
-            window = messages[start : start + PUBLISH_WINDOW]
-            results = await asyncio.gather(
-                *(self._publish_one(m) for m in window), return_exceptions=True
-            )
-            _raise_first_failure(results, len(messages))
+        await self._publisher.publish(messages)
 
     async def consume(self, queue: WorkQueue, handler: Handler, *, prefetch: int) -> Consumer:
         self._check_open()
@@ -182,7 +152,7 @@ class AmqpBroker:
                     amqp_queue=amqp_queue,
                     prefetch=prefetch,
                     topology=self._topology,
-                    park=self._park,
+                    park=self._publisher.park,
                     on_stopped=self._consumers.discard,
                 )
                 await consumer.start()
@@ -204,7 +174,7 @@ class AmqpBroker:
                     aio_pika.Message(
                         encode_note(note),
                         content_type="application/json",
-                        delivery_mode=DeliveryMode.NOT_PERSISTENT,
+                        delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
                     ),
                     routing_key=routing_key(note),
                     mandatory=False,  # no subscriber is not an error
@@ -245,41 +215,6 @@ class AmqpBroker:
         await quietly("closing connection", self._connection.close())
         log.info("RabbitMQ connection closed (prefix %r)", self._topology.prefix)
 
-    async def _publish_one(self, outgoing: Outgoing) -> None:
-        headers: HeadersType = dict(outgoing.headers)
-        exchange = self._publish_channel.default_exchange
-        if outgoing.delay > 0:
-            # Always stamped, even below the smallest tier: the consumer then waits out the
-            # few remaining ms, so "no earlier than the delay" holds.
-            headers[DELIVER_AT_HEADER] = deliver_at_ms(outgoing.delay)
-            tier = self._topology.next_tier(outgoing.delay)
-            if tier is not None:
-                exchange = self._delay_exchanges[tier]
-        message = _persistent(
-            outgoing.body, headers, outgoing.priority, outgoing.message_id or uuid.uuid4().hex
-        )
-        await exchange.publish(
-            message,
-            routing_key=self._topology.work_queue(outgoing.queue),
-            mandatory=True,
-            timeout=self._publish_timeout,
-        )
-
-    async def _park(self, message: AbstractIncomingMessage, queue: WorkQueue, tier: int) -> None:
-        """Move a delayed message that arrived early on to delay `tier` (confirmed)."""
-        headers = public_headers(message.headers)
-        headers[DELIVER_AT_HEADER] = message.headers[DELIVER_AT_HEADER]
-        republished = _persistent(message.body, headers, message.priority or 0, message.message_id)
-        try:
-            await self._delay_exchanges[tier].publish(
-                republished,
-                routing_key=self._topology.work_queue(queue),
-                mandatory=True,
-                timeout=self._publish_timeout,
-            )
-        except BROKER_FAILURES as exc:
-            raise BrokerError(f"delay hop not confirmed: {exc!r}") from exc
-
     def _check_open(self) -> None:
         if self._closed:
             raise BrokerError("broker is closed")
@@ -293,28 +228,3 @@ async def _open_channel(
     channel = connection.channel(publisher_confirms=confirms, on_return_raises=confirms)
     await channel.initialize(timeout=RPC_TIMEOUT)
     return channel
-
-
-def _persistent(
-    body: bytes, headers: HeadersType, priority: int, message_id: str | None
-) -> aio_pika.Message:
-    return aio_pika.Message(
-        body,
-        headers=headers,
-        delivery_mode=DeliveryMode.PERSISTENT,
-        priority=priority,
-        message_id=message_id,
-    )
-
-
-def _raise_first_failure(results: Sequence[object], batch_size: int) -> None:
-    """Turn the first failed publish of a window into BrokerError (programming errors pass)."""
-    failures = [r for r in results if isinstance(r, BaseException)]
-    if not failures:
-        return
-    first = failures[0]
-    if isinstance(first, (*BROKER_FAILURES, asyncio.CancelledError)):
-        raise BrokerError(
-            f"{len(failures)} message(s) of a batch of {batch_size} not confirmed: {first!r}"
-        ) from first
-    raise first

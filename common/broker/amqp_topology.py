@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, ExchangeType
+from aio_pika.abc import AbstractChannel, ExchangeType
 from pamqp.common import FieldTable
 
 from common.broker.amqp_common import RPC_TIMEOUT
@@ -32,10 +32,8 @@ def work_queue_arguments(topology: Topology) -> FieldTable:
     }
 
 
-async def declare_topology(
-    channel: AbstractChannel, topology: Topology
-) -> dict[int, AbstractExchange]:
-    """Declare everything; return the delay exchanges by tier (ms).
+async def declare_topology(channel: AbstractChannel, topology: Topology) -> None:
+    """Declare everything (idempotent: same names and arguments every time).
 
     Declared on a robust channel, these are declared again after every reconnection, so a
     broker that lost its definitions gets them back before anything is published.
@@ -55,7 +53,6 @@ async def declare_topology(
             timeout=t,
         )
 
-    delay_exchanges: dict[int, AbstractExchange] = {}
     for tier in topology.delay_tiers_ms:
         exchange = await channel.declare_exchange(
             topology.delay_exchange(tier), ExchangeType.FANOUT, durable=True, timeout=t
@@ -68,13 +65,11 @@ async def declare_topology(
             timeout=t,
         )
         await queue.bind(exchange, routing_key="", timeout=t)
-        delay_exchanges[tier] = exchange
 
     await channel.declare_exchange(
         topology.progress_exchange, ExchangeType.TOPIC, durable=True, timeout=t
     )
     log.info("declared broker topology %r", topology.prefix)
-    return delay_exchanges
 
 
 async def delete_topology(url: str, topology: Topology) -> None:

@@ -168,6 +168,23 @@ class JobsCore:
             await job_store.cancel_job(tx, job_id)
         return await self.get(job_id)
 
+    async def wait_finished(self, job_id: str, max_wait: float) -> JobView:
+        """The job once it reached a terminal status, or as it is after `max_wait` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait
+        with self.hub.listen(job_id) as news:
+            while True:
+                news.clear()
+                view = await self.get(job_id)
+                remaining = deadline - loop.time()
+                if view.status.terminal or remaining <= 0:
+                    return view
+                try:
+                    async with asyncio.timeout(min(remaining, FALLBACK_READ_SECONDS)):
+                        await news.wait()
+                except TimeoutError:
+                    pass
+
     # Watch ------------------------------------------------------------------------------
 
     async def watch(

@@ -23,6 +23,7 @@ from common.store.tables import Task
 from services.gateway.core import JobsCore
 from services.gateway.requests import VideoJobRequest
 from services.gateway.seed_shapes import seed_field_error, seed_status
+from services.gateway.seed_story import add_story_routes
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class HttpApi:
         app.router.add_post("/webhooks/fal", self.fal_webhook)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
+        add_story_routes(app, self.core)
         return app
 
     async def generate_video(self, request: web.Request) -> web.Response:

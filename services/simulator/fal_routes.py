@@ -73,7 +73,7 @@ async def submit(request: web.Request) -> web.StreamResponse:
     if prefix is None:
         return fal_error(404, f"Application '{app_id}' not found")
     body_text = await request.text()
-    fault = state.faults.decide("submit", body_text)
+    fault = state.decide_fault("submit", body_text)
     if fault and (answer := await answer_fault(request, fault, _fault_error(None))):
         return answer
 
@@ -139,7 +139,7 @@ async def _find(
     queued = state.queue.get(request_id)
     if queued is not None and queued.route_prefix != request.match_info["prefix"]:
         queued = None
-    fault = state.faults.decide(endpoint_name, queued.body_text if queued else "")
+    fault = state.decide_fault(endpoint_name, queued.body_text if queued else "")
     if fault and (answer := await answer_fault(request, fault, _fault_error(request_id))):
         return answer
     if queued is None:

@@ -170,7 +170,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             status, code=fault.code, retry_after=fault.retry_after, request_id=request_id
         )
 
-    fault = state.faults.decide("chat", body_text)
+    fault = state.decide_fault("chat", body_text)
     if fault and (answer := await answer_fault(request, fault, render)):
         return answer
     started = time.monotonic()

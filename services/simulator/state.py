@@ -9,9 +9,9 @@ import time
 import uuid
 from typing import Any
 
-from services.simulator.config import Clock, SimulatorConfig
+from services.simulator.config import Clock, Endpoint, SimulatorConfig
 from services.simulator.fal_queue import FalQueue
-from services.simulator.faults import FaultEngine
+from services.simulator.faults import Fault, FaultEngine
 from services.simulator.stats import Stats
 from services.simulator.webhooks import WebhookSender
 
@@ -73,6 +73,13 @@ class SimulatorState:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self.stopping.wait()
+
+    def decide_fault(self, endpoint: Endpoint, match_text: str) -> Fault | None:
+        """The fault for one call (see FaultEngine.decide), counted in the stats right away."""
+        fault = self.faults.decide(endpoint, match_text)
+        if fault is not None:
+            self.stats.record_fault(endpoint, fault.label)
+        return fault
 
     def new_id(self) -> uuid.UUID:
         """A random UUID4, as real providers hand out: unique across simulator restarts, so a

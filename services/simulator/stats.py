@@ -85,6 +85,11 @@ class Stats:
         elif endpoint == "chat":
             self.chat_calls += 1
 
+    def record_fault(self, endpoint: Endpoint, label: str) -> None:
+        """Count a fault when it is decided: a held call may be answered long after (or never,
+        if the client hangs up and the server drops the handler)."""
+        self.faults_injected[endpoint][label] += 1
+
     def record_answer(
         self,
         *,
@@ -97,8 +102,6 @@ class Stats:
     ) -> None:
         """Account how a call was answered; `status` None means the connection was dropped."""
         self.responses[endpoint][RESET_KEY if status is None else str(status)] += 1
-        if fault is not None:
-            self.faults_injected[endpoint][fault] += 1
         self.call_log.append(
             {
                 "t": t,
