@@ -95,7 +95,7 @@ class AmqpBroker:
                     topology.progress_exchange, aio_pika.ExchangeType.TOPIC, durable=True
                 )
         except BaseException as exc:
-            await connection.close()
+            await quietly("closing connection", connection.close())
             if isinstance(exc, BROKER_FAILURES):
                 raise BrokerError(f"cannot set up RabbitMQ at {redact(url)}: {exc!r}") from exc
             raise
@@ -169,17 +169,18 @@ class AmqpBroker:
         if self._closed or not notes:
             return
         try:
-            for note in notes:
-                await self._progress_exchange.publish(
-                    aio_pika.Message(
-                        encode_note(note),
-                        content_type="application/json",
-                        delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
-                    ),
-                    routing_key=routing_key(note),
-                    mandatory=False,  # no subscriber is not an error
-                    timeout=RPC_TIMEOUT,
-                )
+            # Bounded as a whole: while reconnecting, the robust channel waits for the connection.
+            async with asyncio.timeout(RPC_TIMEOUT):
+                for note in notes:
+                    await self._progress_exchange.publish(
+                        aio_pika.Message(
+                            encode_note(note),
+                            content_type="application/json",
+                            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+                        ),
+                        routing_key=routing_key(note),
+                        mandatory=False,  # no subscriber is not an error
+                    )
         except BROKER_FAILURES as exc:
             log.warning("progress notes not sent (%r); watchers catch up on their next read", exc)
 

@@ -127,3 +127,49 @@ async def test_tasks_committed_but_never_published_are_published_by_the_sweeper(
             await job_store.create_job(Tx(session, time.time(), StoreTimings(0.5)), plan)
         events = await watch_to_end(stack.stub, "orphan", timeout=20)
     assert events[-1].job_status == pb.JOB_STATUS_COMPLETED
+
+
+async def test_retry_failed_reruns_only_the_failed_segment(
+    tmp_path: Path, sim: SimulatorHandle
+) -> None:
+    sim.configure(rules=[{"endpoint": "submit", "match": "segment 2 of 3", "fault": "400"}])
+    async with inproc_stack(stack_settings(tmp_path, sim)) as stack:
+        job_id = (
+            await stack.stub.StartVideoJob(
+                pb.StartVideoJobRequest(battle_arena_url=ARENA, total_segments=3)
+            )
+        ).job_id
+        await watch_to_end(stack.stub, job_id)
+        failed = await stack.stub.GetJob(pb.GetJobRequest(job_id=job_id))
+        assert status_name(failed.status) == "PARTIALLY_FAILED"
+        urls = {t.index: t.result_url for t in failed.tasks}
+        sim.configure(rules=[])
+        retry = await stack.stub.RetryFailed(pb.RetryFailedRequest(job_id=job_id))
+        assert (retry.retried_count, list(retry.retried_tasks)) == (1, [2])
+        assert status_name(retry.job.status) == "RUNNING"
+        await watch_to_end(stack.stub, job_id, after=failed.last_cursor)
+        job = await stack.stub.GetJob(pb.GetJobRequest(job_id=job_id))
+        nothing = await stack.stub.RetryFailed(pb.RetryFailedRequest(job_id=job_id))
+    assert status_name(job.status) == "COMPLETED"
+    assert job.tasks[0].result_url == urls[1] and job.tasks[2].result_url == urls[3]
+    assert job.tasks[1].status == pb.TASK_STATUS_SUCCEEDED and job.tasks[1].attempts == 2
+    assert len(job.retry_history) == 1 and list(job.retry_history[0].tasks) == [2]
+    stats = sim.stats(with_logs=False)
+    assert stats["accepted_requests"] == 3  # segments 1 and 3 were not generated again
+    assert nothing.retried_count == 0 and nothing.message.startswith("nothing to retry")
+
+
+async def test_finished_jobs_are_deleted_after_the_retention(
+    tmp_path: Path, sim: SimulatorHandle
+) -> None:
+    settings = stack_settings(tmp_path, sim, job_retention=1, sweep_interval=0.2)
+    async with inproc_stack(settings) as stack:
+        job_id = (
+            await stack.stub.StartVideoJob(
+                pb.StartVideoJobRequest(battle_arena_url=ARENA, total_segments=1)
+            )
+        ).job_id
+        await watch_to_end(stack.stub, job_id)
+        async with asyncio.timeout(10):
+            while (await stack.stub.ListJobs(pb.ListJobsRequest())).jobs:
+                await asyncio.sleep(0.2)  # the retention clock has to pass; nothing to await

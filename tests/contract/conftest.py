@@ -67,15 +67,29 @@ async def watch_dead_letters(url: str, topology: Topology) -> AsyncIterator[list
         yield bodies
 
 
-@pytest.fixture(params=["memory", "amqp"])
-async def harness(request: pytest.FixtureRequest, queue_prefix: str) -> AsyncIterator[Harness]:
+@contextlib.asynccontextmanager
+async def open_harness(kind: str, url: str, queue_prefix: str) -> AsyncIterator[Harness]:
     topology = Topology(prefix=queue_prefix)
-    url = "memory://" if request.param == "memory" else request.getfixturevalue("amqp_url")
     async with contextlib.AsyncExitStack() as stack:
-        if request.param == "amqp":
+        if kind == "amqp":
             stack.push_async_callback(delete_topology, url, topology)
         broker = await stack.enter_async_context(open_broker(url, topology))
         bodies: list[bytes] = []
-        if request.param == "amqp":
+        if kind == "amqp":
             bodies = await stack.enter_async_context(watch_dead_letters(url, topology))
-        yield Harness(request.param, url, topology, broker, bodies)
+        yield Harness(kind, url, topology, broker, bodies)
+
+
+@pytest.fixture(params=["memory", "amqp"])
+async def harness(request: pytest.FixtureRequest, queue_prefix: str) -> AsyncIterator[Harness]:
+    """Each contract test runs against both brokers."""
+    url = "memory://" if request.param == "memory" else request.getfixturevalue("amqp_url")
+    async with open_harness(request.param, url, queue_prefix) as h:
+        yield h
+
+
+@pytest.fixture
+async def amqp_harness(amqp_url: str, queue_prefix: str) -> AsyncIterator[Harness]:
+    """RabbitMQ only: what durability and connection loss mean."""
+    async with open_harness("amqp", amqp_url, queue_prefix) as h:
+        yield h

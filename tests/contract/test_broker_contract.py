@@ -11,6 +11,7 @@ import collections
 import time
 from collections.abc import Awaitable, Callable
 
+import aio_pika
 import pytest
 
 from common.broker import (
@@ -238,37 +239,40 @@ async def test_invalid_batches_and_closed_brokers_are_refused(harness: Harness) 
 # ---- RabbitMQ only: what durability and connection loss mean ----
 
 
-def _durable_only(harness: Harness) -> None:
-    if not harness.broker.durable:
-        pytest.skip("in-process broker: nothing outlives the process")
+async def test_unroutable_publish_is_an_error_not_a_silent_drop(amqp_harness: Harness) -> None:
+    connection = await aio_pika.connect(amqp_harness.url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(amqp_harness.topology.work_queue(WorkQueue.STORY))
+    with pytest.raises(BrokerError, match="not confirmed"):
+        await amqp_harness.broker.publish([Outgoing(WorkQueue.STORY, b"nowhere")])
+    await amqp_harness.broker.publish([Outgoing(VIDEO, b"still fine")])  # the channel survived
 
 
-async def test_message_outlives_its_publisher(harness: Harness) -> None:
-    _durable_only(harness)
-    async with harness.open_another() as publisher:
+async def test_message_outlives_its_publisher(amqp_harness: Harness) -> None:
+    async with amqp_harness.open_another() as publisher:
         await publisher.publish([Outgoing(VIDEO, b"kept", priority=2)])
     received, handler = collector()
-    consumer = await harness.broker.consume(VIDEO, handler, prefetch=1)
+    consumer = await amqp_harness.broker.consume(VIDEO, handler, prefetch=1)
     message = await next_of(received)
     await consumer.stop(timeout=WAIT)
     assert (message.body, message.priority) == (b"kept", 2)
 
 
-async def test_unacked_message_is_redelivered_when_its_consumer_dies(harness: Harness) -> None:
-    _durable_only(harness)
+async def test_unacked_message_is_redelivered_when_its_consumer_dies(amqp_harness: Harness) -> None:
     taken = asyncio.Event()
 
     async def hold(message: Incoming) -> None:
         taken.set()
         await asyncio.Event().wait()
 
-    async with harness.open_another() as doomed:
+    async with amqp_harness.open_another() as doomed:
         assert isinstance(doomed, AmqpBroker)
         await doomed.consume(VIDEO, hold, prefetch=1)
-        await harness.broker.publish([Outgoing(VIDEO, b"orphan", message_id="o-1")])
+        await amqp_harness.broker.publish([Outgoing(VIDEO, b"orphan", message_id="o-1")])
         await asyncio.wait_for(taken.wait(), WAIT)
         received, handler = collector()
-        survivor = await harness.broker.consume(VIDEO, handler, prefetch=1)
+        survivor = await amqp_harness.broker.consume(VIDEO, handler, prefetch=1)
         await assert_quiet(received)  # still held by the doomed consumer
         await doomed.connection.close()  # the process "dies" without acking
         message = await next_of(received)
@@ -277,13 +281,12 @@ async def test_unacked_message_is_redelivered_when_its_consumer_dies(harness: Ha
 
 
 async def test_consumer_and_subscription_come_back_after_a_connection_drop(
-    harness: Harness,
+    amqp_harness: Harness,
 ) -> None:
-    _durable_only(harness)
     received, handler = collector()
     notes: asyncio.Queue[ProgressNote] = asyncio.Queue()
-    url = f"{harness.url}?reconnect_interval=0.2"
-    async with open_broker(url, harness.topology) as broker:
+    url = f"{amqp_harness.url}?reconnect_interval=0.2"
+    async with open_broker(url, amqp_harness.topology) as broker:
         assert isinstance(broker, AmqpBroker)
         consumer = await broker.consume(VIDEO, handler, prefetch=1)
         await broker.subscribe(notes.put_nowait)

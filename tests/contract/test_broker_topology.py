@@ -1,0 +1,67 @@
+"""Pure checks of the topology policy: names, and how delays are split into tier hops."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.broker import DEFAULT_DELAY_TIERS_MS, Topology, WorkQueue
+from common.broker.delays import DELIVER_AT_HEADER, deliver_at_ms, public_headers, remaining_seconds
+
+
+def test_names_derive_from_the_prefix() -> None:
+    t = Topology(prefix="p")
+    assert t.work_queue(WorkQueue.VIDEO) == "p.video.segment"
+    assert t.work_queue(WorkQueue.STORY) == "p.story.set"
+    assert t.delay_queue(250) == "p.delay.250ms"
+    assert all(name.startswith("p.") for name in t.queue_names() + t.exchange_names())
+    assert len(t.queue_names()) == len(WorkQueue) + len(DEFAULT_DELAY_TIERS_MS) + 1
+    assert t.progress_exchange in t.exchange_names()
+
+
+@pytest.mark.parametrize(
+    ("remaining", "tier"),
+    [
+        (0.0, None),
+        (0.015, None),  # within the tolerance: deliver now
+        (0.02, 50),  # below the smallest tier: the smallest
+        (0.3, 250),  # the largest tier that does not overshoot
+        (1.3, 1000),
+        (1.0, 1000),
+        (7200.0, 1_800_000),  # beyond the last tier: repeat it
+    ],
+)
+def test_next_tier_never_overshoots(remaining: float, tier: int | None) -> None:
+    assert Topology().next_tier(remaining) == tier
+
+
+def test_a_long_delay_takes_few_hops() -> None:
+    t, remaining, hops = Topology(), 1799.9, 0
+    while (tier := t.next_tier(remaining)) is not None:
+        remaining -= tier / 1000
+        hops += 1
+    assert hops <= 20
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"prefix": ""},
+        {"delay_tiers_ms": ()},
+        {"delay_tiers_ms": (100, 50)},
+        {"delay_tiers_ms": (0, 50)},
+        {"max_priority": 0},
+    ],
+)
+def test_invalid_topologies_are_refused(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        Topology(**kwargs)  # type: ignore[arg-type]
+
+
+def test_deliver_at_round_trip_and_internal_headers_are_hidden() -> None:
+    due = deliver_at_ms(2.0, now=1000.0)
+    assert due == 1_002_000
+    headers = {DELIVER_AT_HEADER: due, "x-death": [], "x-first-death-queue": "q", "job": "j"}
+    assert remaining_seconds(headers, now=1000.5) == pytest.approx(1.5)
+    assert remaining_seconds(headers, now=1003.0) == 0.0
+    assert remaining_seconds({DELIVER_AT_HEADER: "soon"}) == 0.0
+    assert public_headers(headers) == {"job": "j"}
