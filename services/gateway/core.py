@@ -118,6 +118,10 @@ class JobsCore:
 
     async def get(self, job_id: str, *, with_tasks: bool = True) -> JobView:
         check_job_id(job_id)
+        # Shielded like every read of a caller that may hang up: see _read.
+        return await asyncio.shield(self._load(job_id, with_tasks))
+
+    async def _load(self, job_id: str, with_tasks: bool) -> JobView:
         async with self.infra.db.read() as session:
             return await load_view(session, job_id, with_tasks=with_tasks)
 

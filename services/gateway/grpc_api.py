@@ -5,6 +5,7 @@ Domain errors become gRPC statuses here and only here; their messages name the f
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
@@ -36,8 +37,14 @@ STATUS_OF: list[tuple[type[OrchestratorError], grpc.StatusCode]] = [
 
 
 async def _answer(context: Context, call: Callable[[], Awaitable[T]]) -> T:
+    """Run `call` and map domain errors to statuses.
+
+    Shielded: when the client hangs up (or its deadline passes) gRPC cancels the handler, but
+    the call's transaction still finishes cleanly instead of being cut mid-statement; its
+    answer is simply dropped.
+    """
     try:
-        return await call()
+        return await asyncio.shield(call())
     except OrchestratorError as exc:
         code = next(c for kind, c in STATUS_OF if isinstance(exc, kind))
         await context.abort(code, str(exc))

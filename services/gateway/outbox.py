@@ -12,6 +12,7 @@ provider slots nobody handed out, and deletes finished jobs past their retention
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from common.service import Infra
@@ -29,6 +30,7 @@ class Outbox:
         self.uow = infra.uow
         self._jobs: list[str] = []
         self._kick = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -45,27 +47,32 @@ class Outbox:
         self._kick.set()
 
     async def wait_idle(self) -> None:
-        """Until every job handed over so far is published (for shutdown and tests)."""
+        """Until every job handed over so far is published (for tests)."""
         await self._idle.wait()
 
+    def stop(self) -> None:
+        """Ask `run` to finish: it publishes what it was handed, then returns."""
+        self._stopping.set()
+        self._kick.set()
+
     async def run(self) -> None:
-        """Publish handed-over jobs as they come; sweep every `sweep_interval` seconds."""
+        """Publish handed-over jobs as they come; sweep every `sweep_interval` seconds.
+
+        Runs until `stop()`; never cancelled mid-pass, so no database call is cut halfway.
+        """
         settings = self.infra.settings
         loop = asyncio.get_running_loop()
         next_sweep = loop.time()
         next_cleanup = loop.time()
-        while True:
-            try:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, next_sweep - loop.time())):
                     await self._kick.wait()
-            except TimeoutError:
-                pass
             self._kick.clear()
             try:
-                while self._jobs:
-                    await self._publish(self._jobs[0])
-                    self._jobs.pop(0)
-                self._idle.set()
+                await self._publish_handed_over()
+                if self._stopping.is_set():
+                    break
                 if loop.time() >= next_sweep:
                     await self.sweep()
                     next_sweep = loop.time() + settings.sweep_interval
@@ -76,7 +83,15 @@ class Outbox:
                 # Database or broker trouble: the deadlines keep everything recoverable; retry.
                 log.exception("outbox pass failed; retrying in %.0fs", settings.sweep_interval)
                 next_sweep = loop.time() + settings.sweep_interval
-                await asyncio.sleep(settings.sweep_interval)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(settings.sweep_interval):
+                        await self._stopping.wait()
+
+    async def _publish_handed_over(self) -> None:
+        while self._jobs:
+            await self._publish(self._jobs[0])
+            self._jobs.pop(0)
+        self._idle.set()
 
     async def _publish(self, job_id: str) -> None:
         async with self.infra.db.read() as session:
