@@ -2,7 +2,8 @@
 
 A breaker lives in one worker process and changes state synchronously inside a call; the
 transition is queued here and written, with the next write transaction of the handler that
-observed it, as a BREAKER event on that handler's job. Deferral events then tell every other
+observed it, as a BREAKER event on that handler's job (and, when it opens, that job's warning;
+closing clears the warning of every job that carries it). Deferral events tell every other
 affected job why its tasks wait.
 """
 
@@ -12,12 +13,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from sqlalchemy import update
-
 from common.domain.events import EventDraft, EventType
 from common.resilience import BreakerConfig, BreakerRegistry, BreakerState, BreakerTransition
 from common.store.ledger import Tx
-from common.store.tables import Job
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +37,23 @@ class BreakerEvents:
         )
         self.pending.append(transition)
 
-    async def record(self, tx: Tx, job_id: str) -> None:
-        """Write the transitions seen since the last call as events of `job_id`."""
-        while self.pending:
-            t = self.pending.pop(0)
+    def _put_back(self, taken: list[BreakerTransition]) -> None:
+        self.pending[:0] = taken
+
+    def record(self, tx: Tx, job_id: str) -> None:
+        """Write the transitions seen since the last call as events of `job_id` (put back if
+        `tx` does not commit)."""
+        if not self.pending:
+            return
+        taken, self.pending[:] = list(self.pending), []
+        tx.on_abort.append(lambda: self._put_back(taken))
+        for t in taken:
             if t.new is BreakerState.OPEN:
-                warning = f"{t.name} is failing: circuit open ({t.reason}); tasks are deferred"
+                warning = f"{_warning_prefix(t.name)} ({t.reason}); tasks are deferred"
+                tx.update_job(job_id, warning=warning)
             elif t.new is BreakerState.CLOSED:
-                warning = ""
-            else:
-                warning = f"{t.name} circuit half-open: probing whether it recovered"
-            await tx.session.execute(update(Job).where(Job.id == job_id).values(warning=warning))
-            await tx.emit(
+                tx.clear_warnings.append(_warning_prefix(t.name))
+            tx.emit(
                 job_id,
                 EventDraft(
                     EventType.BREAKER,
@@ -63,3 +66,7 @@ class BreakerEvents:
                     },
                 ),
             )
+
+
+def _warning_prefix(name: str) -> str:
+    return f"{name} is failing: circuit open"

@@ -13,7 +13,6 @@ from common.broker import Broker, open_broker
 from common.lifecycle import setup_logging, stop_on_signals
 from common.settings import Settings, SettingsError
 from common.store.database import Database, open_database
-from common.store.ledger import StoreTimings
 from common.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -38,8 +37,11 @@ async def open_infra(settings: Settings, *, broker: Broker | None = None) -> Asy
             broker = await stack.enter_async_context(
                 open_broker(settings.amqp_url, settings.topology)
             )
-        uow = UnitOfWork(db, broker, StoreTimings(stale_after=settings.stale_after))
-        yield Infra(settings, db, broker, uow)
+        uow = UnitOfWork(db, broker, settings.store_timings)
+        try:
+            yield Infra(settings, db, broker, uow)
+        finally:
+            await uow.close()
 
 
 def run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[None]]) -> None:

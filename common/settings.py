@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.broker import Topology
 from common.resilience import Backoff, BreakerConfig, RetryPolicy
+from common.store.ledger import StoreTimings
 
 
 class SettingsError(Exception):
@@ -118,6 +119,11 @@ class Settings(BaseSettings):
     @property
     def topology(self) -> Topology:
         return Topology(prefix=self.queue_prefix)
+
+    @property
+    def store_timings(self) -> StoreTimings:
+        # A QUEUED task's message sits in RabbitMQ durably; re-issue it only after much longer.
+        return StoreTimings(stale_after=self.stale_after, queued_stale_after=self.stale_after * 10)
 
     @property
     def video_retry(self) -> RetryPolicy:

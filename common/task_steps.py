@@ -3,7 +3,8 @@
 A failed attempt goes through the shared retry policy: RETRYING with the next attempt's message
 scheduled after the backoff delay (through RabbitMQ's delay tiers), or FAILED with its error,
 error class and whether a later RetryFailed may help. A deferral (the circuit is open) puts the
-same message off without spending an attempt.
+same message off without spending an attempt, and moves the task's deadline past the delay so
+the sweeper does not mistake the wait for a lost message.
 """
 
 from __future__ import annotations
@@ -11,23 +12,24 @@ from __future__ import annotations
 from common.domain.events import EventDraft, EventType
 from common.domain.states import TaskStatus
 from common.messages import MessageKind, TaskMessage, outgoing
-from common.resilience import Decision, ProviderError, Retry, RetryPolicy
-from common.store.ledger import Tx
-from common.store.tables import Task
-from common.store.tasks import Failure, change, note
+from common.resilience import Decision, ErrorClass, ProviderError, Retry, RetryPolicy
+from common.store.ledger import Failure, Tx
+from common.store.records import TaskRecord
 
 
-async def fail_attempt(tx: Tx, task: Task, error: ProviderError, policy: RetryPolicy) -> Decision:
+def fail_attempt(tx: Tx, task: TaskRecord, error: ProviderError, policy: RetryPolicy) -> Decision:
     """Record that `task`'s current attempt failed with `error`; retry or give up."""
     decision = policy.decide(error, task.attempt, max_attempts=task.max_attempts)
+    what = f"attempt {task.attempt} failed ({error.error_class})"
+    if error.error_class is ErrorClass.TIMEOUT and task.request_id is None:
+        # The provider may have accepted the request before the answer was lost.
+        what += "; the provider may still have run it"
     if isinstance(decision, Retry):
         attempt = task.attempt + 1
-        await change(
-            tx,
+        tx.change(
             task,
             TaskStatus.RETRYING,
-            message=f"attempt {task.attempt} failed ({error.error_class}); "
-            f"attempt {attempt} in {decision.delay:.1f}s",
+            message=f"{what}; attempt {attempt} in {decision.delay:.1f}s",
             failure=Failure(error.message, error.error_class, recoverable=True),
             details={"retry_in": round(decision.delay, 3), "error": error.message},
             attempt=attempt,
@@ -40,21 +42,19 @@ async def fail_attempt(tx: Tx, task: Task, error: ProviderError, policy: RetryPo
             outgoing(run, task.kind, job_priority=task.priority, delay=decision.delay)
         )
     else:
-        await change(
-            tx,
+        tx.change(
             task,
             TaskStatus.FAILED,
-            message=f"failed: {decision.reason}",
+            message=f"{what}; failed: {decision.reason}",
             failure=Failure(error.message, error.error_class, decision.recoverable),
             details={"error": error.message},
         )
     return decision
 
 
-async def defer(tx: Tx, task: Task, message: TaskMessage, delay: float, breaker: str) -> None:
+def defer(tx: Tx, task: TaskRecord, message: TaskMessage, delay: float, breaker: str) -> None:
     """The circuit is open: send the same message again after `delay`, attempt unspent."""
-    await note(
-        tx,
+    tx.note(
         task,
         EventDraft(
             EventType.TASK_DEFERRED,
@@ -63,5 +63,6 @@ async def defer(tx: Tx, task: Task, message: TaskMessage, delay: float, breaker:
             task_status=task.status,
             details={"retry_in": round(delay, 3), "breaker": breaker},
         ),
+        deadline_at=tx.now + delay + tx.timings.stale_after,
     )
     tx.outgoing.append(outgoing(message, task.kind, job_priority=task.priority, delay=delay))

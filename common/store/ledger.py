@@ -1,29 +1,26 @@
-"""One write transaction (`Tx`) and the job-level bookkeeping every state change goes through.
+"""A unit of work as a record: what a handler wants changed, applied later in a group commit.
 
-Every change appends its events in the same transaction, numbered from the job's `last_seq`;
-bumping that counter locks the job row, so one job's events commit in cursor order. When a
-change finishes a job's last open task, the job's outcome is computed and recorded here too.
+A handler does not talk to the database while it decides. It records its changes on a `Tx` —
+"move task T from the state I read to RUNNING", "start an attempt if a provider slot is free",
+"emit this event" — and the committer (common.store.committer) applies many such records in one
+database transaction with a few set-based statements (common.store.apply). Each record is
+all-or-nothing: if a task it names is no longer in the state (status, attempt, slot) the handler
+read, none of its changes apply and its `commit` raises StaleTask.
+
+Every task change appends its event in the same transaction, numbered from the job's
+`last_seq` under the job row's lock, so one job's events commit in cursor order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from common.broker import Outgoing
-from common.domain.events import EventDraft, EventType
-from common.domain.states import (
-    JobStatus,
-    TaskKind,
-    TaskStatus,
-    check_job_transition,
-    job_outcome,
-)
-from common.errors import NotFound
-from common.store.tables import Event, Job, Task
+from common.domain.events import EventDraft
+from common.domain.states import JobStatus, TaskKind, TaskStatus
+from common.store.records import TaskRecord
 
 
 class StaleTask(Exception):
@@ -33,14 +30,93 @@ class StaleTask(Exception):
 @dataclass(frozen=True)
 class StoreTimings:
     """Deadlines the store writes: after `stale_after` seconds of silence a task's next message
-    is presumed lost and the sweeper re-issues it."""
+    is presumed lost and the sweeper re-issues it. A QUEUED task whose message RabbitMQ holds is
+    re-issued only after `queued_stale_after` (RabbitMQ keeps it durably; this only covers a
+    message dead-lettered by an outage)."""
 
     stale_after: float = 60.0
+    queued_stale_after: float = 600.0
+
+
+# Which provider's concurrency slots a task kind uses (story calls are bounded by worker prefetch).
+SLOT_PROVIDER: dict[str, str] = {TaskKind.VIDEO_SEGMENT: "fal"}
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A task as the caller read it; a change applies only while the row still looks so."""
+
+    task_id: int
+    job_id: str
+    index: int
+    kind: str
+    status: TaskStatus
+    attempt: int
+    holds_slot: bool
+    priority: int
+
+    @classmethod
+    def of(cls, task: TaskRecord) -> Seen:
+        return cls(
+            task.id,
+            task.job_id,
+            task.index,
+            task.kind,
+            TaskStatus(task.status),
+            task.attempt,
+            task.holds_slot,
+            task.priority,
+        )
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a task failed, as recorded on the task and its event."""
+
+    message: str
+    error_class: str
+    recoverable: bool
+
+
+@dataclass(frozen=True)
+class Start:
+    """Start an attempt: SUBMITTING with one of `provider`'s slots, or WAITING if none is free."""
+
+    provider: str
+    deadline_at: float
+    waiting_message: str = "waiting for a provider slot"
+
+
+@dataclass(frozen=True)
+class TaskChange:
+    seen: Seen
+    # None: no status change (a note: an event and/or other columns).
+    new: TaskStatus | None
+    message: str = ""
+    event: EventDraft | None = None
+    failure: Failure | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
+    start: Start | None = None
+
+
+@dataclass(frozen=True)
+class JobTasksChange:
+    """Every task of a job in `old` status moves to `new` (story sets following their plan)."""
+
+    job_id: str
+    old: TaskStatus
+    new: TaskStatus
+    message: str
+    failure: Failure | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+    # Owe each moved task its run message.
+    send_run: bool = False
 
 
 @dataclass(frozen=True)
 class JobHead:
-    """The job row's bookkeeping columns as left by the last `Tx.emit`."""
+    """A job's bookkeeping columns after a commit."""
 
     id: str
     kind: str
@@ -50,122 +126,93 @@ class JobHead:
     cancel_requested: bool
 
 
+@dataclass(frozen=True)
+class JobEvent:
+    job_id: str
+    event: EventDraft
+
+
+Op = TaskChange | JobTasksChange | JobEvent
+
+
 @dataclass
 class Tx:
-    """A write transaction plus what must happen once it commits (publish, notify)."""
+    """What one handler wants done, in order, and, once committed, what happened."""
 
-    session: AsyncSession
     now: float
     timings: StoreTimings = field(default_factory=StoreTimings)
-    # job id -> newest cursor written: progress notes for watchers.
-    notes: dict[str, int] = field(default_factory=dict)
-    # Messages owed once committed (granted slots, unblocked story sets, ...).
+    ops: list[Op] = field(default_factory=list)
+    job_values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Jobs to move from a terminal status back to RUNNING (RetryFailed), with the message.
+    reopen: dict[str, str] = field(default_factory=dict)
+    # Providers whose slot count is recomputed from the tasks and free slots handed out.
+    rebalance: set[str] = field(default_factory=set)
+    # Clear the `warning` of every job whose warning starts with one of these.
+    clear_warnings: list[str] = field(default_factory=list)
+    # Messages owed once committed.
     outgoing: list[Outgoing] = field(default_factory=list)
-    # Jobs this transaction finished (their terminal status is committed with it).
+    # Run if the record is rejected or its transaction fails (e.g. to put transitions back).
+    on_abort: list[Callable[[], None]] = field(default_factory=list)
+
+    # Results, filled in by the applier.
+    error: Exception | None = None
+    applied: dict[int, TaskStatus] = field(default_factory=dict)
+    written: dict[int, dict[str, Any]] = field(default_factory=dict)
+    notes: dict[str, int] = field(default_factory=dict)
     finished: list[JobHead] = field(default_factory=list)
 
-    async def emit(self, job_id: str, *events: EventDraft, open_delta: int = 0) -> JobHead:
-        """Append `events` with the job's next cursors and adjust its open-task count."""
-        row = (
-            await self.session.execute(
-                update(Job)
-                .where(Job.id == job_id)
-                .values(
-                    last_seq=Job.last_seq + len(events),
-                    open_tasks=Job.open_tasks + open_delta,
-                    updated_at=self.now,
-                )
-                .returning(Job.kind, Job.status, Job.open_tasks, Job.last_seq, Job.cancel_requested)
+    # Recording ---------------------------------------------------------------------------
+
+    def change(
+        self,
+        task: TaskRecord,
+        new: TaskStatus,
+        *,
+        message: str,
+        failure: Failure | None = None,
+        details: dict[str, Any] | None = None,
+        **values: Any,
+    ) -> None:
+        """Move `task` from the state it was read in to `new`, with an event."""
+        self.ops.append(
+            TaskChange(Seen.of(task), new, message, None, failure, details or {}, values)
+        )
+
+    def start(self, task: TaskRecord, *, message: str, deadline_at: float) -> None:
+        """SUBMITTING with a provider slot (kept if the task holds one), else WAITING; read
+        `applied[task.id]` after the commit to know which."""
+        provider = SLOT_PROVIDER[task.kind]
+        self.ops.append(
+            TaskChange(
+                Seen.of(task),
+                TaskStatus.SUBMITTING,
+                message,
+                start=Start(provider, deadline_at),
             )
-        ).one_or_none()
-        if row is None:
-            raise NotFound(f"job {job_id} not found")
-        head = JobHead(
-            id=job_id,
-            kind=row.kind,
-            status=JobStatus(row.status),
-            open_tasks=row.open_tasks,
-            last_seq=row.last_seq,
-            cancel_requested=row.cancel_requested,
-        )
-        if events:
-            first = head.last_seq - len(events) + 1
-            await self.session.execute(
-                insert(Event),
-                [_event_row(job_id, first + i, e, self.now) for i, e in enumerate(events)],
-            )
-            self.notes[job_id] = head.last_seq
-        return head
-
-    async def set_job_status(
-        self, head: JobHead, status: JobStatus, message: str, **values: Any
-    ) -> JobHead:
-        check_job_transition(head.status, status)
-        await self.session.execute(
-            update(Job).where(Job.id == head.id).values(status=status, message=message, **values)
-        )
-        head = await self.emit(
-            head.id, EventDraft(EventType.JOB_STATUS, message=message, job_status=status)
-        )
-        return JobHead(
-            id=head.id,
-            kind=head.kind,
-            status=status,
-            open_tasks=head.open_tasks,
-            last_seq=head.last_seq,
-            cancel_requested=head.cancel_requested,
         )
 
-    async def after_task_change(self, head: JobHead, new: TaskStatus) -> JobHead:
-        """Job-level consequences of a task change: the job starts, or finishes."""
-        if head.status is JobStatus.QUEUED and not new.terminal:
-            head = await self.set_job_status(head, JobStatus.RUNNING, "started")
-        if head.open_tasks == 0 and not head.status.terminal:
-            head = await self._finish(head)
-        return head
+    def note(self, task: TaskRecord, event: EventDraft | None = None, **values: Any) -> None:
+        """An event about `task` and/or columns other than its status, if it is unchanged."""
+        self.ops.append(TaskChange(Seen.of(task), None, event=event, values=values))
 
-    async def _finish(self, head: JobHead) -> JobHead:
-        output = (Task.job_id == head.id, Task.kind != TaskKind.STORY_PLAN)
-        counts = dict(
-            (
-                await self.session.execute(
-                    select(Task.status, func.count()).where(*output).group_by(Task.status)
-                )
-            ).all()
-        )
-        not_done = (
-            await self.session.scalars(
-                select(Task.index)
-                .where(*output, Task.status != TaskStatus.SUCCEEDED)
-                .order_by(Task.index)
-                .limit(21)
-            )
-        ).all()
-        succeeded = counts.get(TaskStatus.SUCCEEDED, 0)
-        total = sum(counts.values())
-        outcome = job_outcome(
-            succeeded=succeeded, unsuccessful=total - succeeded, cancelled=head.cancel_requested
-        )
-        noun = "sets" if head.kind == "story" else "segments"
-        message = f"{succeeded} of {total} {noun} succeeded"
-        if not_done:
-            shown = ", ".join(str(i) for i in not_done[:20])
-            message += f"; not done: {shown}{'…' if len(not_done) > 20 else ''}"
-        head = await self.set_job_status(head, outcome, message, finished_at=self.now)
-        self.finished.append(head)
-        return head
+    def change_job_tasks(self, change: JobTasksChange) -> None:
+        self.ops.append(change)
 
+    def emit(self, job_id: str, event: EventDraft) -> None:
+        self.ops.append(JobEvent(job_id, event))
 
-def _event_row(job_id: str, seq: int, e: EventDraft, now: float) -> dict[str, Any]:
-    return {
-        "job_id": job_id,
-        "seq": seq,
-        "type": e.type,
-        "task_index": e.task_index,
-        "task_status": e.task_status,
-        "job_status": e.job_status,
-        "message": e.message,
-        "error_class": e.error_class,
-        "details": e.details,
-        "created_at": now,
-    }
+    def update_job(self, job_id: str, **values: Any) -> None:
+        self.job_values.setdefault(job_id, {}).update(values)
+
+    def reopen_job(self, job_id: str, message: str) -> None:
+        self.reopen[job_id] = message
+
+    def after(self, task: TaskRecord) -> TaskRecord:
+        """`task` as this committed record left it."""
+        written = self.written.get(task.id)
+        return replace(task, **written) if written else task
+
+    @property
+    def job_ids(self) -> set[str]:
+        ids = {op.seen.job_id if isinstance(op, TaskChange) else op.job_id for op in self.ops}
+        return ids | set(self.job_values) | set(self.reopen)

@@ -2,112 +2,124 @@
 
 A task that is owed a message carries a deadline. The process that made the change publishes
 the message right after commit; if it dies first, the deadline passes and the sweeper re-issues
-the message (`claim_overdue`). Messages are idempotent, so a re-issue that races the original
-is harmless. Freshly created tasks lose their deadline once their message is confirmed
-(`mark_published`): from then on RabbitMQ holds them durably.
+the message (`claim_overdue`). Messages are idempotent, so a re-issue that races the original is
+harmless. Once RabbitMQ confirmed a fresh task's message (`mark_published`) its deadline moves
+far out: RabbitMQ holds it durably, and the long deadline only covers a message that an outage
+dead-lettered.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.attributes import set_committed_value
 
 from common.broker import Outgoing
-from common.domain.states import JobStatus, TaskStatus
+from common.domain.states import JobStatus, TaskKind, TaskStatus
 from common.messages import MessageKind, TaskMessage, outgoing
 from common.store.ledger import Tx
+from common.store.records import TASK_COLUMNS, TaskRecord, load_tasks
 from common.store.tables import Job, Task
 
 _TERMINAL_JOB = [s for s in JobStatus if s.terminal]
 CLAIM_LIMIT = 500
+_POLLED = frozenset({TaskKind.VIDEO_SEGMENT})
 
 
-def message_for(task: Task, *, reissued: bool) -> Outgoing | None:
-    """The message a task in its current state needs next (None when it waits on nothing)."""
+def message_for(task: TaskRecord, *, reissued: bool) -> Outgoing | None:
+    """The message a task in its current state needs next (None when it waits on nothing).
+
+    A re-issued message says the sweeper found the task silent past its deadline: the work of
+    its previous message is lost, so the handler may redo it.
+    """
     status = TaskStatus(task.status)
-    if status in (TaskStatus.QUEUED, TaskStatus.RETRYING, TaskStatus.SUBMITTING):
-        run = TaskMessage(task.id, task.job_id, MessageKind.RUN, task.attempt, reissued=reissued)
-        return outgoing(run, task.kind, job_priority=task.priority, boost=task.holds_slot)
-    if status is TaskStatus.RUNNING:
+    polls = task.kind in _POLLED and status is TaskStatus.RUNNING
+    if polls:
         poll = TaskMessage(
             task.id, task.job_id, MessageKind.POLL, task.attempt, chain=task.poll_chain
         )
         return outgoing(poll, task.kind, job_priority=task.priority)
+    if status in (
+        TaskStatus.QUEUED,
+        TaskStatus.RETRYING,
+        TaskStatus.SUBMITTING,
+        TaskStatus.RUNNING,
+    ):
+        run = TaskMessage(task.id, task.job_id, MessageKind.RUN, task.attempt, reissued=reissued)
+        return outgoing(run, task.kind, job_priority=task.priority, boost=task.holds_slot)
     return None
 
 
-async def claim_overdue(tx: Tx, limit: int = CLAIM_LIMIT) -> list[Outgoing]:
-    """Tasks whose deadline passed: push the deadline on and return their messages.
+async def claim_overdue(session: AsyncSession, tx: Tx, limit: int = CLAIM_LIMIT) -> int:
+    """Tasks whose deadline passed: push the deadline on and owe their messages on `tx`.
 
-    A RUNNING task gets a new poll chain, so a poll chain that is merely slow dies out instead of
-    doubling the polling.
+    A RUNNING video task gets a new poll chain, so a poll chain that is merely slow dies out
+    instead of doubling the polling. Returns the number claimed.
     """
     overdue = (
-        await tx.session.scalars(
-            select(Task)
+        await session.execute(
+            select(*TASK_COLUMNS)
             .where(Task.deadline_at < tx.now)
             .order_by(Task.deadline_at)
             .limit(limit)
-            .execution_options(populate_existing=True)
         )
     ).all()
-    messages: list[Outgoing] = []
     deadline = tx.now + tx.timings.stale_after
-    for task in overdue:
+    claimed = 0
+    for row in overdue:
+        task = TaskRecord.of(row)
         chain = task.poll_chain + 1 if task.status == TaskStatus.RUNNING else task.poll_chain
-        claimed = await tx.session.execute(
+        result = await session.execute(
             update(Task)
             # Re-check the deadline: another sweeper may have claimed the row meanwhile.
             .where(Task.id == task.id, Task.deadline_at < tx.now)
             .values(deadline_at=deadline, poll_chain=chain)
-            .execution_options(synchronize_session=False)
         )
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        if result.rowcount != 1:  # type: ignore[attr-defined]
             continue
-        set_committed_value(task, "poll_chain", chain)
-        message = message_for(task, reissued=True)
+        claimed += 1
+        message = message_for(_with_chain(task, chain), reissued=True)
         if message is not None:
-            messages.append(message)
-    return messages
+            tx.outgoing.append(message)
+    return claimed
 
 
-async def unpublished(session: AsyncSession, job_id: str) -> Sequence[Task]:
+def _with_chain(task: TaskRecord, chain: int) -> TaskRecord:
+    return replace(task, poll_chain=chain)
+
+
+async def unpublished(session: AsyncSession, job_id: str) -> Sequence[TaskRecord]:
     """A job's QUEUED tasks still owed their first message (just created or re-queued)."""
-    return (
-        await session.scalars(
-            select(Task)
-            .where(
-                Task.job_id == job_id,
-                Task.status == TaskStatus.QUEUED,
-                Task.deadline_at.is_not(None),
-                Task.holds_slot.is_(False),
-            )
-            .order_by(Task.index)
-        )
-    ).all()
+    return await load_tasks(
+        session,
+        Task.job_id == job_id,
+        Task.status == TaskStatus.QUEUED,
+        Task.holds_slot.is_(False),
+        Task.deadline_at.is_not(None),
+    )
 
 
-async def mark_published(tx: Tx, task_ids: Sequence[int]) -> None:
-    """The messages of these QUEUED tasks are confirmed by the broker: clear their deadline."""
-    await tx.session.execute(
+async def mark_published(session: AsyncSession, tx: Tx, task_ids: Sequence[int]) -> None:
+    """RabbitMQ confirmed the messages of these QUEUED tasks: push their deadline far out."""
+    await session.execute(
         update(Task)
         .where(
             Task.id.in_(task_ids),
             Task.status == TaskStatus.QUEUED,
             Task.holds_slot.is_(False),
         )
-        .values(deadline_at=None)
-        .execution_options(synchronize_session=False)
+        .values(deadline_at=tx.now + tx.timings.queued_stale_after)
     )
 
 
-async def delete_finished_before(tx: Tx, cutoff: float, limit: int = 100) -> int:
+async def delete_finished_before(
+    session: AsyncSession, tx: Tx, cutoff: float, limit: int = 100
+) -> int:
     """Delete up to `limit` finished jobs older than `cutoff`, with their tasks and events."""
     ids = (
-        await tx.session.scalars(
+        await session.scalars(
             select(Job.id)
             .where(Job.finished_at < cutoff, Job.status.in_(_TERMINAL_JOB))
             .limit(limit)
@@ -115,5 +127,5 @@ async def delete_finished_before(tx: Tx, cutoff: float, limit: int = 100) -> int
     ).all()
     if ids:
         # Tasks and events go by ON DELETE CASCADE (SQLite connections enable foreign keys).
-        await tx.session.execute(delete(Job).where(Job.id.in_(ids)))
+        await session.execute(delete(Job).where(Job.id.in_(ids)))
     return len(ids)

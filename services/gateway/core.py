@@ -9,10 +9,11 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.domain.states import JobStatus
 from common.errors import InvalidArgument, NotFound
@@ -20,6 +21,7 @@ from common.service import Infra
 from common.store import jobs as job_store
 from common.store import queries
 from common.store.jobs import NewJob
+from common.store.ledger import Tx
 from common.store.tables import Event, Job
 from services.gateway.outbox import Outbox
 from services.gateway.progress import FALLBACK_READ_SECONDS, ProgressHub
@@ -100,15 +102,16 @@ class JobsCore:
         return await self._start(plan)
 
     async def _start(self, plan: NewJob) -> tuple[JobView, bool]:
+        def create(session: AsyncSession, tx: Tx) -> Awaitable[tuple[str, bool]]:
+            return job_store.create_job(session, tx, plan)
+
         try:
-            async with self.infra.uow.transaction() as tx:
-                job_id, created = await job_store.create_job(tx, plan)
+            job_id, created = await self.infra.uow.exclusive(create)
         except IntegrityError:
-            # The same idempotency key raced us to the insert: the other request won.
+            # The same idempotency key raced us to the insert (another gateway): it won.
             if not plan.idempotency_key:
                 raise
-            async with self.infra.uow.transaction() as tx:
-                job_id, created = await job_store.create_job(tx, plan)
+            job_id, created = await self.infra.uow.exclusive(create)
         if created:
             self.outbox.publish_job(job_id)
             log.info("job %s created (%s, %d tasks)", job_id, plan.kind, len(plan.tasks))
@@ -157,8 +160,9 @@ class JobsCore:
         retries = max_retries or (
             self.limits.story_max_retries if view.is_story else self.limits.video_max_retries
         )
-        async with self.infra.uow.transaction() as tx:
-            retried = await job_store.retry_failed(tx, job_id, retries)
+        retried = await self.infra.uow.exclusive(
+            lambda session, tx: job_store.retry_failed(session, tx, job_id, retries)
+        )
         if retried:
             self.outbox.publish_job(job_id)
             message = f"re-queued {len(retried)} tasks: {', '.join(map(str, retried))}"
@@ -168,8 +172,9 @@ class JobsCore:
 
     async def cancel(self, job_id: str) -> JobView:
         check_job_id(job_id)
-        async with self.infra.uow.transaction() as tx:
-            await job_store.cancel_job(tx, job_id)
+        await self.infra.uow.exclusive(
+            lambda session, tx: job_store.cancel_job(session, tx, job_id)
+        )
         return await self.get(job_id)
 
     async def wait_finished(self, job_id: str, max_wait: float) -> JobView:

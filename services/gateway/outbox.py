@@ -14,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from functools import partial
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.service import Infra
 from common.store import sweeps
-from common.store.tasks import SLOT_PROVIDER, release_slots
+from common.store.ledger import SLOT_PROVIDER, Tx
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +103,7 @@ class Outbox:
             chunk = tasks[start : start + PUBLISH_CHUNK]
             messages = [m for t in chunk if (m := sweeps.message_for(t, reissued=False))]
             await self.infra.broker.publish(messages)
-            async with self.uow.transaction() as tx:
-                await sweeps.mark_published(tx, [t.id for t in chunk])
+            await self.uow.exclusive(partial(sweeps.mark_published, task_ids=[t.id for t in chunk]))
         if tasks:
             log.info("published %d tasks of job %s", len(tasks), job_id)
 
@@ -109,28 +111,27 @@ class Outbox:
         """Re-issue overdue task messages and hand out free provider slots; returns re-issues."""
         reissued = 0
         while True:
-            async with self.uow.transaction() as tx:
-                messages = await sweeps.claim_overdue(tx)
-                tx.outgoing.extend(messages)
-            reissued += len(messages)
-            if len(messages) < sweeps.CLAIM_LIMIT:
+            claimed = await self.uow.exclusive(sweeps.claim_overdue)
+            reissued += claimed
+            if claimed < sweeps.CLAIM_LIMIT:
                 break
         if reissued:
             log.warning("sweeper re-issued %d task messages presumed lost", reissued)
-        for provider in set(SLOT_PROVIDER.values()):
-            try:
-                async with self.uow.transaction() as tx:
-                    await release_slots(tx, provider, 0)
-            except LookupError:
-                pass  # no worker of that provider has started yet
+
+        async def rebalance(_session: AsyncSession, tx: Tx) -> None:
+            # Recount held slots and hand out free ones: a safety net, should nothing else.
+            tx.rebalance.update(SLOT_PROVIDER.values())
+
+        await self.uow.exclusive(rebalance)
         return reissued
 
     async def delete_expired(self) -> int:
         cutoff = self.uow.clock() - self.infra.settings.job_retention
         deleted = 0
         while True:
-            async with self.uow.transaction() as tx:
-                n = await sweeps.delete_finished_before(tx, cutoff)
+            n = await self.uow.exclusive(
+                lambda session, tx: sweeps.delete_finished_before(session, tx, cutoff)
+            )
             deleted += n
             if n == 0:
                 break

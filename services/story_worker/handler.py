@@ -17,18 +17,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
-
 from common.breaker_events import BreakerEvents
 from common.domain.events import EventDraft, EventType
 from common.domain.states import TaskKind, TaskStatus
 from common.domain.story import story_summary
 from common.errors import InvalidArgument
 from common.lifecycle import bind_task
-from common.messages import MessageKind, TaskMessage, outgoing
+from common.messages import MessageKind, TaskMessage
 from common.resilience import (
     CircuitOpenError,
     ErrorClass,
+    GiveUp,
     PermanentError,
     ProviderError,
     RetryPolicy,
@@ -36,9 +35,9 @@ from common.resilience import (
     call_with_permit,
 )
 from common.store import queries
-from common.store.ledger import StaleTask, Tx
-from common.store.tables import Job, Task
-from common.store.tasks import Failure, change, load_task, note
+from common.store.ledger import Failure, JobTasksChange, StaleTask, Tx
+from common.store.records import TaskRecord, load_task
+from common.store.tables import Job
 from common.task_steps import defer, fail_attempt
 from common.unit_of_work import UnitOfWork
 from services.story_worker import script
@@ -83,7 +82,8 @@ class StoryHandler:
         bind_task(task.job_id, task.index)
         status = TaskStatus(task.status)
         rerun = status is TaskStatus.RUNNING
-        if rerun and not (redelivered or message.reissued):
+        overdue = task.deadline_at is not None and task.deadline_at <= self.uow.clock()
+        if rerun and not (message.reissued or overdue):
             raise StaleTask("another delivery of this message is running it")
         if not rerun and status not in (TaskStatus.QUEUED, TaskStatus.RETRYING):
             raise StaleTask(f"task is {status.value}")
@@ -91,15 +91,17 @@ class StoryHandler:
             permit = self.breaker.acquire()
         except CircuitOpenError as exc:
             async with self.uow.transaction() as tx:
-                await defer(tx, task, message, exc.retry_in, script.PROVIDER)
-                await self.breakers.record(tx, task.job_id)
+                defer(tx, task, message, exc.retry_in, script.PROVIDER)
+                self.breakers.record(tx, task.job_id)
             return
         try:
             async with self.uow.transaction() as tx:
-                await self._start(tx, task, rerun=rerun)
+                self._start(tx, task, rerun=rerun)
+                self.breakers.record(tx, task.job_id)
         except BaseException:
             self.breaker.release(permit)
             raise
+        task = tx.after(task)
         is_plan = task.kind == TaskKind.STORY_PLAN
         system, user, name, schema = self._request(job, task)
         try:
@@ -121,7 +123,7 @@ class StoryHandler:
         except ProviderError as exc:
             await self._attempt_failed(task, exc)
 
-    async def _start(self, tx: Tx, task: Task, *, rerun: bool) -> None:
+    def _start(self, tx: Tx, task: TaskRecord, *, rerun: bool) -> None:
         deadline = tx.now + self.settings.call_timeout + tx.timings.stale_after
         what = "plan" if task.kind == TaskKind.STORY_PLAN else f"set {task.index}"
         if rerun:
@@ -131,17 +133,16 @@ class StoryHandler:
                 task_index=task.index,
                 task_status=task.status,
             )
-            await note(tx, task, event, deadline_at=deadline)
+            tx.note(task, event, deadline_at=deadline)
         else:
-            await change(
-                tx,
+            tx.change(
                 task,
                 TaskStatus.RUNNING,
                 message=f"writing {what} (attempt {task.attempt} of {task.max_attempts})",
                 deadline_at=deadline,
             )
 
-    def _request(self, job: Job, task: Task) -> tuple[str, str, str, dict[str, Any]]:
+    def _request(self, job: Job, task: TaskRecord) -> tuple[str, str, str, dict[str, Any]]:
         p = job.params
         if task.kind == TaskKind.STORY_PLAN:
             total = p["total_segments"]
@@ -159,14 +160,13 @@ class StoryHandler:
 
     # Outcomes ----------------------------------------------------------------------------
 
-    async def _plan_done(self, job: Job, task: Task, plan: dict[str, Any]) -> None:
+    async def _plan_done(self, job: Job, task: TaskRecord, plan: dict[str, Any]) -> None:
         meta = {**plan, "metadata_file": ""}
         if job.params["save_to_files"]:
             folder = job.params["output_directory"]
             meta["metadata_file"] = f"{folder}/{metadata_file_name(plan['title'])}"
         async with self.uow.transaction() as tx:
-            await change(
-                tx,
+            tx.change(
                 task,
                 TaskStatus.SUCCEEDED,
                 message=f'plan fixed: "{plan["title"]}" with {len(plan["characters"])} characters',
@@ -174,8 +174,8 @@ class StoryHandler:
             )
             # A plan succeeds once per job (a SUCCEEDED task is never re-run), so the roster is
             # fixed from here on.
-            await tx.session.execute(update(Job).where(Job.id == job.id).values(meta=meta))
-            await tx.emit(
+            tx.update_job(job.id, meta=meta)
+            tx.emit(
                 job.id,
                 EventDraft(
                     EventType.STORY_PLANNED,
@@ -186,28 +186,20 @@ class StoryHandler:
                     },
                 ),
             )
-            await self._unblock_sets(tx, job.id)
-            await self.breakers.record(tx, job.id)
+            tx.change_job_tasks(
+                JobTasksChange(
+                    job.id,
+                    TaskStatus.BLOCKED,
+                    TaskStatus.QUEUED,
+                    "plan ready",
+                    values={"deadline_at": tx.now + tx.timings.stale_after},
+                    send_run=True,
+                )
+            )
+            self.breakers.record(tx, job.id)
         await self._write_metadata(job.id)
 
-    async def _unblock_sets(self, tx: Tx, job_id: str) -> None:
-        blocked = (
-            await tx.session.scalars(
-                select(Task).where(Task.job_id == job_id, Task.status == TaskStatus.BLOCKED)
-            )
-        ).all()
-        for s in blocked:
-            await change(
-                tx,
-                s,
-                TaskStatus.QUEUED,
-                message="plan ready",
-                deadline_at=tx.now + tx.timings.stale_after,
-            )
-            run = TaskMessage(s.id, s.job_id, MessageKind.RUN, s.attempt)
-            tx.outgoing.append(outgoing(run, s.kind, job_priority=s.priority))
-
-    async def _set_done(self, job: Job, task: Task, data: dict[str, Any]) -> None:
+    async def _set_done(self, job: Job, task: TaskRecord, data: dict[str, Any]) -> None:
         plan = job.meta
         roster = [c["name"] for c in plan["characters"]]
         segments = script.check_set(
@@ -225,8 +217,7 @@ class StoryHandler:
             path = await self._write(job, set_file_name(plan["title"], task.index), content)
             file_path = self.files.relative(path)
         async with self.uow.transaction() as tx:
-            await change(
-                tx,
+            tx.change(
                 task,
                 TaskStatus.SUCCEEDED,
                 message=f"set {task.index} written ({len(segments)} segments)",
@@ -237,7 +228,7 @@ class StoryHandler:
                     "segments": segments,
                 },
             )
-            await self.breakers.record(tx, job.id)
+            self.breakers.record(tx, job.id)
         if tx.finished:
             await self._write_metadata(job.id)
 
@@ -255,29 +246,26 @@ class StoryHandler:
                 error_class=ErrorClass.OUTPUT,
             ) from None
 
-    async def _attempt_failed(self, task: Task, error: ProviderError) -> None:
+    async def _attempt_failed(self, task: TaskRecord, error: ProviderError) -> None:
         async with self.uow.transaction() as tx:
-            decision = await fail_attempt(tx, task, error, self.policy)
-            if task.kind == TaskKind.STORY_PLAN and task.status == TaskStatus.FAILED:
-                await self._skip_sets(tx, task.job_id, error)
-            await self.breakers.record(tx, task.job_id)
+            decision = fail_attempt(tx, task, error, self.policy)
+            if task.kind == TaskKind.STORY_PLAN and isinstance(decision, GiveUp):
+                failure = Failure(
+                    f"the story plan failed: {error.message}", ErrorClass.DEPENDENCY_FAILED, True
+                )
+                tx.change_job_tasks(
+                    JobTasksChange(
+                        task.job_id,
+                        TaskStatus.BLOCKED,
+                        TaskStatus.SKIPPED,
+                        "skipped: the plan failed",
+                        failure=failure,
+                    )
+                )
+            self.breakers.record(tx, task.job_id)
         log.info("attempt failed: %s", decision.reason)
         if tx.finished:
             await self._write_metadata(task.job_id)
-
-    async def _skip_sets(self, tx: Tx, job_id: str, error: ProviderError) -> None:
-        blocked = (
-            await tx.session.scalars(
-                select(Task).where(Task.job_id == job_id, Task.status == TaskStatus.BLOCKED)
-            )
-        ).all()
-        failure = Failure(
-            f"the story plan failed: {error.message}", ErrorClass.DEPENDENCY_FAILED, True
-        )
-        for s in blocked:
-            await change(
-                tx, s, TaskStatus.SKIPPED, message="skipped: the plan failed", failure=failure
-            )
 
     async def _write_metadata(self, job_id: str) -> None:
         """The job's metadata file from committed state (after the plan, and when it finishes)."""

@@ -130,6 +130,13 @@ class InvalidOutput(TransientError):
 
 def check_plan(data: dict[str, Any], total_segments: int) -> dict[str, Any]:
     """The plan with names de-duplicated and trimmed; InvalidOutput if it is unusable."""
+    try:
+        return _check_plan(data, total_segments)
+    except (AttributeError, KeyError, TypeError) as exc:  # a server that ignored the schema
+        raise InvalidOutput(f"the plan does not follow the schema ({exc})") from None
+
+
+def _check_plan(data: dict[str, Any], total_segments: int) -> dict[str, Any]:
     title = str(data.get("title", "")).strip()
     if not title:
         raise InvalidOutput("the plan has no title")

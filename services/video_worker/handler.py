@@ -5,8 +5,9 @@ Each message is one short step; no message is held while fal generates:
 * RUN: take a breaker permit and a provider slot (or wait for one), mark SUBMITTING, submit,
   commit the request id and URLs (RUNNING) before anything else, schedule the first poll.
   A RUNNING task's RUN message resumes polling: the request is never submitted twice. A
-  SUBMITTING task whose message was redelivered or re-issued lost its request id (the worker
-  died mid-submit): it is submitted again, and an event says so.
+  SUBMITTING task whose submit outlived its deadline (the worker died mid-submit) lost its
+  request id: it is submitted again, and an event says so. A SUBMITTING task still within its
+  deadline is another delivery's work in progress, and the message is dropped.
 * POLL: ask fal for the status; reschedule itself (through RabbitMQ's delay tiers) until the
   request is COMPLETED, then fetch the video URL and mark SUCCEEDED.
 * CANCEL: ask fal to cancel the request of a cancelled task.
@@ -18,6 +19,7 @@ circuit is open, work is deferred without spending an attempt.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -29,14 +31,14 @@ from common.lifecycle import bind_task
 from common.messages import MessageKind, TaskMessage, outgoing
 from common.resilience import (
     CircuitOpenError,
+    ErrorClass,
     ProviderError,
     RetryPolicy,
     call_with_breaker,
     call_with_permit,
 )
-from common.store.ledger import StaleTask, Tx
-from common.store.tables import Task
-from common.store.tasks import change, load_task, note, try_acquire_slot
+from common.store.ledger import StaleTask
+from common.store.records import TaskRecord, load_task
 from common.task_steps import defer, fail_attempt
 from common.unit_of_work import UnitOfWork
 from services.video_worker.ports import Phase, ProviderRequest, VideoProvider
@@ -44,6 +46,8 @@ from services.video_worker.ports import Phase, ProviderRequest, VideoProvider
 log = logging.getLogger(__name__)
 
 PROVIDER = "fal"
+# Committing a request id is retried in-process before giving up: losing it means paying again.
+COMMIT_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class SegmentHandler:
         self,
         uow: UnitOfWork,
         provider: VideoProvider,
+        *,
         breakers: BreakerEvents,
         policy: RetryPolicy,
         settings: SegmentSettings,
@@ -77,7 +82,7 @@ class SegmentHandler:
             raise StaleTask(f"message for attempt {message.attempt} of task {message.task_id}")
         bind_task(task.job_id, task.index)
         if message.kind is MessageKind.RUN:
-            await self._run(task, message, redelivered=redelivered)
+            await self._run(task, message)
         elif message.kind is MessageKind.POLL:
             await self._poll(task, message)
         else:
@@ -85,13 +90,13 @@ class SegmentHandler:
 
     # RUN ---------------------------------------------------------------------------------
 
-    async def _run(self, task: Task, message: TaskMessage, *, redelivered: bool) -> None:
+    async def _run(self, task: TaskRecord, message: TaskMessage) -> None:
         status = TaskStatus(task.status)
         if status is TaskStatus.RUNNING:
             await self._resume(task)
             return
         lost = status is TaskStatus.SUBMITTING
-        if lost and not (redelivered or message.reissued):
+        if lost and not (message.reissued or self._overdue(task)):
             raise StaleTask("another delivery of this message is submitting it")
         if not lost and status not in (TaskStatus.QUEUED, TaskStatus.RETRYING):
             raise StaleTask(f"task is {status.value}")
@@ -102,13 +107,27 @@ class SegmentHandler:
             return
         try:
             async with self.uow.transaction() as tx:
-                submitting = await self._start_attempt(tx, task, lost=lost)
+                deadline = tx.now + self.settings.call_timeout + tx.timings.stale_after
+                if lost:
+                    text = (
+                        f"the request id of attempt {task.attempt} was lost (the worker"
+                        " stopped mid-submit); submitting again"
+                    )
+                    tx.note(task, self._event(task, text), deadline_at=deadline)
+                else:
+                    tx.start(
+                        task,
+                        message=f"submitting attempt {task.attempt} of {task.max_attempts}",
+                        deadline_at=deadline,
+                    )
+                self.breakers.record(tx, task.job_id)
         except BaseException:
             self.breaker.release(permit)
             raise
-        if not submitting:
+        if tx.applied.get(task.id) is TaskStatus.WAITING:
             self.breaker.release(permit)
             return
+        task = tx.after(task)
         try:
             request = await call_with_permit(
                 self.breaker,
@@ -125,72 +144,57 @@ class SegmentHandler:
         except ProviderError as exc:
             await self._attempt_failed(task, exc)
             return
-        async with self.uow.transaction() as tx:
-            await change(
-                tx,
-                task,
-                TaskStatus.RUNNING,
-                message=f"submitted to fal as request {request.request_id}",
-                details={"request_id": request.request_id},
-                request_id=request.request_id,
-                status_url=request.status_url,
-                response_url=request.response_url,
-                cancel_url=request.cancel_url,
-                poll_chain=task.poll_chain + 1,
-                deadline_at=tx.now + self._poll_window(),
-            )
-            self._schedule_poll(tx, task, seen="")
-            await self.breakers.record(tx, task.job_id)
+        await self._submitted(task, request)
 
-    async def _start_attempt(self, tx: Tx, task: Task, *, lost: bool) -> bool:
-        """Reserve a slot and mark SUBMITTING; False when the task has to wait for a slot."""
-        deadline = tx.now + self.settings.call_timeout + tx.timings.stale_after
-        if lost:
-            await note(
-                tx,
-                task,
-                EventDraft(
-                    EventType.TASK_PROGRESS,
-                    message=f"request id of attempt {task.attempt} was lost; submitting again",
-                    task_index=task.index,
-                    task_status=task.status,
-                ),
-                deadline_at=deadline,
-            )
-            return True
-        if not task.holds_slot and not await try_acquire_slot(tx, PROVIDER):
-            await change(tx, task, TaskStatus.WAITING, message="waiting for a provider slot")
-            return False
-        await change(
-            tx,
-            task,
-            TaskStatus.SUBMITTING,
-            message=f"submitting attempt {task.attempt} of {task.max_attempts}",
-            holds_slot=True,
-            deadline_at=deadline,
-        )
-        return True
+    async def _submitted(self, task: TaskRecord, request: ProviderRequest) -> None:
+        """Commit the request id before anything else; never drop a paid request silently."""
+        for attempt in range(1, COMMIT_TRIES + 1):
+            try:
+                async with self.uow.transaction() as tx:
+                    tx.change(
+                        task,
+                        TaskStatus.RUNNING,
+                        message=f"submitted to fal as request {request.request_id}",
+                        details={"request_id": request.request_id},
+                        request_id=request.request_id,
+                        status_url=request.status_url,
+                        response_url=request.response_url,
+                        cancel_url=request.cancel_url,
+                        poll_chain=task.poll_chain + 1,
+                        deadline_at=tx.now + self._poll_window(),
+                    )
+                    tx.outgoing.append(self._poll_message(task, "", chain=task.poll_chain + 1))
+                    self.breakers.record(tx, task.job_id)
+                return
+            except StaleTask:
+                # Cancelled (or re-queued) while we submitted: do not leave it running at fal.
+                log.warning(
+                    "task moved on during submit; cancelling fal request %s", request.request_id
+                )
+                await self._cancel_request(request)
+                raise
+            except Exception:
+                if attempt == COMMIT_TRIES:
+                    raise
+                log.warning(
+                    "committing request %s failed; retrying", request.request_id, exc_info=True
+                )
+                await asyncio.sleep(0.5 * attempt)
 
-    async def _resume(self, task: Task) -> None:
+    async def _resume(self, task: TaskRecord) -> None:
         """A RUNNING task's run message: its request exists, so poll it (on a new chain)."""
         async with self.uow.transaction() as tx:
-            await note(
-                tx,
+            tx.note(
                 task,
-                EventDraft(
-                    EventType.TASK_PROGRESS,
-                    message=f"resuming fal request {task.request_id}",
-                    task_index=task.index,
-                    task_status=task.status,
-                ),
+                self._event(task, f"resuming fal request {task.request_id}"),
                 poll_chain=task.poll_chain + 1,
                 deadline_at=tx.now + self._poll_window(),
             )
-            self._schedule_poll(tx, task, seen="", delay=0.0)
+            tx.outgoing.append(self._poll_message(task, "", chain=task.poll_chain + 1, delay=0))
 
     # POLL --------------------------------------------------------------------------------
 
-    async def _poll(self, task: Task, message: TaskMessage) -> None:
+    async def _poll(self, task: TaskRecord, message: TaskMessage) -> None:
         if task.status != TaskStatus.RUNNING:
             raise StaleTask(f"task is {task.status}")
         if not message.once and message.chain != task.poll_chain:
@@ -212,26 +216,24 @@ class SegmentHandler:
                 )
         except CircuitOpenError as exc:
             if not message.once:
-                await self._repoll(task, message, delay=exc.retry_in, seen=message.seen)
+                await self._repoll(task, message, seen=message.seen, delay=exc.retry_in)
             return
         except ProviderError as exc:
-            if exc.retryable and exc.error_class != "unprocessable":
+            if exc.retryable and exc.error_class is not ErrorClass.UNPROCESSABLE:
                 # The status call failed, not the generation: poll again later.
                 if not message.once:
                     delay = max(self.settings.poll_interval, exc.retry_after or 0.0)
-                    await self._repoll(task, message, delay=delay, seen=message.seen)
+                    await self._repoll(task, message, seen=message.seen, delay=delay)
                 return
             await self._attempt_failed(task, exc)
             return
         if progress.phase is not Phase.COMPLETED:
             if not message.once:
-                await self._repoll(
-                    task, message, seen=_seen(progress.phase, progress.queue_position)
-                )
+                seen = _seen(progress.phase, progress.queue_position)
+                await self._repoll(task, message, seen=seen)
             return
         async with self.uow.transaction() as tx:
-            await change(
-                tx,
+            tx.change(
                 task,
                 TaskStatus.SUCCEEDED,
                 message="video ready",
@@ -243,93 +245,96 @@ class SegmentHandler:
                     "file_size": video.file_size,
                 },
             )
-            await self.breakers.record(tx, task.job_id)
+            self.breakers.record(tx, task.job_id)
 
     async def _repoll(
-        self, task: Task, message: TaskMessage, *, seen: str, delay: float | None = None
+        self, task: TaskRecord, message: TaskMessage, *, seen: str, delay: float | None = None
     ) -> None:
         """Schedule the next poll; write only when there is news or the deadline runs short."""
-        now = self.uow.clock()
+        wait = self.settings.poll_interval if delay is None else delay
         news = seen != message.seen
-        short = (task.deadline_at or 0.0) < now + self._poll_window() / 2
+        now = self.uow.clock()
+        short = (task.deadline_at or 0.0) < now + wait + self.uow.timings.stale_after / 2
+        next_poll = self._poll_message(task, seen, chain=task.poll_chain, delay=wait)
         if not news and not short and not self.breakers.pending:
-            await self.uow.broker.publish([self._poll_message(task, seen, delay)])
+            await self.uow.broker.publish([next_poll])
             return
         event = None
         if news:
             text = "in queue" if seen.startswith("queued") else "in progress"
             if seen.startswith("queued:"):
                 text += f" (position {seen.split(':', 1)[1]})"
-            event = EventDraft(
-                EventType.TASK_PROGRESS,
-                message=text,
-                task_index=task.index,
-                task_status=task.status,
-                details={"provider_status": seen},
-            )
+            event = self._event(task, text, provider_status=seen)
         async with self.uow.transaction() as tx:
-            await note(tx, task, event, deadline_at=tx.now + self._poll_window())
-            tx.outgoing.append(self._poll_message(task, seen, delay))
-            await self.breakers.record(tx, task.job_id)
+            tx.note(task, event, deadline_at=tx.now + wait + tx.timings.stale_after)
+            tx.outgoing.append(next_poll)
+            self.breakers.record(tx, task.job_id)
 
     # Failure paths -----------------------------------------------------------------------
 
-    async def _attempt_failed(self, task: Task, error: ProviderError) -> None:
+    async def _attempt_failed(self, task: TaskRecord, error: ProviderError) -> None:
         async with self.uow.transaction() as tx:
-            await fail_attempt(tx, task, error, self.policy)
-            await self.breakers.record(tx, task.job_id)
+            fail_attempt(tx, task, error, self.policy)
+            self.breakers.record(tx, task.job_id)
 
-    async def _defer(self, task: Task, message: TaskMessage, delay: float) -> None:
+    async def _defer(self, task: TaskRecord, message: TaskMessage, delay: float) -> None:
         async with self.uow.transaction() as tx:
-            await defer(tx, task, message, delay, PROVIDER)
-            await self.breakers.record(tx, task.job_id)
+            defer(tx, task, message, delay, PROVIDER)
+            self.breakers.record(tx, task.job_id)
 
     # CANCEL ------------------------------------------------------------------------------
 
-    async def _cancel(self, task: Task) -> None:
+    async def _cancel(self, task: TaskRecord) -> None:
         if task.status != TaskStatus.CANCELLED or not task.cancel_url:
             raise StaleTask("nothing to cancel at the provider")
+        requested = await self._cancel_request(_request_of(task))
+        if requested is None:
+            return
+        text = "cancellation requested at fal" if requested else "fal had already finished"
+        async with self.uow.transaction() as tx:
+            tx.note(task, self._event(task, text, request_id=task.request_id))
+
+    async def _cancel_request(self, request: ProviderRequest) -> bool | None:
+        """Best effort; None when fal could not be asked."""
         try:
-            requested = await call_with_breaker(
+            return await call_with_breaker(
                 self.breaker,
-                lambda: self.provider.cancel(_request_of(task)),
+                lambda: self.provider.cancel(request),
                 timeout=self.settings.call_timeout,
                 provider=PROVIDER,
             )
         except (ProviderError, CircuitOpenError) as exc:
-            log.warning("could not cancel fal request %s: %s", task.request_id, exc)
-            return
-        text = "cancellation requested at fal" if requested else "fal had already finished"
-        async with self.uow.transaction() as tx:
-            await note(
-                tx,
-                task,
-                EventDraft(
-                    EventType.TASK_PROGRESS,
-                    message=text,
-                    task_index=task.index,
-                    task_status=task.status,
-                    details={"request_id": task.request_id},
-                ),
-            )
+            log.warning("could not cancel fal request %s: %s", request.request_id, exc)
+            return None
 
     # Helpers -----------------------------------------------------------------------------
+
+    def _overdue(self, task: TaskRecord) -> bool:
+        return task.deadline_at is not None and task.deadline_at <= self.uow.clock()
 
     def _poll_window(self) -> float:
         return self.settings.poll_interval + self.uow.timings.stale_after
 
-    def _poll_message(self, task: Task, seen: str, delay: float | None = None) -> Outgoing:
+    def _event(self, task: TaskRecord, message: str, **details: object) -> EventDraft:
+        return EventDraft(
+            EventType.TASK_PROGRESS,
+            message=message,
+            task_index=task.index,
+            task_status=task.status,
+            details=dict(details),
+        )
+
+    def _poll_message(
+        self, task: TaskRecord, seen: str, *, chain: int, delay: float | None = None
+    ) -> Outgoing:
         poll = TaskMessage(
-            task.id, task.job_id, MessageKind.POLL, task.attempt, chain=task.poll_chain, seen=seen
+            task.id, task.job_id, MessageKind.POLL, task.attempt, chain=chain, seen=seen
         )
         wait = self.settings.poll_interval if delay is None else delay
         return outgoing(poll, task.kind, job_priority=task.priority, delay=wait)
 
-    def _schedule_poll(self, tx: Tx, task: Task, *, seen: str, delay: float | None = None) -> None:
-        tx.outgoing.append(self._poll_message(task, seen, delay))
 
-
-def _request_of(task: Task) -> ProviderRequest:
+def _request_of(task: TaskRecord) -> ProviderRequest:
     return ProviderRequest(
         request_id=task.request_id or "",
         status_url=task.status_url or "",

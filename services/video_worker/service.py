@@ -11,7 +11,7 @@ from common.breaker_events import BreakerEvents
 from common.broker import WorkQueue
 from common.service import Infra, open_infra
 from common.settings import Settings
-from common.store.tasks import ensure_slots
+from common.store.slots import ensure_slots
 from common.worker import start_consumer
 from services.video_worker.fal_adapter import PROVIDER, FalVideoProvider
 from services.video_worker.handler import SegmentHandler, SegmentSettings
@@ -35,9 +35,9 @@ async def running_video_worker(infra: Infra) -> AsyncIterator[SegmentHandler]:
         handler = SegmentHandler(
             infra.uow,
             provider,
-            BreakerEvents(s.breaker),
-            s.video_retry,
-            SegmentSettings(
+            breakers=BreakerEvents(s.breaker),
+            policy=s.video_retry,
+            settings=SegmentSettings(
                 poll_interval=s.fal_poll_interval, call_timeout=s.fal_timeout, webhook_url=webhook
             ),
         )

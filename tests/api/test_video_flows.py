@@ -10,7 +10,6 @@ import httpx
 from orchestrator.v1 import jobs_pb2 as pb
 
 from common.store import jobs as job_store
-from common.store.ledger import StoreTimings, Tx
 from services.gateway.requests import Limits, VideoJobRequest, plan_video_job
 from services.simulator.app import SimulatorHandle
 from tests.support.client import status_name, watch_to_end
@@ -123,8 +122,7 @@ async def test_tasks_committed_but_never_published_are_published_by_the_sweeper(
         # As if a gateway committed the job and died before publishing: write it directly.
         limits = Limits(10, 10, 3, 3, settings.fal_model, settings.openai_model)
         plan = plan_video_job("orphan", VideoJobRequest(ARENA, total_segments=2), limits)
-        async with stack.infra.db.write() as session:
-            await job_store.create_job(Tx(session, time.time(), StoreTimings(0.5)), plan)
+        await stack.infra.uow.exclusive(lambda session, tx: job_store.create_job(session, tx, plan))
         events = await watch_to_end(stack.stub, "orphan", timeout=20)
     assert events[-1].job_status == pb.JOB_STATUS_COMPLETED
 

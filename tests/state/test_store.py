@@ -1,43 +1,59 @@
-"""Jobs, tasks, events and slots through the real store, on SQLite and PostgreSQL."""
+"""Jobs, tasks, events and slots through the real store, on SQLite and PostgreSQL.
+
+Records are applied with the same `Batch` the group committer uses; the last tests go through
+the committer itself with concurrent records.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from common.broker import MemoryBroker, Topology
 from common.domain.events import EventDraft, EventType
 from common.domain.states import IllegalTransition, JobStatus, TaskKind, TaskStatus
 from common.errors import AlreadyExists, FailedPrecondition
 from common.messages import MessageKind, TaskMessage
 from common.store import jobs, queries, sweeps
+from common.store.apply import Batch
 from common.store.database import Database
-from common.store.ledger import StaleTask, StoreTimings, Tx
+from common.store.ledger import Failure, JobTasksChange, StaleTask, StoreTimings, Tx
+from common.store.records import TaskRecord, load_tasks
+from common.store.slots import ensure_slots
 from common.store.tables import Event, Job, ProviderSlots, Task
-from common.store.tasks import Failure, change, ensure_slots, release_slots, try_acquire_slot
+from common.unit_of_work import UnitOfWork
 
 T = TaskStatus
+TIMINGS = StoreTimings(stale_after=60, queued_stale_after=600)
 
 
-@asynccontextmanager
-async def tx_of(db: Database, now: float | None = None) -> AsyncIterator[Tx]:
+async def apply(
+    db: Database, tx: Tx, work: Callable[[AsyncSession, Tx], Awaitable[Any]] | None = None
+) -> Any:
+    """Apply one record as the committer does; raise its error like `commit` would."""
     async with db.write() as session:
-        yield Tx(
-            session=session,
-            now=time.time() if now is None else now,
-            timings=StoreTimings(stale_after=60),
-        )
+        result = await work(session, tx) if work else None
+        await Batch(await session.connection(), tx.now, TIMINGS).run([tx])
+    if tx.error is not None:
+        raise tx.error
+    return result
+
+
+def new_tx(now: float | None = None) -> Tx:
+    return Tx(now=time.time() if now is None else now, timings=TIMINGS)
 
 
 def video_job(job_id: str, n: int, key: str | None = None, digest: str = "h") -> jobs.NewJob:
     return jobs.NewJob(
         id=job_id,
         kind="video",
-        priority=0,
+        priority=2,
         idempotency_key=key,
         request_hash=digest,
         params={"total_segments": n},
@@ -49,9 +65,13 @@ def video_job(job_id: str, n: int, key: str | None = None, digest: str = "h") ->
     )
 
 
-async def tasks_of(db: Database, job_id: str) -> list[Task]:
+async def create(db: Database, job: jobs.NewJob, now: float | None = None) -> tuple[str, bool]:
+    return await apply(db, new_tx(now), lambda s, tx: jobs.create_job(s, tx, job))
+
+
+async def tasks_of(db: Database, job_id: str) -> list[TaskRecord]:
     async with db.read() as session:
-        return list(await queries.get_tasks(session, job_id))
+        return await load_tasks(session, Task.job_id == job_id)
 
 
 async def job_of(db: Database, job_id: str) -> Job:
@@ -63,26 +83,21 @@ async def job_of(db: Database, job_id: str) -> Job:
 
 async def cursors(db: Database, job_id: str) -> list[int]:
     async with db.read() as session:
-        return [e.seq for e in await queries.events_after(session, job_id, 0, 10_000)]
+        return [e.seq for e in await queries.events_after(session, job_id, 0, 100_000)]
 
 
-async def run_to(db: Database, task: Task, *statuses: TaskStatus, failure: Failure | None = None):
-    for status in statuses:
-        async with tx_of(db) as tx:
-            await change(
-                tx,
-                task,
-                status,
-                message=status.value,
-                failure=failure if status is T.FAILED else None,
-            )
+async def move(db: Database, task: TaskRecord, *path: TaskStatus, **values: Any) -> TaskRecord:
+    for status in path:
+        tx = new_tx()
+        failure = Failure("boom", "bad_request", False) if status is T.FAILED else None
+        tx.change(task, status, message=status.value, failure=failure, **values)
+        await apply(db, tx)
+        task = tx.after(task)
+    return task
 
 
 async def test_create_job_records_tasks_and_its_first_event(db: Database) -> None:
-    async with tx_of(db) as tx:
-        job_id, created = await jobs.create_job(tx, video_job("j1", 3))
-    assert (job_id, created) == ("j1", True)
-    assert tx.notes == {"j1": 1}
+    assert await create(db, video_job("j1", 3)) == ("j1", True)
     job = await job_of(db, "j1")
     assert (job.status, job.total_tasks, job.open_tasks, job.last_seq) == ("queued", 3, 3, 1)
     tasks = await tasks_of(db, "j1")
@@ -91,36 +106,25 @@ async def test_create_job_records_tasks_and_its_first_event(db: Database) -> Non
 
 
 async def test_idempotency_key_same_request_same_job_other_request_refused(db: Database) -> None:
-    async with tx_of(db) as tx:
-        await jobs.create_job(tx, video_job("j1", 2, key="k", digest="a"))
-    async with tx_of(db) as tx:
-        assert await jobs.create_job(tx, video_job("j2", 2, key="k", digest="a")) == ("j1", False)
+    await create(db, video_job("j1", 2, key="k", digest="a"))
+    assert await create(db, video_job("j2", 2, key="k", digest="a")) == ("j1", False)
     with pytest.raises(AlreadyExists):
-        async with tx_of(db) as tx:
-            await jobs.create_job(tx, video_job("j3", 2, key="k", digest="b"))
+        await create(db, video_job("j3", 2, key="k", digest="b"))
     async with db.read() as session:
         assert await session.scalar(select(func.count()).select_from(Job)) == 1
 
 
 async def test_task_changes_are_events_in_cursor_order_and_finish_the_job(db: Database) -> None:
-    async with tx_of(db) as tx:
-        await jobs.create_job(tx, video_job("j1", 2))
+    await create(db, video_job("j1", 2))
     first, second = await tasks_of(db, "j1")
-    await run_to(db, first, T.SUBMITTING, T.RUNNING, T.SUCCEEDED)
+    await move(db, first, T.SUBMITTING, T.RUNNING, T.SUCCEEDED)
     assert (await job_of(db, "j1")).status == JobStatus.RUNNING
-    await run_to(
-        db,
-        second,
-        T.SUBMITTING,
-        T.FAILED,
-        failure=Failure("400 bad", "bad_request", recoverable=False),
-    )
+    await move(db, second, T.SUBMITTING, T.FAILED)
     job = await job_of(db, "j1")
     assert job.status == JobStatus.PARTIALLY_FAILED
     assert job.open_tasks == 0 and job.finished_at is not None
     assert job.message == "1 of 2 segments succeeded; not done: 2"
-    seqs = await cursors(db, "j1")
-    assert seqs == list(range(1, job.last_seq + 1))
+    assert await cursors(db, "j1") == list(range(1, job.last_seq + 1))
     async with db.read() as session:
         last = (await queries.events_after(session, "j1", job.last_seq - 1))[0]
     assert (last.type, last.job_status) == (EventType.JOB_STATUS, "partially_failed")
@@ -128,56 +132,51 @@ async def test_task_changes_are_events_in_cursor_order_and_finish_the_job(db: Da
     assert (failed.error_class, failed.recoverable, failed.last_error) == (
         "bad_request",
         False,
-        "400 bad",
+        "boom",
     )
 
 
 async def test_illegal_transition_is_refused(db: Database) -> None:
-    async with tx_of(db) as tx:
-        await jobs.create_job(tx, video_job("j1", 1))
+    await create(db, video_job("j1", 1))
     (task,) = await tasks_of(db, "j1")
+    tx = new_tx()
+    tx.change(task, T.SUCCEEDED, message="skipping ahead")
     with pytest.raises(IllegalTransition):
-        async with tx_of(db) as tx:
-            await change(tx, task, T.SUCCEEDED, message="skipping ahead")
+        await apply(db, tx)
 
 
-async def test_a_stale_change_writes_nothing(db: Database) -> None:
-    async with tx_of(db) as tx:
-        await jobs.create_job(tx, video_job("j1", 1))
-    (task,) = await tasks_of(db, "j1")
-    (copy,) = await tasks_of(db, "j1")
-    await run_to(db, task, T.SUBMITTING)
+async def test_a_stale_record_writes_nothing_at_all(db: Database) -> None:
+    await create(db, video_job("j1", 2))
+    a, b = await tasks_of(db, "j1")
+    await move(db, a, T.SUBMITTING)
+    tx = new_tx()
+    tx.change(b, T.SUBMITTING, message="fine on its own")
+    tx.change(a, T.SUBMITTING, message="but this one was read before it moved")
     with pytest.raises(StaleTask):
-        async with tx_of(db) as tx:
-            await change(tx, copy, T.SUBMITTING, message="second worker")
+        await apply(db, tx)
+    assert [t.status for t in await tasks_of(db, "j1")] == ["submitting", "queued"]
     assert await cursors(db, "j1") == [1, 2, 3]  # created, submitting, job running
 
 
 async def test_slots_bound_in_flight_and_are_handed_to_waiting_tasks(db: Database) -> None:
     async with db.write() as session:
         await ensure_slots(session, "fal", 2)
-    async with tx_of(db) as tx:
-        await jobs.create_job(tx, video_job("j1", 4))
+    await create(db, video_job("j1", 4))
     tasks = await tasks_of(db, "j1")
+    outcomes = []
     for task in tasks:
-        async with tx_of(db) as tx:
-            if await try_acquire_slot(tx, "fal"):
-                await change(tx, task, T.SUBMITTING, message="go", holds_slot=True)
-            else:
-                await change(tx, task, T.WAITING, message="wait")
-    assert [t.status for t in await tasks_of(db, "j1")] == [
-        "submitting",
-        "submitting",
-        "waiting",
-        "waiting",
-    ]
-    async with tx_of(db) as tx:
-        await change(
-            tx, tasks[0], T.FAILED, message="x", failure=Failure("e", "bad_request", False)
-        )
-    granted = tx.outgoing
-    assert len(granted) == 1
-    message = TaskMessage.decode(granted[0].body)
+        tx = new_tx()
+        tx.start(task, message="go", deadline_at=tx.now + 30)
+        await apply(db, tx)
+        outcomes.append(tx.applied[task.id])
+    assert outcomes == [T.SUBMITTING, T.SUBMITTING, T.WAITING, T.WAITING]
+    tx = new_tx()
+    first = (await tasks_of(db, "j1"))[0]
+    tx.change(first, T.FAILED, message="x", failure=Failure("e", "bad_request", False))
+    async with db.write() as session:
+        owed = await Batch(await session.connection(), tx.now, TIMINGS).run([tx])
+    assert len(owed) == 1
+    message = TaskMessage.decode(owed[0].body)
     assert (message.task_id, message.kind) == (tasks[2].id, MessageKind.RUN)
     after = await tasks_of(db, "j1")
     assert [(t.status, t.holds_slot) for t in after] == [
@@ -192,28 +191,83 @@ async def test_slots_bound_in_flight_and_are_handed_to_waiting_tasks(db: Databas
     assert in_flight == holders == 2
 
 
-async def test_release_with_nothing_waiting_frees_the_slot(db: Database) -> None:
+async def test_a_stale_read_cannot_take_or_leak_a_slot(db: Database) -> None:
+    """A task granted a slot looks QUEUED like before; its slot flag tells them apart."""
     async with db.write() as session:
         await ensure_slots(session, "fal", 1)
-    async with tx_of(db) as tx:
-        assert await try_acquire_slot(tx, "fal")
-        assert not await try_acquire_slot(tx, "fal")
-        assert await release_slots(tx, "fal", 1) == 0
-        assert await try_acquire_slot(tx, "fal")
+    await create(db, video_job("j1", 2))
+    a, b = await tasks_of(db, "j1")
+    stale_b = b
+    tx = new_tx()
+    tx.start(a, message="go", deadline_at=tx.now + 30)
+    await apply(db, tx)
+    b = await move(db, b, T.WAITING)
+    await move(db, tx.after(a), T.FAILED)  # frees the slot: b is granted it (QUEUED, holds)
+    late = new_tx()
+    late.start(stale_b, message="from a message read before all that", deadline_at=late.now + 30)
+    with pytest.raises(StaleTask):
+        await apply(db, late)
+    async with db.read() as session:
+        assert await session.scalar(select(ProviderSlots.in_flight)) == 1
+    assert [(t.status, t.holds_slot) for t in await tasks_of(db, "j1")] == [
+        ("failed", False),
+        ("queued", True),
+    ]
+
+
+async def test_rebalance_recounts_slots_and_grants_the_free_ones(db: Database) -> None:
+    async with db.write() as session:
+        await ensure_slots(session, "fal", 1)
+    await create(db, video_job("j1", 1))
+    (task,) = await tasks_of(db, "j1")
+    await move(db, task, T.WAITING)
+    async with db.write() as session:  # a slot count gone wrong (say, by hand)
+        await session.execute(ProviderSlots.__table__.update().values(in_flight=1))
+    tx = new_tx()
+    tx.rebalance.add("fal")
+    await apply(db, tx)
+    (task,) = await tasks_of(db, "j1")
+    assert (task.status, task.holds_slot) == ("queued", True)
+
+
+async def test_job_tasks_move_together_for_a_story_plan(db: Database) -> None:
+    job = jobs.NewJob(
+        "s1",
+        "story",
+        2,
+        None,
+        "h",
+        {"total_segments": 2},
+        2,
+        [
+            jobs.NewTask(0, TaskKind.STORY_PLAN, {}),
+            jobs.NewTask(1, TaskKind.STORY_SET, {}, TaskStatus.BLOCKED),
+            jobs.NewTask(2, TaskKind.STORY_SET, {}, TaskStatus.BLOCKED),
+        ],
+    )
+    await create(db, job)
+    plan = (await tasks_of(db, "s1"))[0]
+    plan = await move(db, plan, T.RUNNING)
+    tx = new_tx()
+    tx.change(plan, T.SUCCEEDED, message="planned")
+    tx.change_job_tasks(JobTasksChange("s1", T.BLOCKED, T.QUEUED, "plan ready", send_run=True))
+    async with db.write() as session:
+        owed = await Batch(await session.connection(), tx.now, TIMINGS).run([tx])
+    assert sorted(TaskMessage.decode(m.body).task_id for m in owed) == [
+        t.id for t in (await tasks_of(db, "s1"))[1:]
+    ]
+    assert [t.status for t in await tasks_of(db, "s1")] == ["succeeded", "queued", "queued"]
 
 
 async def test_retry_failed_requeues_only_what_failed(db: Database) -> None:
-    async with tx_of(db) as tx:
-        await jobs.create_job(tx, video_job("j1", 3))
+    await create(db, video_job("j1", 3))
     a, b, c = await tasks_of(db, "j1")
     with pytest.raises(FailedPrecondition):
-        async with tx_of(db) as tx:
-            await jobs.retry_failed(tx, "j1", 3)
-    await run_to(db, a, T.SUBMITTING, T.RUNNING, T.SUCCEEDED)
-    await run_to(db, b, T.SUBMITTING, T.FAILED, failure=Failure("503", "server_error", True))
-    await run_to(db, c, T.SUBMITTING, T.FAILED, failure=Failure("400", "bad_request", False))
-    async with tx_of(db) as tx:
-        retried = await jobs.retry_failed(tx, "j1", 5)
+        await apply(db, new_tx(), lambda s, tx: jobs.retry_failed(s, tx, "j1", 3))
+    await move(db, a, T.SUBMITTING, T.RUNNING, T.SUCCEEDED)
+    await move(db, b, T.SUBMITTING, T.FAILED)
+    await move(db, c, T.SUBMITTING, T.FAILED)
+    retried = await apply(db, new_tx(), lambda s, tx: jobs.retry_failed(s, tx, "j1", 5))
     assert retried == [2, 3]
     job = await job_of(db, "j1")
     assert (job.status, job.open_tasks, job.finished_at) == ("running", 2, None)
@@ -224,22 +278,21 @@ async def test_retry_failed_requeues_only_what_failed(db: Database) -> None:
         ("queued", 2, 7),
         ("queued", 2, 7),
     ]
+    assert await cursors(db, "j1") == list(range(1, job.last_seq + 1))
 
 
 async def test_cancel_job_cancels_open_tasks_and_owes_provider_cancels(db: Database) -> None:
     async with db.write() as session:
         await ensure_slots(session, "fal", 5)
-    async with tx_of(db) as tx:
-        await jobs.create_job(tx, video_job("j1", 3))
+    await create(db, video_job("j1", 3))
     a, b, _c = await tasks_of(db, "j1")
-    await run_to(db, a, T.SUBMITTING, T.RUNNING, T.SUCCEEDED)
-    async with tx_of(db) as tx:
-        assert await try_acquire_slot(tx, "fal")
-        await change(tx, b, T.SUBMITTING, message="go", holds_slot=True)
-    async with tx_of(db) as tx:
-        await change(tx, b, T.RUNNING, message="sent", request_id="r-1", cancel_url="http://x/c")
-    async with tx_of(db) as tx:
-        assert await jobs.cancel_job(tx, "j1") == 2
+    await move(db, a, T.SUBMITTING, T.RUNNING, T.SUCCEEDED)
+    tx = new_tx()
+    tx.start(b, message="go", deadline_at=tx.now + 30)
+    await apply(db, tx)
+    await move(db, tx.after(b), T.RUNNING, request_id="r-1", cancel_url="http://x/c")
+    tx = new_tx()
+    assert await apply(db, tx, lambda s, t: jobs.cancel_job(s, t, "j1")) == 2
     owed = [TaskMessage.decode(m.body) for m in tx.outgoing]
     assert [(m.task_id, m.kind) for m in owed] == [(b.id, MessageKind.CANCEL)]
     job = await job_of(db, "j1")
@@ -247,38 +300,34 @@ async def test_cancel_job_cancels_open_tasks_and_owes_provider_cancels(db: Datab
     assert [t.status for t in await tasks_of(db, "j1")] == ["succeeded", "cancelled", "cancelled"]
     async with db.read() as session:
         assert await session.scalar(select(ProviderSlots.in_flight)) == 0
-    async with tx_of(db) as tx:
-        assert await jobs.cancel_job(tx, "j1") == 0  # idempotent
+    assert await apply(db, new_tx(), lambda s, t: jobs.cancel_job(s, t, "j1")) == 0
 
 
 async def test_overdue_tasks_are_reissued_once_with_a_new_poll_chain(db: Database) -> None:
     now = time.time()
-    async with tx_of(db, now) as tx:
-        await jobs.create_job(tx, video_job("j1", 2))
+    await create(db, video_job("j1", 2), now)
     a, b = await tasks_of(db, "j1")
-    async with tx_of(db, now) as tx:
-        await change(tx, a, T.SUBMITTING, message="go")
-    async with tx_of(db, now) as tx:
-        await change(tx, a, T.RUNNING, message="sent", request_id="r", deadline_at=now + 1)
-    async with tx_of(db, now + 120) as tx:
-        messages = await sweeps.claim_overdue(tx)
-    decoded = sorted((TaskMessage.decode(m.body) for m in messages), key=lambda m: m.task_id)
+    await move(db, a, T.SUBMITTING)
+    await move(db, (await tasks_of(db, "j1"))[0], T.RUNNING, request_id="r", deadline_at=now + 1)
+    tx = new_tx(now + 120)
+    assert await apply(db, tx, sweeps.claim_overdue) == 2
+    decoded = sorted((TaskMessage.decode(m.body) for m in tx.outgoing), key=lambda m: m.task_id)
     assert [(m.task_id, m.kind, m.chain, m.reissued) for m in decoded] == [
         (a.id, MessageKind.POLL, 1, False),
         (b.id, MessageKind.RUN, 0, True),
     ]
-    async with tx_of(db, now + 121) as tx:
-        assert await sweeps.claim_overdue(tx) == []
+    assert await apply(db, new_tx(now + 121), sweeps.claim_overdue) == 0
 
 
 async def test_deleting_old_finished_jobs_takes_their_tasks_and_events(db: Database) -> None:
-    async with tx_of(db) as tx:
-        await jobs.create_job(tx, video_job("old", 1))
-        await jobs.create_job(tx, video_job("new", 1))
+    await create(db, video_job("old", 1))
+    await create(db, video_job("new", 1))
     (task,) = await tasks_of(db, "old")
-    await run_to(db, task, T.SUBMITTING, T.RUNNING, T.SUCCEEDED)
-    async with tx_of(db, time.time() + 7200) as tx:
-        assert await sweeps.delete_finished_before(tx, time.time() + 3600) == 1
+    await move(db, task, T.SUBMITTING, T.RUNNING, T.SUCCEEDED)
+    cutoff = time.time() + 3600
+    assert (
+        await apply(db, new_tx(), lambda s, tx: sweeps.delete_finished_before(s, tx, cutoff)) == 1
+    )
     async with db.read() as session:
         assert await queries.get_job(session, "old") is None
         assert await session.scalar(select(func.count()).where(Task.job_id == "old")) == 0
@@ -286,13 +335,41 @@ async def test_deleting_old_finished_jobs_takes_their_tasks_and_events(db: Datab
         assert await queries.get_job(session, "new") is not None
 
 
+async def test_group_commit_applies_concurrent_records_and_rejects_duplicates(
+    db: Database,
+) -> None:
+    async with db.write() as session:
+        await ensure_slots(session, "fal", 100)
+    await create(db, video_job("j1", 30))
+    tasks = await tasks_of(db, "j1")
+    async with MemoryBroker(Topology(prefix="t")) as broker:
+        uow = UnitOfWork(db, broker, TIMINGS)
+
+        async def start(task: TaskRecord) -> TaskStatus | Exception:
+            try:
+                async with uow.transaction() as tx:
+                    tx.start(task, message="go", deadline_at=tx.now + 30)
+            except StaleTask as exc:
+                return exc
+            return tx.applied[task.id]
+
+        # Every task started twice at once, as duplicate deliveries would.
+        results = await asyncio.gather(*(start(t) for t in tasks + tasks))
+        await uow.close()
+    assert results[:30] == [T.SUBMITTING] * 30
+    assert all(isinstance(r, StaleTask) for r in results[30:])
+    job = await job_of(db, "j1")
+    assert await cursors(db, "j1") == list(range(1, job.last_seq + 1))
+    assert job.last_seq == 1 + 30 + 1  # created, 30 submitting, job running
+
+
 async def test_concurrent_writers_get_gapless_unique_cursors(db: Database) -> None:
-    async with tx_of(db) as tx:
-        await jobs.create_job(tx, video_job("j1", 1))
+    await create(db, video_job("j1", 1))
 
     async def write(i: int) -> None:
-        async with tx_of(db) as tx:
-            await tx.emit("j1", EventDraft(EventType.TASK_PROGRESS, message=f"w{i}"))
+        tx = new_tx()
+        tx.emit("j1", EventDraft(EventType.TASK_PROGRESS, message=f"w{i}"))
+        await apply(db, tx)
 
     await asyncio.gather(*(write(i) for i in range(25)))
     assert await cursors(db, "j1") == list(range(1, 27))

@@ -1,0 +1,112 @@
+"""What a benchmark run is made of: the sizes of each scenario (full or smoke) and the targets.
+
+Sizes are data, not code: `FULL` is what `make bench` measures, `SMOKE` the same harness with
+small numbers so `make bench-smoke` finishes in well under a minute and never rots.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+SCENARIOS = ("overhead", "utilisation", "faults", "progress", "scale")
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Every knob of the scenarios; see each scenario module for how it is used."""
+
+    # 1. Orchestration overhead: zero-latency provider, no effective provider limit.
+    overhead_segments: int
+    overhead_poll_interval: float
+    overhead_concurrency: int
+    # 3./4. Provider utilisation and faults: N segments of `latency` s under a limit.
+    utilisation_segments: int
+    utilisation_latency: float
+    utilisation_concurrency: int
+    polling_interval: float
+    webhook_fallback_poll: float
+    fault_rate: float
+    fault_hang_seconds: float
+    fault_call_timeout: float
+    fault_max_retries: int
+    # 5. Progress latency: watchers on one running job.
+    progress_watchers: int
+    progress_segments: int
+    progress_latency: float
+    progress_concurrency: int
+    # 6. Scale: one big job.
+    scale_segments: int
+    # Celery peer: prefork pool size.
+    celery_concurrency: int
+
+
+CORES = os.cpu_count() or 1
+
+FULL = Sizes(
+    overhead_segments=2000,
+    overhead_poll_interval=0.05,
+    overhead_concurrency=10_000,
+    utilisation_segments=1000,
+    utilisation_latency=2.0,
+    utilisation_concurrency=50,
+    polling_interval=0.25,
+    webhook_fallback_poll=30.0,
+    fault_rate=0.20,
+    fault_hang_seconds=2.0,
+    fault_call_timeout=1.0,
+    fault_max_retries=10,
+    progress_watchers=100,
+    progress_segments=300,
+    progress_latency=0.5,
+    progress_concurrency=50,
+    scale_segments=10_000,
+    celery_concurrency=CORES,
+)
+
+SMOKE = Sizes(
+    overhead_segments=100,
+    overhead_poll_interval=0.05,
+    overhead_concurrency=10_000,
+    utilisation_segments=100,
+    utilisation_latency=0.2,
+    utilisation_concurrency=50,
+    polling_interval=0.25,
+    # Short, so a webhook the orchestrator drops cannot stretch the smoke run by 30 s.
+    webhook_fallback_poll=3.0,
+    fault_rate=0.20,
+    fault_hang_seconds=2.0,
+    fault_call_timeout=1.0,
+    fault_max_retries=10,
+    progress_watchers=20,
+    progress_segments=50,
+    progress_latency=0.2,
+    progress_concurrency=50,
+    scale_segments=500,
+    celery_concurrency=CORES,
+)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The command line, parsed."""
+
+    smoke: bool
+    scenarios: tuple[str, ...]
+    json_path: Path
+    database: Literal["sqlite", "postgres"]
+    amqp_url: str
+    postgres_url: str
+    log_level: str
+    keep_logs: bool
+    strict: bool
+
+    @property
+    def sizes(self) -> Sizes:
+        return SMOKE if self.smoke else FULL

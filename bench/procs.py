@@ -1,0 +1,152 @@
+"""Child processes of the benchmark: started with their own environment, logs to a file.
+
+Output goes to one file per process (never a pipe, so a chatty child can never block on a full
+pipe buffer); readiness is a probe (an HTTP health check, a consumer on a queue), because the
+services run at LOG_LEVEL=WARNING and so never print their INFO "ready" lines. Stopping is
+SIGTERM to the process, then SIGKILL to its process group after a bound.
+
+Each child gets its own session, so a Ctrl-C reaches only the benchmark, which then stops its
+children in order; `kill_survivors()` is the last resort after the event loop is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+Probe = Callable[[], Awaitable[bool]]
+
+# Every child started and not yet reaped, for `kill_survivors`.
+_LIVE: set[ChildProcess] = set()
+
+
+def kill_survivors() -> list[str]:
+    """SIGKILL the process group of every child still alive; their names."""
+    killed = []
+    for child in list(_LIVE):
+        if child.proc is not None and child.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.proc.pid, signal.SIGKILL)
+            killed.append(child.name)
+    _LIVE.clear()
+    return killed
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    return text.splitlines()[-lines:]
+
+
+def _proc_status(pid: int) -> dict[str, str]:
+    """`/proc/<pid>/status` as a dict (empty when the process is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    fields = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {key: value.strip() for key, value in fields}
+
+
+class ChildProcess:
+    """One child process (`python -m <module>` or any argv) with a log file and a probe."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        log_dir: Path,
+        probe: Probe,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.env = {**os.environ, **env}
+        self.log_path = log_dir / f"{name}.log"
+        self.probe = probe
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @classmethod
+    def module(
+        cls, name: str, module: str, env: Mapping[str, str], log_dir: Path, probe: Probe
+    ) -> ChildProcess:
+        """`python -m module` with the benchmark's interpreter."""
+        return cls(name, [sys.executable, "-m", module], env, log_dir, probe)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    async def start(self, ready_within: float = 60.0) -> None:
+        """Start the process and wait until its probe says ready (or it exits: RuntimeError)."""
+        with self.log_path.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                cwd=ROOT,
+                env=self.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _LIVE.add(self)
+        deadline = time.monotonic() + ready_within
+        while time.monotonic() < deadline:
+            if self.proc.returncode is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}\n{self.tail()}")
+            try:
+                if await self.probe():
+                    return
+            except Exception:  # any failure of the probe means "not yet"
+                pass
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready after {ready_within:.0f}s\n{self.tail()}")
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(f"  [{self.name}] {line}" for line in _tail(self.log_path, lines))
+
+    async def peak_rss_mb(self) -> float | None:
+        """Peak resident set size so far (VmHWM), in MiB; None when unknown."""
+        if self.proc is None:
+            return None
+        status = await asyncio.to_thread(_proc_status, self.proc.pid)
+        raw = status.get("VmHWM", "")
+        return int(raw.split()[0]) / 1024 if raw.endswith("kB") else None
+
+    async def stop(self, grace: float = 15.0) -> int | None:
+        """SIGTERM, `grace` seconds to exit, then SIGKILL; the exit code (None: never started)."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(grace):
+                code = await proc.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            code = await proc.wait()
+        # Whatever the leader left behind in its group (e.g. Celery's pool children).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        _LIVE.discard(self)
+        return code

@@ -1,0 +1,1 @@
+"""The measured scenarios, one module each; every one fills a `ScenarioResult`."""

@@ -1,0 +1,82 @@
+"""3. Provider utilisation: how close to the provider's capacity the orchestrator keeps it.
+
+N segments of `latency` s with `FAL_CONCURRENCY=limit`, the simulator itself unlimited (so
+`max_in_progress` shows whether the orchestrator's limit holds). Run twice on fresh stacks:
+
+- **polling**: `FAL_POLL_INTERVAL=0.25`, no webhooks;
+- **webhooks**: `PUBLIC_HTTP_URL` set to the gateway's HTTP port, so the simulator calls back
+  when a generation finishes; a 30 s poll interval is only the fallback.
+
+Figures per run: makespan, efficiency = ideal / makespan (see `makespan.py`), the simulator's
+`max_in_progress` (must stay within the limit) and submits per segment (`accepted_requests / N`,
+exactly 1.00 without faults: nothing paid twice).
+"""
+
+from __future__ import annotations
+
+from bench.config import Sizes
+from bench.console import say
+from bench.figures import Figure, ScenarioResult, Target
+from bench.scenarios.makespan import timed_job
+from bench.stack import RunContext
+
+EFFICIENCY = {"polling": Target(">=", 0.85), "webhooks": Target(">=", 0.95)}
+ONE_SUBMIT = Target("==", 1.0)
+
+
+async def run(ctx: RunContext, sizes: Sizes, result: ScenarioResult) -> None:
+    limit = sizes.utilisation_concurrency
+    modes = {
+        "polling": ({"FAL_POLL_INTERVAL": str(sizes.polling_interval)}, False),
+        "webhooks": ({"FAL_POLL_INTERVAL": str(sizes.webhook_fallback_poll)}, True),
+    }
+    for mode, (env, webhooks) in modes.items():
+        say(
+            f"utilisation ({mode}): {sizes.utilisation_segments} segments x"
+            f" {sizes.utilisation_latency}s, limit {limit}"
+        )
+        raw = await timed_job(
+            ctx, f"utilisation-{mode}", sizes, sim_config={}, env=env, webhooks=webhooks
+        )
+        result.raw[mode] = raw
+        say(f"utilisation ({mode}): makespan {raw['makespan']:.1f}s, ideal {raw['ideal']:.1f}s")
+        result.add(
+            Figure(
+                f"{mode}: makespan",
+                raw["makespan"],
+                "s",
+                ".1f",
+                note=f"ideal {raw['ideal']:.1f}s = ceil({raw['segments']}/{limit}) x"
+                f" {raw['latency']}s",
+            )
+        )
+        result.add(Figure(f"{mode}: efficiency", raw["efficiency"], "", ".3f", EFFICIENCY[mode]))
+        result.add(
+            Figure(
+                f"{mode}: simulator max_in_progress",
+                raw["max_in_progress"],
+                "",
+                ".0f",
+                Target("<=", limit, ".0f"),
+            )
+        )
+        result.add(
+            Figure(
+                f"{mode}: submits per segment",
+                raw["submits_per_segment"],
+                "",
+                ".2f",
+                ONE_SUBMIT,
+                note=f"{raw['simulator']['accepted_requests']} accepted",
+            )
+        )
+        if webhooks:
+            result.add(
+                Figure(
+                    "webhooks: webhooks sent",
+                    raw["simulator"]["webhooks_sent"],
+                    "",
+                    ".0f",
+                    note=f"{raw['simulator']['webhook_failures']} failed",
+                )
+            )
