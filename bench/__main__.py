@@ -93,6 +93,9 @@ async def run_all(options: RunOptions, workdir: Path, results: list[ScenarioResu
         except Exception as exc:  # reported in the table; the next scenario still runs
             result.error = f"{type(exc).__name__}: {exc}"
             say(f"{name} FAILED: {result.error}")
+        except asyncio.CancelledError:
+            result.error = "interrupted"
+            raise
         finally:
             result.elapsed = time.perf_counter() - began
         say(f"== {name} done in {result.elapsed:.1f}s")

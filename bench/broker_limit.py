@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, cast
 
@@ -63,13 +65,15 @@ async def collect(queue: aio_pika.abc.AbstractQueue, n: int) -> float:
         await queue.cancel(tag)
 
 
-async def delete_queues(amqp_url: str, names: list[str]) -> None:
-    """Delete queues (missing ones are fine: RabbitMQ answers delete-ok)."""
+async def delete_amqp(amqp_url: str, queues: Sequence[str], exchanges: Sequence[str] = ()) -> None:
+    """Delete queues and exchanges (missing ones are fine: RabbitMQ answers delete-ok)."""
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel(publisher_confirms=False)
-        for name in names:
-            await channel.queue_delete(name)
+        for queue in queues:
+            await channel.queue_delete(queue)
+        for exchange in exchanges:
+            await channel.exchange_delete(exchange)
 
 
 async def raw_round_trip(amqp_url: str, prefix: str, n: int, log_dir: Path) -> dict[str, Any]:
@@ -84,23 +88,21 @@ async def raw_round_trip(amqp_url: str, prefix: str, n: int, log_dir: Path) -> d
     echo = ChildProcess.module(
         "echo_worker", "bench.echo_worker", env, log_dir, consuming(amqp_url, work)
     )
-    try:
-        connection = await aio_pika.connect(amqp_url)
-        async with connection:
-            channel = await connection.channel(publisher_confirms=True)
-            await channel.set_qos(prefetch_count=PREFETCH)
-            await channel.declare_queue(work, durable=True)
-            done_queue = await channel.declare_queue(done, durable=True)
-            await echo.start()
-            async with asyncio.TaskGroup() as tasks:
-                began = time.perf_counter()
-                collector = tasks.create_task(collect(done_queue, n))
-                await _publish_all(channel, work, n)
-                published = time.perf_counter()
-            ended = collector.result()
-    finally:
-        await echo.stop()
-        await delete_queues(amqp_url, [work, done])
+    async with AsyncExitStack() as exits:
+        exits.push_async_callback(delete_amqp, amqp_url, [work, done])
+        exits.push_async_callback(echo.stop)
+        connection = await exits.enter_async_context(await aio_pika.connect(amqp_url))
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.set_qos(prefetch_count=PREFETCH)
+        await channel.declare_queue(work, durable=True)
+        done_queue = await channel.declare_queue(done, durable=True)
+        await echo.start()
+        async with asyncio.TaskGroup() as tasks:
+            began = time.perf_counter()
+            collector = tasks.create_task(collect(done_queue, n))
+            await _publish_all(channel, work, n)
+            published = time.perf_counter()
+        ended = collector.result()
     seconds = ended - began
     return {
         "messages": n,

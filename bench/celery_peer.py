@@ -21,6 +21,7 @@ import asyncio
 import os
 import sys
 import time
+from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 import aio_pika
@@ -28,7 +29,7 @@ import httpx
 from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 
-from bench.broker_limit import collect, delete_queues
+from bench.broker_limit import collect, delete_amqp
 from bench.config import Sizes
 from bench.probes import consuming
 from bench.procs import ChildProcess
@@ -167,7 +168,14 @@ async def celery_rates(ctx: RunContext, sizes: Sizes) -> dict[str, Any]:
     queue, done = f"{prefix}-celery", f"{prefix}-celery-done"
     log_dir = ctx.workdir / "overhead-celery"
     log_dir.mkdir(parents=True, exist_ok=True)
-    async with running_simulator(log_dir, "simulator", {"latency": 0}, opts.log_level) as sim:
+    async with AsyncExitStack() as exits:
+        sim = await exits.enter_async_context(
+            running_simulator(log_dir, "simulator", {"latency": 0}, opts.log_level)
+        )
+        # Celery declares a direct exchange named after the queue: removed too.
+        exits.push_async_callback(delete_amqp, opts.amqp_url, [queue, done], [queue])
+        driver = make_app(opts.amqp_url, queue, done)
+        exits.callback(driver.close)
         env = {
             "BENCH_CELERY_BROKER": opts.amqp_url,
             "BENCH_CELERY_QUEUE": queue,
@@ -175,49 +183,20 @@ async def celery_rates(ctx: RunContext, sizes: Sizes) -> dict[str, Any]:
             "BENCH_SIM_URL": sim.url,
         }
         argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "bench.celery_peer",
-            "worker",
-            "--pool",
-            "prefork",
-            "--concurrency",
-            str(sizes.celery_concurrency),
-            "--loglevel",
-            "WARNING",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--queues",
-            queue,
-            "--hostname",
-            f"{prefix}@%h",
-        ]
+            sys.executable, "-m", "celery", "-A", "bench.celery_peer", "worker",
+            "--pool", "prefork", "--concurrency", str(sizes.celery_concurrency),
+            "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
+            "--without-heartbeat", "--queues", queue, "--hostname", f"{prefix}@%h",
+        ]  # fmt: skip
         worker = ChildProcess("celery_worker", argv, env, log_dir, consuming(opts.amqp_url, queue))
-        driver = make_app(opts.amqp_url, queue, done)
-        try:
-            await worker.start()
-            workload = await _measure(driver, opts.amqp_url, SEGMENT_TASK, n, queue, done)
-            workload["simulator"] = await sim.stats()
-            noop_run = await _measure(driver, opts.amqp_url, NOOP_TASK, n, queue, done)
-        finally:
-            await worker.stop()
-            driver.close()
-            await delete_queues(opts.amqp_url, [queue, done])
-            await _delete_exchange(opts.amqp_url, queue)
+        exits.push_async_callback(worker.stop)
+        await worker.start()
+        workload = await _measure(driver, opts.amqp_url, SEGMENT_TASK, n, queue, done)
+        workload["simulator"] = await sim.stats()
+        noop_run = await _measure(driver, opts.amqp_url, NOOP_TASK, n, queue, done)
     return {
         "workload": workload,
         "noop": noop_run,
         "concurrency": sizes.celery_concurrency,
         "prefetch_multiplier": app.conf.worker_prefetch_multiplier,
     }
-
-
-async def _delete_exchange(amqp_url: str, name: str) -> None:
-    """Celery declares a direct exchange named after the queue; remove it too."""
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=False)
-        await channel.exchange_delete(name)

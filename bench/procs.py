@@ -66,6 +66,20 @@ def _proc_status(pid: int) -> dict[str, str]:
     return {key: value.strip() for key, value in fields}
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (None when it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
 class ChildProcess:
     """One child process (`python -m <module>` or any argv) with a log file and a probe."""
 
@@ -90,10 +104,6 @@ class ChildProcess:
     ) -> ChildProcess:
         """`python -m module` with the benchmark's interpreter."""
         return cls(name, [sys.executable, "-m", module], env, log_dir, probe)
-
-    @property
-    def pid(self) -> int | None:
-        return None if self.proc is None else self.proc.pid
 
     async def start(self, ready_within: float = 60.0) -> None:
         """Start the process and wait until its probe says ready (or it exits: RuntimeError)."""
@@ -131,6 +141,12 @@ class ChildProcess:
         raw = status.get("VmHWM", "")
         return int(raw.split()[0]) / 1024 if raw.endswith("kB") else None
 
+    async def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) the process has used so far, in seconds."""
+        if self.proc is None:
+            return None
+        return await asyncio.to_thread(_cpu_seconds, self.proc.pid)
+
     async def stop(self, grace: float = 15.0) -> int | None:
         """SIGTERM, `grace` seconds to exit, then SIGKILL; the exit code (None: never started)."""
         proc = self.proc
@@ -145,6 +161,11 @@ class ChildProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             code = await proc.wait()
+        except asyncio.CancelledError:
+            # Interrupted while waiting (Ctrl-C): no more patience, but never leave it running.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise
         # Whatever the leader left behind in its group (e.g. Celery's pool children).
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)

@@ -9,6 +9,7 @@ are printed.
 from __future__ import annotations
 
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -73,6 +74,24 @@ class Stack:
     @property
     def http_url(self) -> str:
         return f"http://{self.env['HTTP_ADDR']}"
+
+    async def cpu_seconds(self) -> dict[str, float | None]:
+        """CPU seconds used so far by each process of the stack and by this client."""
+        return {
+            "gateway": await self.gateway.cpu_seconds(),
+            "video_worker": await self.worker.cpu_seconds(),
+            "simulator": await self.sim.process.cpu_seconds(),
+            "client": time.process_time(),
+        }
+
+
+def cpu_delta(before: dict[str, float | None], after: dict[str, float | None]) -> dict[str, float]:
+    """CPU seconds used between two `Stack.cpu_seconds()` readings, per process."""
+    return {
+        name: round(end - start, 2)
+        for name, end in after.items()
+        if end is not None and (start := before.get(name)) is not None
+    }
 
 
 def _service_env(

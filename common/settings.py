@@ -85,7 +85,9 @@ class Settings(BaseSettings):
     # Workers and lifecycle.
     video_prefetch: int = Field(64, ge=1)
     story_prefetch: int = Field(8, ge=1)
-    drain_seconds: float = Field(20.0, ge=0)
+    # At least the longest provider call, so SIGTERM never cuts a submit between paying and
+    # recording it.
+    drain_seconds: float = Field(130.0, ge=0)
     sweep_interval: float = Field(5.0, gt=0)
     stale_after: float = Field(60.0, gt=0)
     job_retention: float = Field(3600.0, gt=0)

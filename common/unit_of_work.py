@@ -31,6 +31,7 @@ from common.broker import Broker, ProgressNote
 from common.store.apply import Batch
 from common.store.database import Database
 from common.store.ledger import StoreTimings, Tx
+from common.store.records import TaskLoader
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class UnitOfWork:
         self.timings = timings
         self.clock = clock
         self.max_batch = max_batch
+        # Reads of single tasks, batched the same way (every handled message starts with one).
+        self.tasks = TaskLoader(db)
         self._pending: deque[_Item] = deque()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -99,6 +102,7 @@ class UnitOfWork:
 
     async def close(self) -> None:
         """Finish what is queued, then stop the loop."""
+        await self.tasks.close()
         if self._pending and self._loop_task is not None and not self._loop_task.done():
             await asyncio.gather(*(i.done for i in list(self._pending)), return_exceptions=True)
         if self._loop_task is not None:

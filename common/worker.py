@@ -2,8 +2,9 @@
 
 Handlers return normally when the task's state is recorded (ack), raise `StaleTask` when the
 message no longer matches the task (ack: someone else moved it on), and raise anything else on
-an unexpected failure (database unreachable, a bug): the message is then put back with a growing
-delay a few times and finally dead-lettered, so one poison message cannot spin a worker.
+failure. An outage (database or broker unreachable) puts the message back with a growing delay
+for as long as it lasts; any other failure (a bug) puts it back a few times and then dead-letters
+it, so one poison message cannot spin a worker.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Protocol
 
-from common.broker import Broker, Consumer, Incoming, Outgoing, Reject, WorkQueue
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from common.broker import Broker, BrokerError, Consumer, Incoming, Outgoing, Reject, WorkQueue
 from common.lifecycle import bind_task
 from common.messages import BadMessage, TaskMessage
 from common.store.ledger import StaleTask
@@ -22,7 +25,17 @@ from common.store.ledger import StaleTask
 log = logging.getLogger(__name__)
 
 CRASH_HEADER = "x-crashes"
+OUTAGE_HEADER = "x-outages"
 MAX_CRASHES = 5
+MAX_OUTAGE_DELAY = 30.0
+# Infrastructure failures: a lost database or broker connection, a lock that never came.
+OUTAGES = (OperationalError, InterfaceError, BrokerError, ConnectionError, TimeoutError)
+
+
+def _counters(incoming: Incoming) -> dict[str, str | int]:
+    return {
+        k: int(str(v)) for k, v in incoming.headers.items() if k in (CRASH_HEADER, OUTAGE_HEADER)
+    }
 
 
 class TaskHandler(Protocol):
@@ -50,6 +63,18 @@ class Dispatcher:
             log.debug("dropped stale message: %s", exc)
         except asyncio.CancelledError:
             raise
+        except OUTAGES as exc:
+            # The database or the broker is away: not this message's fault, so it is put back
+            # for as long as the outage lasts instead of counting towards the dead-letter queue.
+            outages = int(str(incoming.headers.get(OUTAGE_HEADER, 0))) + 1
+            delay = min(MAX_OUTAGE_DELAY, float(2**outages))
+            log.warning(
+                "task %s waits out an outage (%s); again in %.0fs",
+                message.task_id,
+                type(exc).__name__,
+                delay,
+            )
+            await self._publish_again(incoming, delay, {OUTAGE_HEADER: outages})
         except Exception:
             await self._put_back(incoming, message)
 
@@ -66,6 +91,11 @@ class Dispatcher:
             MAX_CRASHES,
             delay,
         )
+        await self._publish_again(incoming, delay, {CRASH_HEADER: crashes})
+
+    async def _publish_again(
+        self, incoming: Incoming, delay: float, headers: dict[str, str | int]
+    ) -> None:
         await self.broker.publish(
             [
                 Outgoing(
@@ -74,7 +104,7 @@ class Dispatcher:
                     priority=incoming.priority,
                     delay=delay,
                     message_id=incoming.message_id,
-                    headers={CRASH_HEADER: crashes},
+                    headers={**_counters(incoming), **headers},
                 )
             ]
         )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from common.store.database import Database
 from common.store.tables import Task
 
 
@@ -52,3 +54,48 @@ async def load_task(session: AsyncSession, task_id: int) -> TaskRecord | None:
 async def load_tasks(session: AsyncSession, *where: Any) -> list[TaskRecord]:
     rows = await session.execute(select(*TASK_COLUMNS).where(*where).order_by(Task.index))
     return [TaskRecord.of(r) for r in rows]
+
+
+class TaskLoader:
+    """Loads tasks by id, batching concurrent loads into one query.
+
+    Every message a worker handles starts by reading its task; with dozens of messages in
+    flight, one `WHERE id IN (...)` per round replaces dozens of single-row queries (each a
+    thread hop through aiosqlite). While one round is in flight the next one gathers.
+    """
+
+    def __init__(self, db: Database, max_batch: int = 500) -> None:
+        self.db = db
+        self.max_batch = max_batch
+        self._waiting: dict[int, list[asyncio.Future[TaskRecord | None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def load(self, task_id: int) -> TaskRecord | None:
+        future: asyncio.Future[TaskRecord | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(task_id, []).append(future)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain(), name="task-loader")
+        return await future
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            ids = list(self._waiting)[: self.max_batch]
+            waiters = {i: self._waiting.pop(i) for i in ids}
+            try:
+                async with self.db.read() as session:
+                    rows = await session.execute(select(*TASK_COLUMNS).where(Task.id.in_(ids)))
+                    found = {r.id: TaskRecord.of(r) for r in rows}
+            except Exception as exc:
+                for futures in waiters.values():
+                    for f in futures:
+                        if not f.done():
+                            f.set_exception(exc)
+                continue
+            for task_id, futures in waiters.items():
+                for f in futures:
+                    if not f.done():
+                        f.set_result(found.get(task_id))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)

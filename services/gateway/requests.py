@@ -33,6 +33,7 @@ _MODEL_ID = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)+$")
 _OPENAI_MODEL = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 # Priority as in the proto: 0 unspecified (normal), 1 low, 2 normal, 3 high.
 PRIORITIES = range(4)
+NORMAL = 2
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def plan_video_job(job_id: str, r: VideoJobRequest, limits: Limits) -> NewJob:
     return NewJob(
         id=job_id,
         kind=JobKind.VIDEO,
-        priority=r.priority,
+        priority=r.priority or NORMAL,
         idempotency_key=r.idempotency_key or None,
         request_hash=_fingerprint(JobKind.VIDEO, r),
         params={"battle_arena_url": r.battle_arena_url, "model": model, "total_segments": n},
@@ -191,7 +192,7 @@ def plan_story_job(job_id: str, r: StoryJobRequest, limits: Limits, output_root:
     return NewJob(
         id=job_id,
         kind=JobKind.STORY,
-        priority=r.priority,
+        priority=r.priority or NORMAL,
         idempotency_key=r.idempotency_key or None,
         request_hash=_fingerprint(JobKind.STORY, r),
         params={

@@ -97,6 +97,13 @@ def _wait_seconds(body: dict[str, Any]) -> float | None:
     return float(value)
 
 
+def _bool(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidArgument(key, f"must be true or false, got {value!r}")
+    return value
+
+
 def _int(body: dict[str, Any], key: str, default: int) -> int:
     value = body.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -124,7 +131,7 @@ def add_story_routes(app: web.Application, core: JobsCore) -> None:
                     idea=str(body.get("idea") or ""),
                     total_segments=_int(body, "total_segments", 0),
                     segments_per_set=_int(body, "segments_per_set", 0),
-                    save_to_files=bool(body.get("save_to_files", False)),
+                    save_to_files=_bool(body, "save_to_files"),
                     output_directory=str(body.get("output_directory") or ""),
                     model=str(body.get("model") or ""),
                     idempotency_key=str(body.get("idempotency_key") or ""),

@@ -36,7 +36,7 @@ from common.resilience import (
 )
 from common.store import queries
 from common.store.ledger import Failure, JobTasksChange, StaleTask, Tx
-from common.store.records import TaskRecord, load_task
+from common.store.records import TaskRecord
 from common.store.tables import Job
 from common.task_steps import defer, fail_attempt
 from common.unit_of_work import UnitOfWork
@@ -72,8 +72,8 @@ class StoryHandler:
         self.settings = settings
 
     async def handle(self, message: TaskMessage, *, redelivered: bool) -> None:
+        task = await self.uow.tasks.load(message.task_id)
         async with self.uow.db.read() as session:
-            task = await load_task(session, message.task_id)
             job = await queries.get_job(session, message.job_id)
         if task is None or job is None or task.attempt != message.attempt:
             raise StaleTask(f"message for attempt {message.attempt} of task {message.task_id}")

@@ -169,6 +169,15 @@ def check_set(
     data: dict[str, Any], roster: list[str], first: int, last: int
 ) -> list[dict[str, Any]]:
     """The set's segments, numbered first..last; InvalidOutput if they do not fit the plan."""
+    try:
+        return _check_set(data, roster, first, last)
+    except (AttributeError, KeyError, TypeError) as exc:  # a server that ignored the schema
+        raise InvalidOutput(f"the set does not follow the schema ({exc})") from None
+
+
+def _check_set(
+    data: dict[str, Any], roster: list[str], first: int, last: int
+) -> list[dict[str, Any]]:
     segments = data.get("segments")
     expected = last - first + 1
     if not isinstance(segments, list) or len(segments) != expected:

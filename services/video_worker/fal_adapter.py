@@ -44,8 +44,10 @@ class _FalTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, queue_url: str, secrets: list[str]) -> None:
         self._base = httpx.URL(queue_url.rstrip("/") + "/")
+        # httpcore scans every pooled connection on each request (a select() per idle one),
+        # so the pool is kept about as large as the calls a worker has in flight.
         self._inner = httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=100)
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32)
         )
         self._secrets = secrets
 

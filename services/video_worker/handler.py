@@ -38,7 +38,7 @@ from common.resilience import (
     call_with_permit,
 )
 from common.store.ledger import StaleTask
-from common.store.records import TaskRecord, load_task
+from common.store.records import TaskRecord
 from common.task_steps import defer, fail_attempt
 from common.unit_of_work import UnitOfWork
 from services.video_worker.ports import Phase, ProviderRequest, VideoProvider
@@ -76,8 +76,7 @@ class SegmentHandler:
         self.settings = settings
 
     async def handle(self, message: TaskMessage, *, redelivered: bool) -> None:
-        async with self.uow.db.read() as session:
-            task = await load_task(session, message.task_id)
+        task = await self.uow.tasks.load(message.task_id)
         if task is None or task.attempt != message.attempt:
             raise StaleTask(f"message for attempt {message.attempt} of task {message.task_id}")
         bind_task(task.job_id, task.index)

@@ -91,6 +91,11 @@ async def test_generate_movie_auto_waits_and_answers_the_seed_shape(
     assert at_once.json()["status"] in ("queued", "processing")
     shown = await http.get(f"/story-jobs/{at_once.json()['job_id']}")
     assert shown.json()["job_id"] == at_once.json()["job_id"]
+    stringly = await http.post(
+        "/generate-movie-auto",
+        json={"idea": IDEA, "total_segments": 5, "save_to_files": "false", "wait": False},
+    )
+    assert stringly.status_code == 400 and stringly.json()["field"] == "save_to_files"
     bad = await http.post("/generate-movie-auto", json={"idea": IDEA, "total_segments": 0})
     assert bad.status_code == 400
     assert bad.json() == {

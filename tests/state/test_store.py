@@ -373,3 +373,30 @@ async def test_concurrent_writers_get_gapless_unique_cursors(db: Database) -> No
 
     await asyncio.gather(*(write(i) for i in range(25)))
     assert await cursors(db, "j1") == list(range(1, 27))
+
+
+async def test_a_silent_story_task_is_reissued_as_a_run_and_published_tasks_keep_a_deadline(
+    db: Database,
+) -> None:
+    now = time.time()
+    story = jobs.NewJob(
+        "s1",
+        "story",
+        2,
+        None,
+        "h",
+        {"total_segments": 1},
+        2,
+        [jobs.NewTask(0, TaskKind.STORY_PLAN, {}), jobs.NewTask(1, TaskKind.STORY_SET, {})],
+    )
+    await create(db, story, now)
+    plan, first_set = await tasks_of(db, "s1")
+    await apply(db, new_tx(now), lambda s, tx: sweeps.mark_published(s, tx, [first_set.id]))
+    published = (await tasks_of(db, "s1"))[1]
+    assert published.deadline_at == pytest.approx(now + TIMINGS.queued_stale_after)
+    await move(db, plan, T.RUNNING, deadline_at=now + 1)
+    tx = new_tx(now + 120)
+    assert await apply(db, tx, sweeps.claim_overdue) == 1
+    (message,) = [TaskMessage.decode(m.body) for m in tx.outgoing]
+    # A story task has no provider request to poll: the lost call is run again.
+    assert (message.task_id, message.kind, message.reissued) == (plan.id, MessageKind.RUN, True)

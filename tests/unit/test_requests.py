@@ -31,6 +31,11 @@ def test_video_plan_has_one_task_per_segment_with_distinct_prompts() -> None:
     assert plan.max_attempts == 4
 
 
+def test_unspecified_priority_is_normal_so_low_jobs_do_not_go_first() -> None:
+    assert plan_video_job("j", VideoJobRequest(ARENA, 1), LIMITS).priority == 2
+    assert plan_video_job("j", VideoJobRequest(ARENA, 1, priority=1), LIMITS).priority == 1
+
+
 def test_explicit_prompts_and_model_arguments() -> None:
     request = VideoJobRequest(
         ARENA,

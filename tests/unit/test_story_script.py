@@ -107,3 +107,12 @@ def test_plan_validation_dedupes_names_and_needs_a_title_and_outline() -> None:
         script.check_plan({**plan, "title": ""}, 2)
     with pytest.raises(script.InvalidOutput, match="distinct characters"):
         script.check_plan({**plan, "characters": [{"name": "Ada"}]}, 2)
+
+
+def test_output_that_ignores_the_schema_is_invalid_output_not_a_crash() -> None:
+    with pytest.raises(script.InvalidOutput):
+        script.check_set({"segments": [{"characters": ["Ada"], "dialogue": ["hi"]}]}, ROSTER, 1, 1)
+    with pytest.raises(script.InvalidOutput):
+        script.check_set({"segments": [{"characters": [["Ada"]]}]}, ROSTER, 1, 1)
+    with pytest.raises(script.InvalidOutput):
+        script.check_plan({"title": "T", "characters": ["Ann", "Bob"], "outline": ["a"]}, 1)
