@@ -1,100 +1,25 @@
 """fal.ai through the real `fal_client.AsyncClient`, with one retry layer: ours.
 
-Two seams, both in this module:
-
-* **Host.** fal-client fixes its queue host at import (`https://queue.fal.run`). The client's
-  httpx transport here rewrites that host to `FAL_QUEUE_URL`, so the real client talks to any
-  fal-queue-compatible server (the local simulator in tests and `make run`). Status, result and
-  cancel go to the URLs fal returned at submit, which we persist and reuse as they are.
-* **Hidden retries.** fal-client retries every queue call up to 10 times (408/409/429, some
-  502-504, transport errors) with its own backoff that ignores Retry-After, and may re-POST a
-  submit after a read timeout — a second paid request. The transport raises our own
-  `ProviderError`s (not httpx errors) for every HTTP error and transport failure, and fal-client's
-  retry loop only catches httpx/fal errors, so its retries never fire. Retries, Retry-After and
-  the circuit breaker are then decided once, by common.resilience.
+fal-client sends every queue call through `FalTransport` (see fal_transport.py): it routes
+fal's fixed host to FAL_QUEUE_URL, turns every failure into our error tree before fal-client's
+hidden retry loop can see it, and carries the bytes over aiohttp.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Self
 
 import fal_client
 import httpx
-from fal_client.client import QUEUE_URL_FORMAT
 
 from common.resilience import (
     ErrorClass,
     PermanentError,
     ProviderError,
     TransientError,
-    connection_error,
-    error_from_status,
-    scrub,
-    timeout_error,
 )
+from services.video_worker.fal_transport import PROVIDER, FalTransport
 from services.video_worker.ports import Phase, Progress, ProviderRequest, Video
-
-PROVIDER = "fal"
-_FAL_QUEUE = httpx.URL(QUEUE_URL_FORMAT)
-
-
-class _FalTransport(httpx.AsyncBaseTransport):
-    """Routes fal's queue host to the configured base URL and raises our errors, not httpx's."""
-
-    def __init__(self, queue_url: str, secrets: list[str]) -> None:
-        self._base = httpx.URL(queue_url.rstrip("/") + "/")
-        # httpcore scans every pooled connection on each request (a select() per idle one),
-        # so the pool is kept about as large as the calls a worker has in flight.
-        self._inner = httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32)
-        )
-        self._secrets = secrets
-
-    def _route(self, url: httpx.URL) -> httpx.URL:
-        if url.host != _FAL_QUEUE.host or self._base.host == _FAL_QUEUE.host:
-            return url
-        path = self._base.path.rstrip("/") + url.path
-        return url.copy_with(
-            scheme=self._base.scheme, host=self._base.host, port=self._base.port, path=path
-        )
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        routed = self._route(request.url)
-        if routed is not request.url:
-            request.url = routed
-            request.headers["Host"] = routed.netloc.decode("ascii")
-        what = f"{request.method} {request.url.path}"
-        try:
-            response = await self._inner.handle_async_request(request)
-        except httpx.TimeoutException as exc:
-            raise timeout_error(PROVIDER, f"{what} timed out ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            message = scrub(f"{what} failed: {type(exc).__name__}: {exc}", self._secrets)
-            raise connection_error(PROVIDER, message) from None
-        if response.status_code >= 400:
-            try:
-                body = (await response.aread()).decode(errors="replace")
-            except httpx.HTTPError:
-                body = ""
-            finally:
-                await response.aclose()
-            message = scrub(f"{what} -> {response.status_code}: {_detail(body)}", self._secrets)
-            raise error_from_status(PROVIDER, response.status_code, message, response.headers)
-        return response
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-def _detail(body: str) -> str:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body[:300]
-    if isinstance(data, dict):
-        return json.dumps(data.get("detail", data.get("status", data)))[:300]
-    return json.dumps(data)[:300]
 
 
 def _log_lines(logs: list[dict[str, Any]] | None) -> tuple[str, ...]:
@@ -102,7 +27,7 @@ def _log_lines(logs: list[dict[str, Any]] | None) -> tuple[str, ...]:
 
 
 class _RoutedAsyncClient(fal_client.AsyncClient):
-    """`fal_client.AsyncClient` whose HTTP client uses `_FalTransport`."""
+    """`fal_client.AsyncClient` whose HTTP client uses `FalTransport`."""
 
     def __init__(self, key: str | None, timeout: float, http: httpx.AsyncClient) -> None:
         super().__init__(key=key, default_timeout=timeout)
@@ -123,7 +48,7 @@ class FalVideoProvider:
         if key:
             headers["Authorization"] = f"Key {key}"
         self._http = httpx.AsyncClient(
-            transport=_FalTransport(queue_url, secrets), headers=headers, timeout=timeout
+            transport=FalTransport(queue_url, secrets), headers=headers, timeout=timeout
         )
         self._fal = _RoutedAsyncClient(key or "", timeout, self._http)
 

@@ -13,7 +13,8 @@ from common.service import Infra, open_infra
 from common.settings import Settings
 from common.store.slots import ensure_slots
 from common.worker import start_consumer
-from services.video_worker.fal_adapter import PROVIDER, FalVideoProvider
+from services.video_worker.fal_adapter import FalVideoProvider
+from services.video_worker.fal_transport import PROVIDER
 from services.video_worker.handler import SegmentHandler, SegmentSettings
 
 log = logging.getLogger(__name__)
