@@ -72,7 +72,7 @@ def parse_args(argv: list[str]) -> RunOptions:
         amqp_url=args.amqp_url,
         postgres_url=args.postgres_url,
         log_level=args.log_level,
-        keep_logs=args.keep_logs or False,
+        keep_logs=args.keep_logs,
         strict=args.strict,
     )
 

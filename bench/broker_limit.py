@@ -22,6 +22,7 @@ import aiormq
 from aio_pika.abc import AbstractIncomingMessage
 from pamqp.commands import Basic
 
+from bench.console import best_effort
 from bench.probes import consuming
 from bench.procs import ChildProcess
 
@@ -89,7 +90,9 @@ async def raw_round_trip(amqp_url: str, prefix: str, n: int, log_dir: Path) -> d
         "echo_worker", "bench.echo_worker", env, log_dir, consuming(amqp_url, work)
     )
     async with AsyncExitStack() as exits:
-        exits.push_async_callback(delete_amqp, amqp_url, [work, done])
+        exits.push_async_callback(
+            best_effort, "delete the round-trip queues", lambda: delete_amqp(amqp_url, [work, done])
+        )
         exits.push_async_callback(echo.stop)
         connection = await exits.enter_async_context(await aio_pika.connect(amqp_url))
         channel = await connection.channel(publisher_confirms=True)

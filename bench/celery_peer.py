@@ -31,6 +31,7 @@ from celery.signals import worker_process_init, worker_process_shutdown
 
 from bench.broker_limit import collect, delete_amqp
 from bench.config import Sizes
+from bench.console import best_effort
 from bench.probes import consuming
 from bench.procs import ChildProcess
 from bench.simulator import running_simulator
@@ -173,7 +174,11 @@ async def celery_rates(ctx: RunContext, sizes: Sizes) -> dict[str, Any]:
             running_simulator(log_dir, "simulator", {"latency": 0}, opts.log_level)
         )
         # Celery declares a direct exchange named after the queue: removed too.
-        exits.push_async_callback(delete_amqp, opts.amqp_url, [queue, done], [queue])
+        exits.push_async_callback(
+            best_effort,
+            "delete the Celery queues",
+            lambda: delete_amqp(opts.amqp_url, [queue, done], [queue]),
+        )
         driver = make_app(opts.amqp_url, queue, done)
         exits.callback(driver.close)
         env = {

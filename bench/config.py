@@ -36,6 +36,8 @@ class Sizes:
     fault_hang_seconds: float
     fault_call_timeout: float
     fault_max_retries: int
+    # BREAKER_OPEN_SECONDS for the faults run; None: the service default (what is measured).
+    fault_breaker_open_seconds: float | None
     # 5. Progress latency: watchers on one running job.
     progress_watchers: int
     progress_segments: int
@@ -62,6 +64,7 @@ FULL = Sizes(
     fault_hang_seconds=2.0,
     fault_call_timeout=1.0,
     fault_max_retries=10,
+    fault_breaker_open_seconds=None,
     progress_watchers=100,
     progress_segments=300,
     progress_latency=0.5,
@@ -79,11 +82,13 @@ SMOKE = Sizes(
     utilisation_concurrency=50,
     polling_interval=0.25,
     # Short, so a webhook the orchestrator drops cannot stretch the smoke run by 30 s.
-    webhook_fallback_poll=3.0,
+    webhook_fallback_poll=1.0,
     fault_rate=0.20,
     fault_hang_seconds=2.0,
     fault_call_timeout=1.0,
     fault_max_retries=10,
+    # A 10 s open circuit would dominate a 100-segment smoke run.
+    fault_breaker_open_seconds=1.0,
     progress_watchers=20,
     progress_segments=50,
     progress_latency=0.2,

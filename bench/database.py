@@ -12,6 +12,8 @@ from typing import Literal
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from bench.console import best_effort
+
 ADMIN_TIMEOUT = 10.0
 
 
@@ -22,7 +24,11 @@ async def fresh_database(
     """Yield the SQLAlchemy URL of a database nobody has used; remove it on exit."""
     if kind == "sqlite":
         path = workdir / f"bench-{uuid.uuid4().hex[:8]}.db"
-        yield f"sqlite+aiosqlite:///{path}"
+        try:
+            yield f"sqlite+aiosqlite:///{path}"
+        finally:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                path.with_name(path.name + suffix).unlink(missing_ok=True)
         return
     url = make_url(postgres_url)
     name = f"bench_{uuid.uuid4().hex[:12]}"
@@ -39,6 +45,9 @@ async def fresh_database(
         try:
             yield url.set(database=name).render_as_string(hide_password=False)
         finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await best_effort(
+                f"drop database {name}",
+                lambda: admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'),
+            )
     finally:
         await admin.close()

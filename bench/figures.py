@@ -81,3 +81,12 @@ class ScenarioResult:
     def add(self, figure: Figure) -> Figure:
         self.figures.append(figure)
         return figure
+
+
+def cpu_figure(name: str, cpu: dict[str, float], wall: float) -> Figure:
+    """Information row: CPU seconds each process used while a job ran, and the wall time.
+
+    On a machine this small, where the cores go says more than any single rate.
+    """
+    parts = ", ".join(f"{process} {seconds:.1f}" for process, seconds in cpu.items())
+    return Figure(name, sum(cpu.values()), "cpu-s", ".1f", note=f"{parts} (wall {wall:.1f}s)")

@@ -42,12 +42,17 @@ class Watch:
 
     opened_at: float  # wall clock when the stream was opened
     events: int = 0
-    types: Counter[str] = field(default_factory=Counter)
+    type_counts: Counter[int] = field(default_factory=Counter)
     terminal_status: int | None = None
     ended_at: float | None = None  # perf_counter when the terminal event arrived
     # receive wall time - event.created_at, seconds, for events created after `opened_at`
     live_latencies: list[float] = field(default_factory=list)
     replayed: int = 0  # events created before the stream was opened (history, not progress)
+
+    @property
+    def types(self) -> dict[str, int]:
+        """Events received by type name."""
+        return {pb.EventType.Name(t): n for t, n in sorted(self.type_counts.items())}
 
     @property
     def status_name(self) -> str:
@@ -90,7 +95,7 @@ async def watch(
                 idle.reschedule(loop.time() + stall_after)
                 event = item.event
                 seen.events += 1
-                seen.types[pb.EventType.Name(event.type)] += 1
+                seen.type_counts[event.type] += 1
                 if latencies:
                     created = event.created_at.seconds + event.created_at.nanos / 1e9
                     if created >= seen.opened_at:

@@ -27,12 +27,17 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# Load average when the module was imported (the run's start): other work on the machine.
+LOAD_AT_START = os.getloadavg()
+
+
 def machine_facts(options: RunOptions) -> dict[str, Any]:
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cores": CORES,
         "cpu": _cpu_model(),
-        "load_average": os.getloadavg(),
+        "load_average_at_start": LOAD_AT_START,
+        "load_average_at_end": os.getloadavg(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "database": options.database,
@@ -60,13 +65,15 @@ def render_table(results: list[ScenarioResult], options: RunOptions) -> str:
     lines = [header, "-" * len(header)]
     for result in results:
         if result.error is not None:
-            lines.append(_row([result.name, "ERROR", "", "", "FAILED"], result.error[:300]))
+            first_line = (result.error.splitlines() or [""])[0]
+            lines.append(_row([result.name, "ERROR", "", "", "FAILED"], first_line[:300]))
         lines.extend(_figure_row(result.name, f, judge) for f in result.figures)
     facts = machine_facts(options)
-    load = facts["load_average"][0]
+    load_start, load_end = facts["load_average_at_start"][0], facts["load_average_at_end"][0]
     lines += [
         "-" * len(header),
-        f"{facts['date']}  {facts['cores']} cores ({facts['cpu']}), load {load:.2f},"
+        f"{facts['date']}  {facts['cores']} cores ({facts['cpu']}), load {load_start:.2f} at start"
+        f" / {load_end:.2f} at end,"
         f" Python {facts['python']}, {options.database}, RabbitMQ on localhost",
         "Every process (gateway, video worker, simulator, Celery, RabbitMQ, this client) shares"
         " these cores;",

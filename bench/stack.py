@@ -21,6 +21,7 @@ import grpc
 from orchestrator.v1 import jobs_pb2_grpc as pb_grpc
 
 from bench.config import RunOptions
+from bench.console import best_effort
 from bench.database import fresh_database
 from bench.probes import consuming, http_ok
 from bench.procs import ChildProcess, free_port
@@ -58,6 +59,7 @@ class RunContext:
     workdir: Path
 
     def new_prefix(self) -> str:
+        """A queue prefix nobody else uses (its topology is deleted after the stack)."""
         return f"bench-{uuid.uuid4().hex[:10]}"
 
 
@@ -70,10 +72,6 @@ class Stack:
     gateway: ChildProcess
     worker: ChildProcess
     stub: Stub
-
-    @property
-    def http_url(self) -> str:
-        return f"http://{self.env['HTTP_ADDR']}"
 
     async def cpu_seconds(self) -> dict[str, float | None]:
         """CPU seconds used so far by each process of the stack and by this client."""
@@ -145,7 +143,11 @@ async def orchestrator_stack(
             database_url = await exits.enter_async_context(
                 fresh_database(opts.database, ctx.workdir, opts.postgres_url)
             )
-            exits.push_async_callback(delete_topology, opts.amqp_url, Topology(prefix=prefix))
+            exits.push_async_callback(
+                best_effort,
+                f"delete broker topology {prefix}",
+                lambda: delete_topology(opts.amqp_url, Topology(prefix=prefix)),
+            )
             settings = _service_env(ctx, database_url, prefix, sim.url, env or {})
             if webhooks:
                 settings["PUBLIC_HTTP_URL"] = f"http://{settings['HTTP_ADDR']}"

@@ -15,7 +15,7 @@ from typing import Any
 from bench.config import Sizes
 from bench.jobs import get_job, require_completed, start_video_job, watch, watch_timeout
 from bench.simulator import provider_calls
-from bench.stack import RunContext, orchestrator_stack
+from bench.stack import RunContext, cpu_delta, orchestrator_stack
 
 
 def ideal_makespan(segments: int, limit: int, latency: float) -> float:
@@ -40,11 +40,13 @@ async def timed_job(
     async with orchestrator_stack(
         ctx, name, sim_config=config, env=settings, webhooks=webhooks
     ) as stack:
+        cpu_before = await stack.cpu_seconds()
         began = time.perf_counter()
         job_id, rpc_seconds = await start_video_job(stack.stub, n)
         seen = await watch(stack.stub, job_id, give_up_after=watch_timeout(ideal))
         assert seen.ended_at is not None
         makespan = seen.ended_at - began
+        cpu = cpu_delta(cpu_before, await stack.cpu_seconds())
         require_completed(seen, job_id)
         job = await get_job(stack.stub, job_id)
         stats = await stack.sim.stats()
@@ -67,6 +69,7 @@ async def timed_job(
         "events": seen.events,
         "event_types": dict(seen.types),
         "settings": settings,
+        "cpu_seconds": cpu,
         "simulator_config": config,
         "simulator": stats,
     }

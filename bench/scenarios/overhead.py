@@ -18,10 +18,10 @@ from bench.broker_limit import raw_round_trip
 from bench.celery_peer import celery_rates
 from bench.config import Sizes
 from bench.console import say
-from bench.figures import Figure, ScenarioResult, Target
+from bench.figures import Figure, ScenarioResult, Target, cpu_figure
 from bench.jobs import require_completed, start_video_job, watch, watch_timeout
 from bench.simulator import provider_calls
-from bench.stack import RunContext, orchestrator_stack
+from bench.stack import RunContext, cpu_delta, orchestrator_stack
 
 # Targets: ahead of Celery on the same workload, and at least a quarter of the raw round trip.
 VS_CELERY = Target(">", 1.0)
@@ -38,12 +38,14 @@ async def orchestrator_rate(ctx: RunContext, sizes: Sizes) -> dict[str, Any]:
     async with orchestrator_stack(
         ctx, "overhead-orchestrator", sim_config={"latency": 0}, env=env
     ) as stack:
+        cpu_before = await stack.cpu_seconds()
         began = time.perf_counter()
         job_id, rpc_seconds = await start_video_job(stack.stub, n)
         seen = await watch(stack.stub, job_id, give_up_after=watch_timeout(n / 20))
         require_completed(seen, job_id)
         assert seen.ended_at is not None
         seconds = seen.ended_at - began
+        cpu = cpu_delta(cpu_before, await stack.cpu_seconds())
         stats = await stack.sim.stats()
     return {
         "segments": n,
@@ -53,6 +55,7 @@ async def orchestrator_rate(ctx: RunContext, sizes: Sizes) -> dict[str, Any]:
         "events": seen.events,
         "event_types": dict(seen.types),
         "settings": env,
+        "cpu_seconds": cpu,
         "provider_calls": provider_calls(stats),
         "simulator": stats,
     }
@@ -77,7 +80,8 @@ async def run(ctx: RunContext, sizes: Sizes, result: ScenarioResult) -> None:
             orch["rate"],
             "seg/s",
             ".0f",
-            note=f"N={n}, {orch['seconds']:.2f}s",
+            note=f"N={n} in {orch['seconds']:.2f}s; poll {sizes.overhead_poll_interval}s, no"
+            " provider limit",
         )
     )
     result.add(
@@ -104,3 +108,6 @@ async def run(ctx: RunContext, sizes: Sizes, result: ScenarioResult) -> None:
         Figure("orchestrator / Celery (same workload)", orch["rate"] / work, "", ".2f", VS_CELERY)
     )
     result.add(Figure("orchestrator / Celery (no-op)", orch["rate"] / noop, "", ".2f"))
+    result.add(
+        cpu_figure("orchestrator: CPU used by the job", orch["cpu_seconds"], orch["seconds"])
+    )

@@ -15,9 +15,9 @@ import time
 
 from bench.config import Sizes
 from bench.console import say
-from bench.figures import Figure, ScenarioResult, Target
+from bench.figures import Figure, ScenarioResult, Target, cpu_figure
 from bench.jobs import require_completed, start_video_job, watch, watch_timeout
-from bench.stack import RunContext, orchestrator_stack
+from bench.stack import RunContext, cpu_delta, orchestrator_stack
 
 START_SECONDS = Target("<=", 2.0)
 GATEWAY_RSS_MB = Target("<=", 300.0, ".0f")
@@ -31,6 +31,7 @@ async def run(ctx: RunContext, sizes: Sizes, result: ScenarioResult) -> None:
         "FAL_CONCURRENCY": str(sizes.overhead_concurrency),
     }
     async with orchestrator_stack(ctx, "scale", sim_config={"latency": 0}, env=env) as stack:
+        cpu_before = await stack.cpu_seconds()
         began = time.perf_counter()
         job_id, rpc_seconds = await start_video_job(stack.stub, n)
         say(f"scale: StartVideoJob took {rpc_seconds:.2f}s; waiting for the job to finish")
@@ -38,6 +39,7 @@ async def run(ctx: RunContext, sizes: Sizes, result: ScenarioResult) -> None:
         require_completed(live, job_id)
         assert live.ended_at is not None
         seconds = live.ended_at - began
+        cpu = cpu_delta(cpu_before, await stack.cpu_seconds())
         gateway_rss = await stack.gateway.peak_rss_mb()
         worker_rss = await stack.worker.peak_rss_mb()
         say(f"scale: job done in {seconds:.1f}s; replaying its history")
@@ -45,6 +47,7 @@ async def run(ctx: RunContext, sizes: Sizes, result: ScenarioResult) -> None:
         replay = await watch(stack.stub, job_id, give_up_after=watch_timeout(n / 100))
         assert replay.ended_at is not None
         replay_seconds = replay.ended_at - replay_began
+        gateway_rss_after_replay = await stack.gateway.peak_rss_mb()
     result.raw.update(
         segments=n,
         start_rpc_seconds=rpc_seconds,
@@ -52,11 +55,13 @@ async def run(ctx: RunContext, sizes: Sizes, result: ScenarioResult) -> None:
         rate=n / seconds,
         gateway_peak_rss_mb=gateway_rss,
         worker_peak_rss_mb=worker_rss,
+        gateway_peak_rss_after_replay_mb=gateway_rss_after_replay,
         events=live.events,
         replay_events=replay.events,
         replay_seconds=replay_seconds,
         replay_rate=replay.events / replay_seconds,
         settings=env,
+        cpu_seconds=cpu,
     )
     result.add(
         Figure(
@@ -66,12 +71,14 @@ async def run(ctx: RunContext, sizes: Sizes, result: ScenarioResult) -> None:
     result.add(Figure("gateway peak RSS", gateway_rss, "MB", ".0f", GATEWAY_RSS_MB, note="VmHWM"))
     result.add(Figure("video worker peak RSS", worker_rss, "MB", ".0f", note="VmHWM"))
     result.add(Figure("end to end", n / seconds, "seg/s", ".0f", note=f"{seconds:.1f}s"))
+    result.add(cpu_figure("CPU used by the job", cpu, seconds))
     result.add(
         Figure(
             "WatchJob replay",
             replay.events / replay_seconds,
             "events/s",
             ".0f",
-            note=f"{replay.events} events in {replay_seconds:.2f}s",
+            note=f"{replay.events} events in {replay_seconds:.2f}s (live stream saw"
+            f" {live.events}); gateway VmHWM after it {gateway_rss_after_replay or 0:.0f} MB",
         )
     )

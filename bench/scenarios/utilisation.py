@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from bench.config import Sizes
 from bench.console import say
-from bench.figures import Figure, ScenarioResult, Target
+from bench.figures import Figure, ScenarioResult, Target, cpu_figure
 from bench.scenarios.makespan import timed_job
 from bench.stack import RunContext
 
@@ -67,9 +67,11 @@ async def run(ctx: RunContext, sizes: Sizes, result: ScenarioResult) -> None:
                 "",
                 ".2f",
                 ONE_SUBMIT,
-                note=f"{raw['simulator']['accepted_requests']} accepted",
+                note=f"{raw['simulator']['accepted_requests']} accepted;"
+                f" {raw['provider_calls'] / raw['segments']:.2f} provider calls per segment",
             )
         )
+        result.add(cpu_figure(f"{mode}: CPU used by the job", raw["cpu_seconds"], raw["makespan"]))
         if webhooks:
             result.add(
                 Figure(
