@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     fal_timeout: float = Field(30.0, gt=0)
     fal_concurrency: int = Field(50, ge=1, le=10_000)
     fal_poll_interval: float = Field(2.0, gt=0)
+    # Seconds from a submit to its first status check; unset: the poll interval. 0 checks right
+    # away in the same step (models that answer in well under a poll interval).
+    fal_first_poll_delay: float | None = Field(None, ge=0)
 
     # OpenAI
     openai_api_key: SecretStr | None = None

@@ -181,18 +181,18 @@ class JobsCore:
         """The job once it reached a terminal status, or as it is after `max_wait` seconds."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_wait
-        with self.hub.listen(job_id) as news:
-            while True:
-                news.clear()
-                view = await self.get(job_id)
-                remaining = deadline - loop.time()
-                if view.status.terminal or remaining <= 0:
-                    return view
+        view = await self.get(job_id, with_tasks=False)
+        with self.hub.watching(job_id, view.job.last_seq, view.status) as feed:
+            while (remaining := deadline - loop.time()) > 0:
+                changed = feed.changed
+                if feed.status is None or feed.status.terminal:
+                    break
                 try:
                     async with asyncio.timeout(min(remaining, FALLBACK_READ_SECONDS)):
-                        await news.wait()
+                        await changed.wait()
                 except TimeoutError:
-                    pass
+                    feed.poke()
+        return await self.get(job_id)
 
     # Watch ------------------------------------------------------------------------------
 
@@ -219,44 +219,37 @@ class JobsCore:
                 "after_cursor",
                 f"{after} is beyond the job's newest event (cursor {job.last_seq})",
             )
-        return self._stream(job_id, after, follow, interval)
-
-    async def _read(self, job_id: str, cursor: int) -> tuple[Sequence[Event], Job | None]:
-        """Events after `cursor`; with the job row when they were the last ones."""
-        async with self.infra.db.read() as session:
-            events = await queries.events_after(session, job_id, cursor, EVENT_BATCH)
-            job = None
-            if len(events) < EVENT_BATCH:
-                job = await queries.get_job(session, job_id)
-        return events, job
+        return self._stream(job, after, follow, interval)
 
     async def _stream(
-        self, job_id: str, cursor: int, follow: bool, interval: int
+        self, job: Job, cursor: int, follow: bool, interval: int
     ) -> AsyncIterator[Event | Heartbeat]:
         loop = asyncio.get_running_loop()
-        with self.hub.listen(job_id) as news:
+        with self.hub.watching(job.id, job.last_seq, JobStatus(job.status)) as feed:
             next_beat = loop.time() + interval
             while True:
-                news.clear()
-                # Shielded: a client hanging up mid-read must not cancel the database call
-                # halfway (the pool would log a failed reset of the connection).
-                events, job = await asyncio.shield(self._read(job_id, cursor))
-                for event in events:
+                changed = feed.changed  # taken before reading, so no wake-up is missed
+                fresh = feed.after(cursor)
+                if fresh is None:  # behind the live buffer: history from the store
+                    # Shielded: a client hanging up mid-read must not cut the database call.
+                    history, _ = await asyncio.shield(self.hub.read(job.id, cursor, EVENT_BATCH))
+                    fresh = list(history)
+                for event in fresh:
                     cursor = event.seq
                     yield event
-                if events:
+                if fresh:
                     next_beat = loop.time() + interval
-                if len(events) == EVENT_BATCH:
-                    continue  # more history to send
-                if job is None:
+                    continue
+                if feed.status is None:
                     return  # the job was deleted (retention)
-                if not follow and JobStatus(job.status).terminal and cursor >= job.last_seq:
+                if not follow and feed.status.terminal and cursor >= feed.last_seq:
                     return
                 wait = min(FALLBACK_READ_SECONDS, max(0.0, next_beat - loop.time()))
                 try:
                     async with asyncio.timeout(wait):
-                        await news.wait()
+                        await changed.wait()
                 except TimeoutError:
+                    feed.poke()
                     if loop.time() >= next_beat:
                         yield Heartbeat(cursor=cursor, at=self.clock())
                         next_beat = loop.time() + interval

@@ -6,6 +6,7 @@ Domain errors become gRPC statuses here and only here; their messages name the f
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
@@ -21,6 +22,7 @@ from common.errors import (
     NotFound,
     OrchestratorError,
 )
+from common.store.tables import Event
 from services.gateway import proto_convert as convert
 from services.gateway.core import JobsCore
 
@@ -49,6 +51,10 @@ async def _answer(context: Context, call: Callable[[], Awaitable[T]]) -> T:
         code = next(c for kind, c in STATUS_OF if isinstance(exc, kind))
         await context.abort(code, str(exc))
     raise AssertionError("unreachable")  # context.abort raises
+
+
+# Watchers of one job receive the same Event objects from its feed: convert each once.
+_event_message = functools.lru_cache(maxsize=50_000)(convert.watch_message)
 
 
 class JobService(pb_grpc.JobServiceServicer):
@@ -110,7 +116,7 @@ class JobService(pb_grpc.JobServiceServicer):
             ),
         )
         async for item in stream:
-            yield convert.watch_message(item)
+            yield _event_message(item) if isinstance(item, Event) else convert.watch_message(item)
 
     async def RetryFailed(
         self, request: pb.RetryFailedRequest, context: Context

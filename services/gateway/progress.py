@@ -1,45 +1,134 @@
-"""Wakes the watchers of a job when a progress note for it arrives.
+"""Live job events for watchers: one read per job per change, however many watch it.
 
 Each gateway subscribes to the broker's progress exchange; a note says "job J has events up to
-cursor C". Watchers then read the new events from the store themselves, so a lost note costs
-only latency: every watcher also re-reads on a short timer.
+cursor C". The hub keeps one `JobFeed` per watched job: on a note it reads the new events once
+and wakes every watcher of that job, who take them from the feed's buffer. A watcher that is
+behind the buffer (history, or a slow consumer) reads the store directly until it catches up.
+A lost note costs only latency: waiting watchers poke their feed on a short timer.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from common.broker import ProgressNote
+from common.domain.states import JobStatus
+from common.store import queries
+from common.store.database import Database
+from common.store.tables import Event
 
-# How long a watcher waits for a note before reading the store anyway.
+log = logging.getLogger(__name__)
+
+# How long a watcher waits for a note before asking its feed to look anyway.
 FALLBACK_READ_SECONDS = 2.0
+# Events a feed keeps for watchers that are a little behind; older ones come from the store.
+BUFFER = 10_000
+FETCH = 1000
+
+# (job id, after cursor, limit) -> (events, the job's status and newest cursor, or None if gone)
+Reader = Callable[[str, int, int], Awaitable[tuple[Sequence[Event], tuple[JobStatus, int] | None]]]
+
+
+class JobFeed:
+    """The live tail of one job's events, read once and shared by its watchers."""
+
+    def __init__(self, job_id: str, start: int, status: JobStatus, read: Reader) -> None:
+        self.job_id = job_id
+        self.events: list[Event] = []
+        self.start = start  # events up to this cursor are history, not buffered
+        self.last_seq = start
+        self.status: JobStatus | None = status
+        self.changed = asyncio.Event()
+        self._read = read
+        self._noted = start
+        self._fetch: asyncio.Task[None] | None = None
+
+    def after(self, cursor: int) -> list[Event] | None:
+        """Buffered events after `cursor`; None when `cursor` is older than the buffer.
+
+        A job's cursors have no gaps, so the buffer is indexed by cursor directly.
+        """
+        first = self.events[0].seq if self.events else self.last_seq + 1
+        if cursor < first - 1:
+            return None
+        return self.events[cursor - first + 1 :]
+
+    def note(self, cursor: int) -> None:
+        self._noted = max(self._noted, cursor)
+        if self._noted > self.last_seq:
+            self.poke()
+
+    def poke(self) -> None:
+        """Read whatever is new (at most one read runs at a time)."""
+        if self._fetch is None or self._fetch.done():
+            self._fetch = asyncio.create_task(self._catch_up(), name=f"feed-{self.job_id}")
+            self._fetch.add_done_callback(_log_failure)
+
+    async def _catch_up(self) -> None:
+        while True:
+            # Shielded: a feed dropped mid-read must not cut the database call halfway.
+            events, job = await asyncio.shield(self._read(self.job_id, self.last_seq, FETCH))
+            if events:
+                self.events.extend(events)
+                del self.events[:-BUFFER]
+                self.last_seq = events[-1].seq
+            self.status = job[0] if job else None
+            if events or job is None:
+                self._wake()
+            if job is None or (len(events) < FETCH and self._noted <= self.last_seq):
+                return
+
+    def _wake(self) -> None:
+        woken, self.changed = self.changed, asyncio.Event()
+        woken.set()
+
+
+async def read_events(
+    db: Database, job_id: str, cursor: int, limit: int
+) -> tuple[Sequence[Event], tuple[JobStatus, int] | None]:
+    """Events after `cursor`, and the job's (status, newest cursor); None if it is gone."""
+    async with db.read() as session:
+        events = await queries.events_after(session, job_id, cursor, limit)
+        job = await queries.get_job(session, job_id)
+    return events, None if job is None else (JobStatus(job.status), job.last_seq)
 
 
 class ProgressHub:
-    def __init__(self) -> None:
-        self._listeners: dict[str, set[asyncio.Event]] = {}
+    def __init__(self, read: Reader) -> None:
+        self.read = read
+        self._feeds: dict[str, JobFeed] = {}
+        self._watchers: dict[str, int] = {}
 
     def on_note(self, note: ProgressNote) -> None:
-        """Broker callback: wake everyone watching `note.job_id`."""
-        for event in self._listeners.get(note.job_id, ()):
-            event.set()
+        """Broker callback: a job has new events."""
+        feed = self._feeds.get(note.job_id)
+        if feed is not None:
+            feed.note(note.cursor)
 
     @contextmanager
-    def listen(self, job_id: str) -> Iterator[asyncio.Event]:
-        """An event set whenever `job_id` has news; clear it before each read of the store."""
-        event = asyncio.Event()
-        self._listeners.setdefault(job_id, set()).add(event)
+    def watching(self, job_id: str, start: int, status: JobStatus) -> Iterator[JobFeed]:
+        """The job's feed for the duration of a watch; `start`/`status` as the caller read them
+        (used when this watcher is the first)."""
+        feed = self._feeds.get(job_id)
+        if feed is None:
+            feed = self._feeds[job_id] = JobFeed(job_id, start, status, self.read)
+            feed.poke()  # events written since the caller read the job
+        self._watchers[job_id] = self._watchers.get(job_id, 0) + 1
         try:
-            yield event
+            yield feed
         finally:
-            listeners = self._listeners.get(job_id)
-            if listeners is not None:
-                listeners.discard(event)
-                if not listeners:
-                    del self._listeners[job_id]
+            self._watchers[job_id] -= 1
+            if not self._watchers[job_id]:
+                del self._watchers[job_id], self._feeds[job_id]
 
     @property
     def watched_jobs(self) -> int:
-        return len(self._listeners)
+        return len(self._feeds)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("reading new events failed; watchers will retry", exc_info=task.exception())

@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import grpc
 from aiohttp import web
@@ -25,7 +26,7 @@ from services.gateway.core import JobsCore
 from services.gateway.grpc_api import JobService
 from services.gateway.http_api import HttpApi
 from services.gateway.outbox import Outbox
-from services.gateway.progress import ProgressHub
+from services.gateway.progress import ProgressHub, read_events
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def _split(addr: str) -> tuple[str, int]:
 @asynccontextmanager
 async def running_gateway(infra: Infra) -> AsyncIterator[Gateway]:
     settings = infra.settings
-    hub = ProgressHub()
+    hub = ProgressHub(partial(read_events, infra.db))
     subscription = await infra.broker.subscribe(hub.on_note)
     outbox = Outbox(infra)
     core = JobsCore(infra, outbox, hub)

@@ -56,6 +56,9 @@ class SegmentSettings:
     call_timeout: float
     # Where fal should call back when a request finishes; None: poll only.
     webhook_url: str | None = None
+    # Delay of the first status check after a submit (None: the poll interval; 0: right away,
+    # in the same step, saving a message round trip when generations are very fast).
+    first_poll_delay: float | None = None
 
 
 class SegmentHandler:
@@ -147,6 +150,8 @@ class SegmentHandler:
 
     async def _submitted(self, task: TaskRecord, request: ProviderRequest) -> None:
         """Commit the request id before anything else; never drop a paid request silently."""
+        first_poll = self.settings.first_poll_delay
+        inline = first_poll == 0
         for attempt in range(1, COMMIT_TRIES + 1):
             try:
                 async with self.uow.transaction() as tx:
@@ -162,9 +167,13 @@ class SegmentHandler:
                         poll_chain=task.poll_chain + 1,
                         deadline_at=tx.now + self._poll_window(),
                     )
-                    tx.outgoing.append(self._poll_message(task, "", chain=task.poll_chain + 1))
+                    if not inline:
+                        poll = self._poll_message(
+                            task, "", chain=task.poll_chain + 1, delay=first_poll
+                        )
+                        tx.outgoing.append(poll)
                     self.breakers.record(tx, task.job_id)
-                return
+                break
             except StaleTask:
                 # Cancelled (or re-queued) while we submitted: do not leave it running at fal.
                 log.warning(
@@ -179,6 +188,12 @@ class SegmentHandler:
                     "committing request %s failed; retrying", request.request_id, exc_info=True
                 )
                 await asyncio.sleep(0.5 * attempt)
+        if inline:
+            running = tx.after(task)
+            first = TaskMessage(
+                task.id, task.job_id, MessageKind.POLL, task.attempt, chain=running.poll_chain
+            )
+            await self._poll(running, first)
 
     async def _resume(self, task: TaskRecord) -> None:
         """A RUNNING task's run message: its request exists, so poll it (on a new chain)."""

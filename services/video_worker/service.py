@@ -39,7 +39,10 @@ async def running_video_worker(infra: Infra) -> AsyncIterator[SegmentHandler]:
             breakers=BreakerEvents(s.breaker),
             policy=s.video_retry,
             settings=SegmentSettings(
-                poll_interval=s.fal_poll_interval, call_timeout=s.fal_timeout, webhook_url=webhook
+                poll_interval=s.fal_poll_interval,
+                first_poll_delay=s.fal_first_poll_delay,
+                call_timeout=s.fal_timeout,
+                webhook_url=webhook,
             ),
         )
         async with start_consumer(
