@@ -89,22 +89,22 @@ async def watch(
     try:
         async with asyncio.timeout(give_up_after), asyncio.timeout(stall_after) as idle:
             async for item in stub.WatchJob(request):
-                if not item.HasField("event"):
-                    continue
+                if not item.events:
+                    continue  # a heartbeat
                 received = time.time()
                 idle.reschedule(loop.time() + stall_after)
-                event = item.event
-                seen.events += 1
-                seen.type_counts[event.type] += 1
-                if latencies:
-                    created = event.created_at.seconds + event.created_at.nanos / 1e9
-                    if created >= seen.opened_at:
-                        seen.live_latencies.append(received - created)
-                    else:
-                        seen.replayed += 1
-                if event.type == pb.EVENT_TYPE_JOB_STATUS and event.job_status in TERMINAL:
-                    seen.terminal_status = event.job_status
-                    seen.ended_at = time.perf_counter()
+                for event in item.events:
+                    seen.events += 1
+                    seen.type_counts[event.type] += 1
+                    if latencies:
+                        created = event.created_at.seconds + event.created_at.nanos / 1e9
+                        if created >= seen.opened_at:
+                            seen.live_latencies.append(received - created)
+                        else:
+                            seen.replayed += 1
+                    if event.type == pb.EVENT_TYPE_JOB_STATUS and event.job_status in TERMINAL:
+                        seen.terminal_status = event.job_status
+                        seen.ended_at = time.perf_counter()
     except TimeoutError:
         summary = await task_summary(stub, job_id)
         raise JobStalled(

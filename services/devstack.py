@@ -75,8 +75,7 @@ async def demo(grpc_port: int) -> bool:
 async def _follow(stub: pb_grpc.JobServiceAsyncStub, job_id: str, label: str) -> bool:
     print(f"[{label}] job {job_id} started", flush=True)
     async for item in stub.WatchJob(pb.WatchJobRequest(job_id=job_id)):
-        if item.HasField("event"):
-            e = item.event
+        for e in item.events:
             where = f"task {e.task_index}" if e.task_index >= 0 else "job"
             print(f"[{label}] #{e.cursor:<3} {where:<8} {e.message}", flush=True)
     job = await stub.GetJob(pb.GetJobRequest(job_id=job_id))

@@ -198,8 +198,8 @@ class JobsCore:
 
     async def watch(
         self, job_id: str, *, after: int = 0, follow: bool = False, heartbeat: int = 0
-    ) -> AsyncIterator[Event | Heartbeat]:
-        """The job's events after `after`, then live ones; heartbeats while idle.
+    ) -> AsyncIterator[Sequence[Event] | Heartbeat]:
+        """The job's events after `after`, then live ones, in batches; heartbeats while idle.
 
         Ends once the job is finished and every event up to its terminal one was sent, unless
         `follow`. Validates everything before yielding anything.
@@ -223,7 +223,7 @@ class JobsCore:
 
     async def _stream(
         self, job: Job, cursor: int, follow: bool, interval: int
-    ) -> AsyncIterator[Event | Heartbeat]:
+    ) -> AsyncIterator[Sequence[Event] | Heartbeat]:
         loop = asyncio.get_running_loop()
         with self.hub.watching(job.id, job.last_seq, JobStatus(job.status)) as feed:
             next_beat = loop.time() + interval
@@ -234,10 +234,11 @@ class JobsCore:
                     # Shielded: a client hanging up mid-read must not cut the database call.
                     history, _ = await asyncio.shield(self.hub.read(job.id, cursor, EVENT_BATCH))
                     fresh = list(history)
-                for event in fresh:
-                    cursor = event.seq
-                    yield event
                 if fresh:
+                    for start in range(0, len(fresh), EVENT_BATCH):
+                        batch = fresh[start : start + EVENT_BATCH]
+                        cursor = batch[-1].seq
+                        yield batch
                     next_beat = loop.time() + interval
                     continue
                 if feed.status is None:

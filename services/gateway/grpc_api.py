@@ -22,9 +22,8 @@ from common.errors import (
     NotFound,
     OrchestratorError,
 )
-from common.store.tables import Event
 from services.gateway import proto_convert as convert
-from services.gateway.core import JobsCore
+from services.gateway.core import Heartbeat, JobsCore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,7 +53,7 @@ async def _answer(context: Context, call: Callable[[], Awaitable[T]]) -> T:
 
 
 # Watchers of one job receive the same Event objects from its feed: convert each once.
-_event_message = functools.lru_cache(maxsize=50_000)(convert.watch_message)
+_event_message = functools.lru_cache(maxsize=50_000)(convert.event_message)
 
 
 class JobService(pb_grpc.JobServiceServicer):
@@ -116,7 +115,10 @@ class JobService(pb_grpc.JobServiceServicer):
             ),
         )
         async for item in stream:
-            yield _event_message(item) if isinstance(item, Event) else convert.watch_message(item)
+            if isinstance(item, Heartbeat):
+                yield convert.heartbeat_message(item)
+            else:
+                yield pb.WatchJobResponse(events=[_event_message(e) for e in item])
 
     async def RetryFailed(
         self, request: pb.RetryFailedRequest, context: Context

@@ -187,9 +187,7 @@ def event_message(e: Event) -> pb.JobEvent:
     )
 
 
-def watch_message(item: Event | Heartbeat) -> pb.WatchJobResponse:
-    if isinstance(item, Heartbeat):
-        return pb.WatchJobResponse(
-            heartbeat=pb.Heartbeat(cursor=item.cursor, sent_at=timestamp(item.at))
-        )
-    return pb.WatchJobResponse(event=event_message(item))
+def heartbeat_message(item: Heartbeat) -> pb.WatchJobResponse:
+    return pb.WatchJobResponse(
+        heartbeat=pb.Heartbeat(cursor=item.cursor, sent_at=timestamp(item.at))
+    )

@@ -12,7 +12,7 @@ from orchestrator.v1 import jobs_pb2 as pb
 from common.store import jobs as job_store
 from services.gateway.requests import Limits, VideoJobRequest, plan_video_job
 from services.simulator.app import SimulatorHandle
-from tests.support.client import status_name, watch_to_end
+from tests.support.client import events_until, running_tasks, status_name, watch_to_end
 from tests.support.inproc import inproc_stack, stack_settings
 from tests.support.procs import free_port
 
@@ -63,24 +63,16 @@ async def test_cancel_reaches_fal_for_requests_in_flight(
         started = await stack.stub.StartVideoJob(
             pb.StartVideoJobRequest(battle_arena_url=ARENA, total_segments=3)
         )
-        running: set[int] = set()
-        async with asyncio.timeout(20):
-            async for item in stack.stub.WatchJob(pb.WatchJobRequest(job_id=started.job_id)):
-                if item.event.task_status == pb.TASK_STATUS_RUNNING:
-                    running.add(item.event.task_index)
-                if len(running) == 3:
-                    break
+        await events_until(stack.stub, started.job_id, lambda seen: len(running_tasks(seen)) == 3)
         job = await stack.stub.CancelJob(pb.CancelJobRequest(job_id=started.job_id))
         assert status_name(job.status) == "CANCELLED"
         assert all(t.status == pb.TASK_STATUS_CANCELLED for t in job.tasks)
-        async with asyncio.timeout(20):
-            follow = pb.WatchJobRequest(job_id=started.job_id, follow=True)
-            acknowledged = 0
-            async for item in stack.stub.WatchJob(follow):
-                if "cancellation requested at fal" in item.event.message:
-                    acknowledged += 1
-                if acknowledged == 3:
-                    break
+        await events_until(
+            stack.stub,
+            started.job_id,
+            lambda seen: sum("cancellation requested at fal" in e.message for e in seen) == 3,
+            follow=True,
+        )
     assert sim.stats(with_logs=False)["calls"]["cancel"] == 3
 
 

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from orchestrator.v1 import jobs_pb2 as pb
 
 from services.simulator.app import SimulatorHandle
-from tests.support.client import status_name
+from tests.support.client import events_until, running_tasks, status_name
 from tests.support.procs import free_port
 from tests.support.stack import running_stack
 
@@ -81,10 +81,8 @@ async def test_sigterm_lets_the_worker_finish_its_call_before_exiting(
         started = await stack.stub.StartStoryJob(
             pb.StartStoryJobRequest(idea="A heist on the moon", total_segments=4)
         )
-        async with asyncio.timeout(20):
-            async for item in stack.stub.WatchJob(pb.WatchJobRequest(job_id=started.job_id)):
-                if item.event.task_status == pb.TASK_STATUS_RUNNING:
-                    break  # the plan call is under way
+        # Until the plan call is under way.
+        await events_until(stack.stub, started.job_id, lambda seen: bool(running_tasks(seen)))
         assert await stack.processes["story_worker"].stop() == 0
         job = await stack.stub.GetJob(pb.GetJobRequest(job_id=started.job_id))
         assert job.tasks[0].status == pb.TASK_STATUS_SUCCEEDED  # drained, not abandoned

@@ -3,7 +3,6 @@ client against the simulator: sets, files, consistency, retries, crashes."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 from orchestrator.v1 import jobs_pb2 as pb
 
 from services.simulator.app import SimulatorHandle
-from tests.support.client import assert_cursor_order, status_name, watch_to_end
+from tests.support.client import assert_cursor_order, events_until, status_name, watch_to_end
 from tests.support.stack import OPENAI_KEY, running_stack
 
 STORY = ("gateway", "story_worker")
@@ -178,14 +177,13 @@ async def test_story_worker_sigkilled_mid_job_finishes_without_rewriting_done_se
         tmp_path, amqp_url, broker_prefix, sim, services=STORY, env=env
     ) as stack:
         started = await stack.stub.StartStoryJob(request)
-        done: set[int] = set()
-        async with asyncio.timeout(30):
-            async for item in stack.stub.WatchJob(pb.WatchJobRequest(job_id=started.job_id)):
-                e = item.event
-                if e.task_index > 0 and e.task_status == pb.TASK_STATUS_SUCCEEDED:
-                    done.add(e.task_index)
-                if done:
-                    break
+        await events_until(
+            stack.stub,
+            started.job_id,
+            lambda seen: any(
+                e.task_index > 0 and e.task_status == pb.TASK_STATUS_SUCCEEDED for e in seen
+            ),
+        )
         await stack.processes["story_worker"].kill()
         snapshot = await stack.stub.GetJob(pb.GetJobRequest(job_id=started.job_id))
         succeeded = {t.index for t in snapshot.tasks[1:] if t.status == pb.TASK_STATUS_SUCCEEDED}

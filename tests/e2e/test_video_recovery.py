@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from orchestrator.v1 import jobs_pb2 as pb
 
 from services.simulator.app import SimulatorHandle
-from tests.support.client import assert_cursor_order, status_name, watch_to_end
+from tests.support.client import (
+    assert_cursor_order,
+    events_until,
+    running_tasks,
+    status_name,
+    watch_to_end,
+)
 from tests.support.stack import running_stack
 
 ARENA = "https://example.com/arena.png"
@@ -24,14 +29,10 @@ async def test_worker_sigkilled_mid_flight_resumes_without_paying_twice(
             pb.StartVideoJobRequest(battle_arena_url=ARENA, total_segments=8)
         )
         # Wait until every provider slot holds a submitted request, then crash the worker.
-        submitted: set[int] = set()
-        async with asyncio.timeout(30):
-            async for item in stack.stub.WatchJob(pb.WatchJobRequest(job_id=started.job_id)):
-                e = item.event
-                if e.type == pb.EVENT_TYPE_TASK_STATUS and e.task_status == pb.TASK_STATUS_RUNNING:
-                    submitted.add(e.task_index)
-                if len(submitted) == 4:
-                    break
+        seen = await events_until(
+            stack.stub, started.job_id, lambda events: len(running_tasks(events)) == 4
+        )
+        submitted = running_tasks(seen)
         before = await stack.stub.GetJob(pb.GetJobRequest(job_id=started.job_id))
         await stack.processes["video_worker"].kill()
         await stack.start("video_worker")
@@ -60,13 +61,8 @@ async def test_watcher_reconnecting_with_its_cursor_sees_every_event_once(
         started = await stack.stub.StartVideoJob(
             pb.StartVideoJobRequest(battle_arena_url=ARENA, total_segments=6)
         )
-        first: list[pb.JobEvent] = []
-        async with asyncio.timeout(30):
-            async for item in stack.stub.WatchJob(pb.WatchJobRequest(job_id=started.job_id)):
-                if item.HasField("event"):
-                    first.append(item.event)
-                if len(first) == 5:
-                    break  # disconnect mid-job
+        # Hang up mid-job, after the first few events.
+        first = await events_until(stack.stub, started.job_id, lambda seen: len(seen) >= 5)
         rest = await watch_to_end(stack.stub, started.job_id, after=first[-1].cursor)
         replay = await watch_to_end(stack.stub, started.job_id)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TypeAlias
 
@@ -28,13 +28,37 @@ async def watch_to_end(
     events: list[pb.JobEvent] = []
     async with asyncio.timeout(timeout):
         async for item in stub.WatchJob(pb.WatchJobRequest(job_id=job_id, after_cursor=after)):
-            if item.HasField("event"):
-                events.append(item.event)
+            events.extend(item.events)
     return events
 
 
-def task_events(events: list[pb.JobEvent], index: int) -> list[pb.JobEvent]:
-    return [e for e in events if e.task_index == index]
+async def events_until(
+    stub: Stub,
+    job_id: str,
+    done: Callable[[list[pb.JobEvent]], bool],
+    *,
+    follow: bool = False,
+    timeout: float = 30.0,
+) -> list[pb.JobEvent]:
+    """Watch the job until `done(events seen so far)` holds, then hang up; the events seen."""
+    seen: list[pb.JobEvent] = []
+    async with asyncio.timeout(timeout):
+        request = pb.WatchJobRequest(job_id=job_id, follow=follow)
+        async for item in stub.WatchJob(request):
+            for event in item.events:
+                seen.append(event)
+                if done(seen):
+                    return seen
+    raise AssertionError(f"the job ended before the awaited event; saw {len(seen)} events")
+
+
+def running_tasks(events: list[pb.JobEvent]) -> set[int]:
+    """Indices of the tasks the events show reaching RUNNING."""
+    return {
+        e.task_index
+        for e in events
+        if e.type == pb.EVENT_TYPE_TASK_STATUS and e.task_status == pb.TASK_STATUS_RUNNING
+    }
 
 
 def status_name(status: int) -> str:
