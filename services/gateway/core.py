@@ -210,29 +210,42 @@ class JobsCore:
             raise InvalidArgument("heartbeat_seconds", f"must be between 1 and 300, got {interval}")
         if after < 0:
             raise InvalidArgument("after_cursor", f"must be >= 0, got {after}")
-        async with self.infra.db.read() as session:
-            job = await queries.get_job(session, job_id)
-        if job is None:
-            raise NotFound(f"job_id: no job {job_id!r}")
-        if after > job.last_seq:
+        feed = self.hub.feed(job_id)
+        if feed is not None and feed.status is not None:  # watched already: no read needed
+            last_seq, status = feed.last_seq, feed.status
+        else:
+            async with self.infra.db.read() as session:
+                job = await queries.get_job(session, job_id)
+            if job is None:
+                raise NotFound(f"job_id: no job {job_id!r}")
+            last_seq, status = job.last_seq, JobStatus(job.status)
+        if after > last_seq:
             raise InvalidArgument(
-                "after_cursor",
-                f"{after} is beyond the job's newest event (cursor {job.last_seq})",
+                "after_cursor", f"{after} is beyond the job's newest event (cursor {last_seq})"
             )
-        return self._stream(job, after, follow, interval)
+        return self._stream(
+            job_id, last_seq, status, cursor=after, follow=follow, interval=interval
+        )
 
     async def _stream(
-        self, job: Job, cursor: int, follow: bool, interval: int
+        self,
+        job_id: str,
+        last_seq: int,
+        status: JobStatus,
+        *,
+        cursor: int,
+        follow: bool,
+        interval: int,
     ) -> AsyncIterator[Sequence[Event] | Heartbeat]:
         loop = asyncio.get_running_loop()
-        with self.hub.watching(job.id, job.last_seq, JobStatus(job.status)) as feed:
+        with self.hub.watching(job_id, last_seq, status) as feed:
             next_beat = loop.time() + interval
             while True:
                 changed = feed.changed  # taken before reading, so no wake-up is missed
                 fresh = feed.after(cursor)
                 if fresh is None:  # behind the live buffer: history from the store
                     # Shielded: a client hanging up mid-read must not cut the database call.
-                    history, _ = await asyncio.shield(self.hub.read(job.id, cursor, EVENT_BATCH))
+                    history, _ = await asyncio.shield(self.hub.read(job_id, cursor, EVENT_BATCH))
                     fresh = list(history)
                 if fresh:
                     for start in range(0, len(fresh), EVENT_BATCH):

@@ -33,32 +33,37 @@ Reader = Callable[[str, int, int], Awaitable[tuple[Sequence[Event], tuple[JobSta
 
 
 class JobFeed:
-    """The live tail of one job's events, read once and shared by its watchers."""
+    """The tail of one job's events, read once and shared by its watchers.
 
-    def __init__(self, job_id: str, start: int, status: JobStatus, read: Reader) -> None:
+    The buffer holds the events after `start`, up to `fetched`; a job's cursors have no gaps,
+    so it is indexed by cursor directly. `last_seq` and `status` are the newest the feed knows
+    (from its reads and from the caller that created it).
+    """
+
+    def __init__(self, job_id: str, last_seq: int, status: JobStatus, read: Reader) -> None:
         self.job_id = job_id
+        self.start = max(0, last_seq - BUFFER)
         self.events: list[Event] = []
-        self.start = start  # events up to this cursor are history, not buffered
-        self.last_seq = start
+        self.last_seq = last_seq
         self.status: JobStatus | None = status
         self.changed = asyncio.Event()
         self._read = read
-        self._noted = start
+        self._noted = last_seq
         self._fetch: asyncio.Task[None] | None = None
 
-    def after(self, cursor: int) -> list[Event] | None:
-        """Buffered events after `cursor`; None when `cursor` is older than the buffer.
+    @property
+    def fetched(self) -> int:
+        return self.start + len(self.events)
 
-        A job's cursors have no gaps, so the buffer is indexed by cursor directly.
-        """
-        first = self.events[0].seq if self.events else self.last_seq + 1
-        if cursor < first - 1:
+    def after(self, cursor: int) -> list[Event] | None:
+        """Buffered events after `cursor`; None when `cursor` is older than the buffer."""
+        if cursor < self.start:
             return None
-        return self.events[cursor - first + 1 :]
+        return self.events[cursor - self.start :]
 
     def note(self, cursor: int) -> None:
         self._noted = max(self._noted, cursor)
-        if self._noted > self.last_seq:
+        if self._noted > self.fetched:
             self.poke()
 
     def poke(self) -> None:
@@ -70,15 +75,18 @@ class JobFeed:
     async def _catch_up(self) -> None:
         while True:
             # Shielded: a feed dropped mid-read must not cut the database call halfway.
-            events, job = await asyncio.shield(self._read(self.job_id, self.last_seq, FETCH))
+            events, job = await asyncio.shield(self._read(self.job_id, self.fetched, FETCH))
             if events:
                 self.events.extend(events)
-                del self.events[:-BUFFER]
-                self.last_seq = events[-1].seq
+                if len(self.events) > BUFFER:
+                    dropped = len(self.events) - BUFFER
+                    del self.events[:dropped]
+                    self.start += dropped
             self.status = job[0] if job else None
-            if events or job is None:
-                self._wake()
-            if job is None or (len(events) < FETCH and self._noted <= self.last_seq):
+            if job is not None:
+                self.last_seq = max(self.last_seq, job[1])
+            self._wake()
+            if job is None or (len(events) < FETCH and self._noted <= self.fetched):
                 return
 
     def _wake(self) -> None:
@@ -108,14 +116,17 @@ class ProgressHub:
         if feed is not None:
             feed.note(note.cursor)
 
+    def feed(self, job_id: str) -> JobFeed | None:
+        return self._feeds.get(job_id)
+
     @contextmanager
-    def watching(self, job_id: str, start: int, status: JobStatus) -> Iterator[JobFeed]:
-        """The job's feed for the duration of a watch; `start`/`status` as the caller read them
-        (used when this watcher is the first)."""
+    def watching(self, job_id: str, last_seq: int, status: JobStatus) -> Iterator[JobFeed]:
+        """The job's feed for the duration of a watch; `last_seq`/`status` as the caller read
+        them (used when this watcher is the first)."""
         feed = self._feeds.get(job_id)
         if feed is None:
-            feed = self._feeds[job_id] = JobFeed(job_id, start, status, self.read)
-            feed.poke()  # events written since the caller read the job
+            feed = self._feeds[job_id] = JobFeed(job_id, last_seq, status, self.read)
+            feed.poke()  # the buffered tail, and events written since the caller's read
         self._watchers[job_id] = self._watchers.get(job_id, 0) + 1
         try:
             yield feed
