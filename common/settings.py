@@ -77,7 +77,9 @@ class Settings(BaseSettings):
     breaker_window: float = Field(30.0, gt=0)
     breaker_min_calls: int = Field(10, ge=1)
     breaker_failure_rate: float = Field(0.5, gt=0, le=1)
-    breaker_consecutive_failures: int = Field(5, ge=0)
+    # High enough that random failures under heavy concurrency never line up this long; a real
+    # outage gets there in moments (and the failure rate catches slow providers).
+    breaker_consecutive_failures: int = Field(20, ge=0)
     breaker_open_seconds: float = Field(10.0, gt=0)
     breaker_half_open_probes: int = Field(2, ge=1)
 

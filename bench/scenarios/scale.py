@@ -28,6 +28,9 @@ async def run(ctx: RunContext, sizes: Sizes, result: ScenarioResult) -> None:
     say(f"scale: one job of {n} segments, zero-latency provider")
     env = {
         "FAL_POLL_INTERVAL": str(sizes.overhead_poll_interval),
+        # The provider answers at once: check the status right after the submit, in the same
+        # step, as the Celery peer's task does (and as fal's own subscribe() does).
+        "FAL_FIRST_POLL_DELAY": "0",
         "FAL_CONCURRENCY": str(sizes.overhead_concurrency),
     }
     async with orchestrator_stack(ctx, "scale", sim_config={"latency": 0}, env=env) as stack:

@@ -9,7 +9,8 @@ Each message is one short step; no message is held while fal generates:
   request id: it is submitted again, and an event says so. A SUBMITTING task still within its
   deadline is another delivery's work in progress, and the message is dropped.
 * POLL: ask fal for the status; reschedule itself (through RabbitMQ's delay tiers) until the
-  request is COMPLETED, then fetch the video URL and mark SUCCEEDED.
+  request is COMPLETED, then fetch the video URL and mark SUCCEEDED. A poll triggered by fal's
+  webhook fetches the result directly.
 * CANCEL: ask fal to cancel the request of a cancelled task.
 
 Failures go through the shared resilience layer: transient ones are retried with backoff as a
@@ -41,7 +42,7 @@ from common.store.ledger import StaleTask
 from common.store.records import TaskRecord
 from common.task_steps import defer, fail_attempt
 from common.unit_of_work import UnitOfWork
-from services.video_worker.ports import Phase, ProviderRequest, VideoProvider
+from services.video_worker.ports import Phase, Progress, ProviderRequest, VideoProvider
 
 log = logging.getLogger(__name__)
 
@@ -215,12 +216,16 @@ class SegmentHandler:
             raise StaleTask(f"poll chain {message.chain} replaced by {task.poll_chain}")
         request = _request_of(task)
         try:
-            progress = await call_with_breaker(
-                self.breaker,
-                lambda: self.provider.status(request),
-                timeout=self.settings.call_timeout,
-                provider=PROVIDER,
-            )
+            if message.once:
+                # fal called back: the request is done, so fetch the result straight away.
+                progress = Progress(Phase.COMPLETED)
+            else:
+                progress = await call_with_breaker(
+                    self.breaker,
+                    lambda: self.provider.status(request),
+                    timeout=self.settings.call_timeout,
+                    provider=PROVIDER,
+                )
             if progress.phase is Phase.COMPLETED:
                 video = await call_with_breaker(
                     self.breaker,
@@ -233,6 +238,8 @@ class SegmentHandler:
                 await self._repoll(task, message, seen=message.seen, delay=exc.retry_in)
             return
         except ProviderError as exc:
+            if message.once and exc.status_code == 400:
+                return  # not finished after all ("still in progress"): the polls carry on
             if exc.retryable and exc.error_class is not ErrorClass.UNPROCESSABLE:
                 # The status call failed, not the generation: poll again later.
                 if not message.once:

@@ -104,6 +104,7 @@ async def test_webhook_triggers_the_poll_and_duplicates_are_ignored(
     stats = sim.stats(with_logs=False)
     assert stats["webhooks_sent"] == 4  # two requests, each called back twice
     assert stats["calls"]["result"] == 2  # the repeated call-backs fetched nothing again
+    assert stats["calls"].get("status", 0) == 0  # a call-back goes straight to the result
 
 
 async def test_tasks_committed_but_never_published_are_published_by_the_sweeper(
