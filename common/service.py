@@ -10,7 +10,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from common.broker import Broker, open_broker
-from common.lifecycle import setup_logging, stop_on_signals
+from common.lifecycle import run_loop, setup_logging, stop_on_signals
 from common.settings import Settings, SettingsError
 from common.store.database import Database, open_database
 from common.unit_of_work import UnitOfWork
@@ -66,5 +66,5 @@ def run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[N
         stop_on_signals(stop)
         await main(settings, stop)
 
-    asyncio.run(_run())
+    run_loop(_run())
     log.info("%s stopped", name)

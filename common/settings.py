@@ -88,7 +88,8 @@ class Settings(BaseSettings):
     max_story_segments: int = Field(1_000, ge=1)
 
     # Workers and lifecycle.
-    video_prefetch: int = Field(64, ge=1)
+    # Video messages are short steps (nothing is held while fal generates), so many run at once.
+    video_prefetch: int = Field(256, ge=1)
     story_prefetch: int = Field(8, ge=1)
     # At least the longest provider call, so SIGTERM never cuts a submit between paying and
     # recording it.

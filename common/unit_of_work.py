@@ -172,6 +172,8 @@ class UnitOfWork:
                     _abort(item.tx)
                     _settle(item.done, error=exc)
                 return
+        # Watchers hear of the commit first; the owed messages wait for the broker's confirms.
+        await self.notify(applied.notes)
         error: Exception | None = None
         try:
             if owed:
@@ -179,7 +181,6 @@ class UnitOfWork:
         except Exception as exc:  # committed: the deadlines make the sweeper re-issue these
             log.warning("publishing %d owed messages failed: %s", len(owed), exc)
             error = exc
-        await self.notify(applied.notes)
         for item in batch:
             if item.tx.error is not None:
                 _abort(item.tx)

@@ -22,7 +22,7 @@ import grpc
 from orchestrator.v1 import jobs_pb2 as pb
 from orchestrator.v1 import jobs_pb2_grpc as pb_grpc
 
-from common.lifecycle import setup_logging, stop_on_signals
+from common.lifecycle import run_loop, setup_logging, stop_on_signals
 from common.service import open_infra
 from common.settings import Settings, SettingsError
 from services.gateway.service import running_gateway
@@ -130,7 +130,7 @@ def cli() -> None:
     parser.add_argument("--simulator-port", type=int, default=8100)
     args = parser.parse_args()
     try:
-        sys.exit(asyncio.run(main(args)))
+        sys.exit(run_loop(main(args)))
     except SettingsError as exc:
         print(f"devstack: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -13,6 +13,8 @@ import os
 import signal
 import sys
 
+import uvloop
+
 from services.simulator.app import run_simulator
 from services.simulator.config import ConfigError, SimulatorConfig, config_from_env, parse_addr
 
@@ -50,7 +52,7 @@ def main() -> int:
         config = config_from_env(os.environ)
     except ConfigError as exc:
         raise SystemExit(f"simulator: bad configuration: {exc}") from None
-    asyncio.run(serve(config, host, port))
+    uvloop.run(serve(config, host, port))
     return 0
 
 
