@@ -20,6 +20,8 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import uvloop
+
 from bench.config import (
     DEFAULT_AMQP_URL,
     DEFAULT_JSON,
@@ -111,7 +113,7 @@ def main(argv: list[str]) -> int:
         f" logs in {workdir}"
     )
     try:
-        asyncio.run(run_all(options, workdir, results))
+        uvloop.run(run_all(options, workdir, results))
     except (KeyboardInterrupt, asyncio.CancelledError):
         interrupted = True
         say("interrupted")

@@ -1,8 +1,9 @@
 """1./2. Orchestration overhead, against the raw broker round trip and Celery.
 
 - **orchestrator**: `StartVideoJob` of N segments with a zero-latency provider (simulator
-  `latency=0`), the first status check right after the submit (`FAL_FIRST_POLL_DELAY=0`,
-  later polls after the smallest delay tier, `FAL_POLL_INTERVAL=0.05`) and no effective limit (`FAL_CONCURRENCY=10000`), so what is measured is the orchestration
+  `latency=0`), the first status check right after the submit (`FAL_FIRST_POLL_DELAY=0`, as
+  the Celery task does; later polls after the smallest delay tier, `FAL_POLL_INTERVAL=0.05`)
+  and no effective limit (`FAL_CONCURRENCY=10000`), so what is measured is the orchestration
   itself. A `WatchJob` stream is opened right after the RPC returns; rate = N / (time from just
   before `StartVideoJob` to the job's terminal JOB_STATUS event reaching that watcher).
 - **raw broker round trip** (`bench.broker_limit`): the physical limit on this machine.
