@@ -53,7 +53,7 @@ async def _answer(context: Context, call: Callable[[], Awaitable[T]]) -> T:
 
 
 # Watchers of one job receive the same Event objects from its feed: convert each once.
-_event_message = functools.lru_cache(maxsize=50_000)(convert.event_message)
+_event_message = functools.lru_cache(maxsize=10_000)(convert.event_message)
 
 
 class JobService(pb_grpc.JobServiceServicer):

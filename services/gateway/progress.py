@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # How long a watcher waits for a note before asking its feed to look anyway.
 FALLBACK_READ_SECONDS = 2.0
 # Events a feed keeps for watchers that are a little behind; older ones come from the store.
-BUFFER = 10_000
+BUFFER = 2_000
 FETCH = 1000
 
 # (job id, after cursor, limit) -> (events, the job's status and newest cursor, or None if gone)
