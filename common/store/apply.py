@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
@@ -24,11 +23,9 @@ from common.domain.events import EventDraft, EventType
 from common.domain.states import (
     IllegalTransition,
     JobStatus,
-    TaskKind,
     TaskStatus,
     check_job_transition,
     check_task_transition,
-    job_outcome,
 )
 from common.errors import NotFound
 from common.messages import MessageKind, TaskMessage, outgoing
@@ -42,6 +39,8 @@ from common.store.ledger import (
     TaskChange,
     Tx,
 )
+from common.store.live import LiveJob, LiveTask, Slots, event_row, live_task
+from common.store.outcome import finish
 from common.store.tables import Base, Event, Job, ProviderSlots, Task
 
 _tasks = Base.metadata.tables[Task.__tablename__]
@@ -65,43 +64,6 @@ _LIVE_COLUMNS = [
 IN_CHUNK = 5000  # stay far below SQLite's limit on bound parameters
 
 
-@dataclass
-class _LiveTask:
-    id: int
-    job_id: str
-    index: int
-    kind: str
-    status: TaskStatus
-    attempt: int
-    holds_slot: bool
-    priority: int
-
-
-@dataclass
-class _LiveJob:
-    id: str
-    kind: str
-    status: JobStatus
-    open_tasks: int
-    last_seq: int
-    cancel_requested: bool
-    events: list[EventDraft] = field(default_factory=list)
-    open_delta: int = 0
-    values: dict[str, Any] = field(default_factory=dict)
-    active: bool = False
-    touched: bool = False
-    reopen: str | None = None
-    txs: list[Tx] = field(default_factory=list)
-
-
-@dataclass
-class _Slots:
-    in_flight: int
-    capacity: int
-    changed: bool = False
-    released: bool = False
-
-
 class Batch:
     """One application of a list of records; `run` returns the messages owed after commit."""
 
@@ -110,9 +72,9 @@ class Batch:
         self.now = now
         self.timings = timings
         self.locking = conn.dialect.name == "postgresql"
-        self.tasks: dict[int, _LiveTask] = {}
-        self.jobs: dict[str, _LiveJob] = {}
-        self.slots: dict[str, _Slots] = {}
+        self.tasks: dict[int, LiveTask] = {}
+        self.jobs: dict[str, LiveJob] = {}
+        self.slots: dict[str, Slots] = {}
         self.updates: dict[int, dict[str, Any]] = defaultdict(dict)
         self.by_job_status: dict[tuple[str, TaskStatus], list[int]] = {}
         self.outgoing: list[Outgoing] = []
@@ -155,14 +117,14 @@ class Batch:
                     .order_by(_slots.c.name)
                 )
             )
-            self.slots = {r.name: _Slots(r.in_flight, r.capacity) for r in rows}
+            self.slots = {r.name: Slots(r.in_flight, r.capacity) for r in rows}
         job_ids = sorted(set().union(*(tx.job_ids for tx in txs)))
         for chunk in _chunks(job_ids):
             rows = await self.conn.execute(
                 self._for_update(select(_jobs).where(_jobs.c.id.in_(chunk)).order_by(_jobs.c.id))
             )
             for r in rows:
-                self.jobs[r.id] = _LiveJob(
+                self.jobs[r.id] = LiveJob(
                     r.id, r.kind, JobStatus(r.status), r.open_tasks, r.last_seq, r.cancel_requested
                 )
         await self._load_tasks(
@@ -183,7 +145,7 @@ class Batch:
                 self._for_update(select(*_LIVE_COLUMNS).where(condition).order_by(_tasks.c.id))
             )
             for r in rows:
-                self.tasks.setdefault(r.id, _live(r))
+                self.tasks.setdefault(r.id, live_task(r))
                 found.append(r.id)
         return found
 
@@ -277,7 +239,7 @@ class Batch:
     def _move(
         self,
         tx: Tx,
-        live: _LiveTask,
+        live: LiveTask,
         new: TaskStatus,
         *,
         message: str,
@@ -317,7 +279,7 @@ class Batch:
         self._write(tx, live, values)
         tx.applied[live.id] = new
 
-    def _write(self, tx: Tx, live: _LiveTask, values: dict[str, Any]) -> None:
+    def _write(self, tx: Tx, live: LiveTask, values: dict[str, Any]) -> None:
         self.updates[live.id].update(values)
         tx.written.setdefault(live.id, {}).update(values)
         live.status = TaskStatus(values.get("status", live.status))
@@ -353,7 +315,7 @@ class Batch:
             rows = await self.conn.execute(stmt)
             for r in rows:
                 if r.id not in self.tasks:
-                    self.tasks[r.id] = _live(r)
+                    self.tasks[r.id] = live_task(r)
                     waiting.append(self.tasks[r.id])
             chosen = sorted(
                 (t for t in waiting if t.status is TaskStatus.WAITING and t.kind in kinds),
@@ -384,7 +346,7 @@ class Batch:
                 self._for_update(select(_jobs).where(_jobs.c.id.in_(missing)).order_by(_jobs.c.id))
             )
             for r in rows:
-                self.jobs[r.id] = _LiveJob(
+                self.jobs[r.id] = LiveJob(
                     r.id, r.kind, JobStatus(r.status), r.open_tasks, r.last_seq, r.cancel_requested
                 )
 
@@ -423,7 +385,8 @@ class Batch:
             open_tasks = job.open_tasks + job.open_delta
             finishing = open_tasks == 0 and job.touched and not status.terminal
             if finishing:
-                outcome, message = await self._outcome(job, values)
+                cancelled = bool(values.get("cancel_requested", job.cancel_requested))
+                outcome, message = await finish(self.conn, job.id, job.kind, cancelled=cancelled)
                 status = self._job_status(job, status, outcome, message, values)
                 values["finished_at"] = self.now
             if not job.events and not values and job.open_delta == 0:
@@ -435,7 +398,7 @@ class Batch:
                 .where(_jobs.c.id == job.id)
                 .values(last_seq=last, open_tasks=open_tasks, updated_at=self.now, **values)
             )
-            rows += [_event_row(job.id, first + i, e, self.now) for i, e in enumerate(job.events)]
+            rows += [event_row(job.id, first + i, e, self.now) for i, e in enumerate(job.events)]
             head = JobHead(
                 job.id,
                 job.kind,
@@ -460,7 +423,7 @@ class Batch:
 
     def _job_status(
         self,
-        job: _LiveJob,
+        job: LiveJob,
         old: JobStatus,
         new: JobStatus,
         message: str,
@@ -471,57 +434,6 @@ class Batch:
         job.events.append(EventDraft(EventType.JOB_STATUS, message=message, job_status=new))
         return new
 
-    async def _outcome(self, job: _LiveJob, values: dict[str, Any]) -> tuple[JobStatus, str]:
-        output = (_tasks.c.job_id == job.id, _tasks.c.kind != TaskKind.STORY_PLAN)
-        counts = {
-            r[0]: r[1]
-            for r in await self.conn.execute(
-                select(_tasks.c.status, func.count()).where(*output).group_by(_tasks.c.status)
-            )
-        }
-        not_done = (
-            await self.conn.scalars(
-                select(_tasks.c.index)
-                .where(*output, _tasks.c.status != TaskStatus.SUCCEEDED)
-                .order_by(_tasks.c.index)
-                .limit(21)
-            )
-        ).all()
-        succeeded = counts.get(TaskStatus.SUCCEEDED, 0)
-        total = sum(counts.values())
-        cancelled = bool(values.get("cancel_requested", job.cancel_requested))
-        outcome = job_outcome(
-            succeeded=succeeded, unsuccessful=total - succeeded, cancelled=cancelled
-        )
-        noun = "sets" if job.kind == "story" else "segments"
-        message = f"{succeeded} of {total} {noun} succeeded"
-        if not_done:
-            shown = ", ".join(str(i) for i in not_done[:20])
-            message += f"; not done: {shown}{'…' if len(not_done) > 20 else ''}"
-        return outcome, message
-
-
-def _live(row: Any) -> _LiveTask:
-    task_id, job_id, index, kind, status, attempt, holds_slot, priority = row
-    return _LiveTask(
-        task_id, job_id, index, kind, TaskStatus(status), attempt, holds_slot, priority
-    )
-
 
 def _chunks(items: list[Any]) -> list[list[Any]]:
     return [items[i : i + IN_CHUNK] for i in range(0, len(items), IN_CHUNK)]
-
-
-def _event_row(job_id: str, seq: int, e: EventDraft, now: float) -> dict[str, Any]:
-    return {
-        "job_id": job_id,
-        "seq": seq,
-        "type": e.type,
-        "task_index": e.task_index,
-        "task_status": e.task_status,
-        "job_status": e.job_status,
-        "message": e.message,
-        "error_class": e.error_class,
-        "details": e.details,
-        "created_at": now,
-    }
