@@ -135,24 +135,20 @@ class Settings(BaseSettings):
 
     @property
     def video_retry(self) -> RetryPolicy:
-        return RetryPolicy(
-            backoff=Backoff(
-                initial=self.video_backoff_initial,
-                multiplier=self.video_backoff_multiplier,
-                cap=self.video_backoff_cap,
-                max_retries=self.video_max_retries,
-            ),
-            max_retry_after=self.max_retry_after,
-        )
+        return self._retry("video")
 
     @property
     def story_retry(self) -> RetryPolicy:
+        return self._retry("story")
+
+    def _retry(self, kind: str) -> RetryPolicy:
+        """The retry policy of one kind of task, from its `<KIND>_BACKOFF_*` settings."""
         return RetryPolicy(
             backoff=Backoff(
-                initial=self.story_backoff_initial,
-                multiplier=self.story_backoff_multiplier,
-                cap=self.story_backoff_cap,
-                max_retries=self.story_max_retries,
+                initial=getattr(self, f"{kind}_backoff_initial"),
+                multiplier=getattr(self, f"{kind}_backoff_multiplier"),
+                cap=getattr(self, f"{kind}_backoff_cap"),
+                max_retries=getattr(self, f"{kind}_max_retries"),
             ),
             max_retry_after=self.max_retry_after,
         )
