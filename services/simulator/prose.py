@@ -31,7 +31,7 @@ _STOPWORDS = """
     you your please story script screenplay scene scenes segment segments set sets short long
     video about should would could will can which who whom whose what when where why how than
     then there their them they he she his her him i not no yes all any some each every json
-    return using use based"""
+    return using use based plan movie film idea"""
 STOPWORDS = frozenset(_STOPWORDS.split())
 
 _SENTENCES = (
@@ -66,8 +66,10 @@ _MOOD = frozenset({"mood", "tone", "emotion", "atmosphere"})
 
 
 def topic_words(text: str) -> list[str]:
-    """Content words of a prompt, in order: what titles and sentences are built from."""
-    words = re.findall(r"[A-Za-z][A-Za-z'-]+", text)
+    """Content words of a prompt's first line (where prompts name their subject), in order:
+    what titles and sentences are built from."""
+    first_line = text.strip().splitlines()[0] if text.strip() else ""
+    words = re.findall(r"[A-Za-z][A-Za-z'-]+", first_line)
     return [w.lower() for w in words if len(w) > 2 and w.lower() not in STOPWORDS]
 
 
