@@ -9,6 +9,7 @@ gateway validated the request.
 from __future__ import annotations
 
 import asyncio
+import glob
 import json
 import os
 import re
@@ -44,6 +45,10 @@ def _write_atomic(path: Path, data: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    # A worker killed mid-write leaves its temporary file behind; the file it meant to replace
+    # is whole (old or new), and the leftover goes once the file is written again.
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        leftover.unlink(missing_ok=True)
 
 
 class StoryFiles:

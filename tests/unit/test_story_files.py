@@ -1,0 +1,43 @@
+"""Story files: atomic writes inside the output root, leftovers of a killed writer cleaned."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from common.errors import InvalidArgument
+from services.story_worker.files import StoryFiles, metadata_file_name, set_file_name
+
+
+def test_names_are_file_safe() -> None:
+    assert set_file_name("The Time Loop: Part 2!", 3) == "The_Time_Loop_Part_2_set_03.json"
+    assert metadata_file_name("???") == "Story_metadata.json"
+
+
+async def test_write_replaces_atomically_and_removes_a_killed_writers_leftover(
+    tmp_path: Path,
+) -> None:
+    files = StoryFiles(tmp_path)
+    folder = tmp_path / "job"
+    folder.mkdir()
+    leftover = folder / ".T_set_01.json.k1ll3d.tmp"
+    leftover.write_text('{"half": ')  # what a SIGKILL mid-write leaves
+    path = await files.write("job", "T_set_01.json", {"set_number": 1})
+    assert json.loads(path.read_text()) == {"set_number": 1}
+    assert sorted(p.name for p in folder.iterdir()) == ["T_set_01.json"]
+    assert files.relative(path) == "job/T_set_01.json"
+
+
+async def test_a_symlink_appearing_after_validation_is_refused_at_write_time(
+    tmp_path: Path,
+) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    os.symlink(outside, root / "job")
+    with pytest.raises(InvalidArgument):
+        await StoryFiles(root).write("job", "x.json", {})
+    assert list(outside.iterdir()) == []
