@@ -122,7 +122,7 @@ class JobsCore:
     async def get(self, job_id: str, *, with_tasks: bool = True) -> JobView:
         check_job_id(job_id)
         # Shielded like every read of a caller that may hang up: see _read.
-        return await asyncio.shield(self._load(job_id, with_tasks))
+        return await self.hub.background.shield(self._load(job_id, with_tasks))
 
     async def _load(self, job_id: str, with_tasks: bool) -> JobView:
         async with self.infra.db.read() as session:
@@ -245,7 +245,8 @@ class JobsCore:
                 fresh = feed.after(cursor)
                 if fresh is None:  # behind the live buffer: history from the store
                     # Shielded: a client hanging up mid-read must not cut the database call.
-                    history, _ = await asyncio.shield(self.hub.read(job_id, cursor, EVENT_BATCH))
+                    read = self.hub.read(job_id, cursor, EVENT_BATCH)
+                    history, _ = await self.hub.background.shield(read)
                     fresh = list(history)
                 if fresh:
                     for start in range(0, len(fresh), EVENT_BATCH):

@@ -5,10 +5,9 @@ Domain errors become gRPC statuses here and only here; their messages name the f
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -37,21 +36,6 @@ STATUS_OF: list[tuple[type[OrchestratorError], grpc.StatusCode]] = [
 ]
 
 
-async def _answer(context: Context, call: Callable[[], Awaitable[T]]) -> T:
-    """Run `call` and map domain errors to statuses.
-
-    Shielded: when the client hangs up (or its deadline passes) gRPC cancels the handler, but
-    the call's transaction still finishes cleanly instead of being cut mid-statement; its
-    answer is simply dropped.
-    """
-    try:
-        return await asyncio.shield(call())
-    except OrchestratorError as exc:
-        code = next(c for kind, c in STATUS_OF if isinstance(exc, kind))
-        await context.abort(code, str(exc))
-    raise AssertionError("unreachable")  # context.abort raises
-
-
 # Watchers of one job receive the same Event objects from its feed: convert each once.
 _event_message = functools.lru_cache(maxsize=10_000)(convert.event_message)
 
@@ -60,10 +44,24 @@ class JobService(pb_grpc.JobServiceServicer):
     def __init__(self, core: JobsCore) -> None:
         self.core = core
 
+    async def _answer(self, context: Context, call: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run `call` and map domain errors to statuses.
+
+        Shielded: when the client hangs up (or its deadline passes) gRPC cancels the handler,
+        but the call's transaction still finishes cleanly instead of being cut mid-statement;
+        its answer is simply dropped. The gateway awaits such leftovers before closing.
+        """
+        try:
+            return await self.core.hub.background.shield(call())
+        except OrchestratorError as exc:
+            code = next(c for kind, c in STATUS_OF if isinstance(exc, kind))
+            await context.abort(code, str(exc))
+        raise AssertionError("unreachable")  # context.abort raises
+
     async def StartVideoJob(
         self, request: pb.StartVideoJobRequest, context: Context
     ) -> pb.StartJobResponse:
-        view, created = await _answer(
+        view, created = await self._answer(
             context, lambda: self.core.start_video(convert.video_request(request))
         )
         return pb.StartJobResponse(
@@ -73,7 +71,7 @@ class JobService(pb_grpc.JobServiceServicer):
     async def StartStoryJob(
         self, request: pb.StartStoryJobRequest, context: Context
     ) -> pb.StartJobResponse:
-        view, created = await _answer(
+        view, created = await self._answer(
             context, lambda: self.core.start_story(convert.story_request(request))
         )
         return pb.StartJobResponse(
@@ -81,7 +79,7 @@ class JobService(pb_grpc.JobServiceServicer):
         )
 
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:
-        view = await _answer(
+        view = await self._answer(
             context, lambda: self.core.get(request.job_id, with_tasks=not request.omit_tasks)
         )
         return convert.job_message(view)
@@ -89,7 +87,7 @@ class JobService(pb_grpc.JobServiceServicer):
     async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
         kind = convert.JOB_KIND_NAME.get(request.kind) if request.kind else None
         statuses = [convert.JOB_STATUS_NAME[s] for s in request.statuses if s]
-        views, token = await _answer(
+        views, token = await self._answer(
             context,
             lambda: self.core.list(
                 page_size=request.page_size,
@@ -105,7 +103,7 @@ class JobService(pb_grpc.JobServiceServicer):
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: Context
     ) -> AsyncIterator[pb.WatchJobResponse]:
-        stream = await _answer(
+        stream = await self._answer(
             context,
             lambda: self.core.watch(
                 request.job_id,
@@ -123,7 +121,7 @@ class JobService(pb_grpc.JobServiceServicer):
     async def RetryFailed(
         self, request: pb.RetryFailedRequest, context: Context
     ) -> pb.RetryFailedResponse:
-        outcome = await _answer(
+        outcome = await self._answer(
             context, lambda: self.core.retry_failed(request.job_id, request.max_retries)
         )
         return pb.RetryFailedResponse(
@@ -134,5 +132,5 @@ class JobService(pb_grpc.JobServiceServicer):
         )
 
     async def CancelJob(self, request: pb.CancelJobRequest, context: Context) -> pb.Job:
-        view = await _answer(context, lambda: self.core.cancel(request.job_id))
+        view = await self._answer(context, lambda: self.core.cancel(request.job_id))
         return convert.job_message(view)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from common.broker import ProgressNote
 from common.domain.states import JobStatus
+from common.lifecycle import Background
 from common.store import queries
 from common.store.database import Database
 from common.store.tables import Event
@@ -29,7 +31,9 @@ BUFFER = 2_000
 FETCH = 1000
 
 # (job id, after cursor, limit) -> (events, the job's status and newest cursor, or None if gone)
-Reader = Callable[[str, int, int], Awaitable[tuple[Sequence[Event], tuple[JobStatus, int] | None]]]
+Reader = Callable[
+    [str, int, int], Coroutine[Any, Any, tuple[Sequence[Event], tuple[JobStatus, int] | None]]
+]
 
 
 class JobFeed:
@@ -40,7 +44,9 @@ class JobFeed:
     (from its reads and from the caller that created it).
     """
 
-    def __init__(self, job_id: str, last_seq: int, status: JobStatus, read: Reader) -> None:
+    def __init__(
+        self, job_id: str, last_seq: int, status: JobStatus, read: Reader, background: Background
+    ) -> None:
         self.job_id = job_id
         self.start = max(0, last_seq - BUFFER)
         self.events: list[Event] = []
@@ -48,6 +54,7 @@ class JobFeed:
         self.status: JobStatus | None = status
         self.changed = asyncio.Event()
         self._read = read
+        self._background = background
         self._noted = last_seq
         self._fetch: asyncio.Task[None] | None = None
 
@@ -69,13 +76,13 @@ class JobFeed:
     def poke(self) -> None:
         """Read whatever is new (at most one read runs at a time)."""
         if self._fetch is None or self._fetch.done():
-            self._fetch = asyncio.create_task(self._catch_up(), name=f"feed-{self.job_id}")
+            self._fetch = self._background.spawn(self._catch_up(), name=f"feed-{self.job_id}")
             self._fetch.add_done_callback(_log_failure)
 
     async def _catch_up(self) -> None:
         while True:
-            # Shielded: a feed dropped mid-read must not cut the database call halfway.
-            events, job = await asyncio.shield(self._read(self.job_id, self.fetched, FETCH))
+            # A background task: it ends on its own, the gateway awaits it before closing.
+            events, job = await self._read(self.job_id, self.fetched, FETCH)
             if events:
                 self.events.extend(events)
                 if len(self.events) > BUFFER:
@@ -105,8 +112,9 @@ async def read_events(
 
 
 class ProgressHub:
-    def __init__(self, read: Reader) -> None:
+    def __init__(self, read: Reader, background: Background) -> None:
         self.read = read
+        self.background = background
         self._feeds: dict[str, JobFeed] = {}
         self._watchers: dict[str, int] = {}
 
@@ -125,7 +133,9 @@ class ProgressHub:
         them (used when this watcher is the first)."""
         feed = self._feeds.get(job_id)
         if feed is None:
-            feed = self._feeds[job_id] = JobFeed(job_id, last_seq, status, self.read)
+            feed = self._feeds[job_id] = JobFeed(
+                job_id, last_seq, status, self.read, self.background
+            )
             feed.poke()  # the buffered tail, and events written since the caller's read
         self._watchers[job_id] = self._watchers.get(job_id, 0) + 1
         try:

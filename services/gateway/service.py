@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from orchestrator.v1 import jobs_pb2, jobs_pb2_grpc
 
+from common.lifecycle import Background
 from common.service import Infra, open_infra
 from common.settings import Settings
 from services.gateway.core import JobsCore
@@ -51,7 +52,8 @@ def _split(addr: str) -> tuple[str, int]:
 @asynccontextmanager
 async def running_gateway(infra: Infra) -> AsyncIterator[Gateway]:
     settings = infra.settings
-    hub = ProgressHub(partial(read_events, infra.db))
+    background = Background()
+    hub = ProgressHub(partial(read_events, infra.db), background)
     subscription = await infra.broker.subscribe(hub.on_note)
     outbox = Outbox(infra)
     core = JobsCore(infra, outbox, hub)
@@ -98,6 +100,7 @@ async def running_gateway(infra: Infra) -> AsyncIterator[Gateway]:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.stop(min(GRPC_GRACE_SECONDS, settings.drain_seconds))
         await runner.cleanup()
+        await background.drain(timeout=settings.drain_seconds)
         outbox.stop()
         try:
             async with asyncio.timeout(settings.drain_seconds):
