@@ -85,11 +85,11 @@ class Background:
         if not task.cancelled() and task.exception() is not None:
             logging.getLogger(__name__).debug("background task failed", exc_info=task.exception())
 
-    async def drain(self, timeout: float) -> None:
-        """Wait for every task (at most `timeout` seconds), then cancel what is left."""
+    async def drain(self, within: float) -> None:
+        """Wait for every task (at most `within` seconds), then cancel what is left."""
         if not self._tasks:
             return
-        _, late = await asyncio.wait(set(self._tasks), timeout=timeout)
+        _, late = await asyncio.wait(set(self._tasks), timeout=within)
         for task in late:
             task.cancel()
         if late:

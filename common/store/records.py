@@ -46,11 +46,6 @@ class TaskRecord:
 TASK_COLUMNS = [Task.__table__.c[f.name] for f in fields(TaskRecord)]
 
 
-async def load_task(session: AsyncSession, task_id: int) -> TaskRecord | None:
-    row = (await session.execute(select(*TASK_COLUMNS).where(Task.id == task_id))).one_or_none()
-    return None if row is None else TaskRecord.of(row)
-
-
 async def load_tasks(session: AsyncSession, *where: Any) -> list[TaskRecord]:
     rows = await session.execute(select(*TASK_COLUMNS).where(*where).order_by(Task.index))
     return [TaskRecord.of(r) for r in rows]

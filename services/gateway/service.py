@@ -100,7 +100,7 @@ async def running_gateway(infra: Infra) -> AsyncIterator[Gateway]:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.stop(min(GRPC_GRACE_SECONDS, settings.drain_seconds))
         await runner.cleanup()
-        await background.drain(timeout=settings.drain_seconds)
+        await background.drain(within=settings.drain_seconds)
         outbox.stop()
         try:
             async with asyncio.timeout(settings.drain_seconds):
