@@ -157,3 +157,24 @@ async def test_retry_failed_preconditions(stack: InProcStack, sim: SimulatorHand
     error = await _status(stack.stub.RetryFailed(request))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (error.details() or "").startswith("max_retries:")
+
+
+async def test_list_jobs_pages_newest_first_and_filters(stack: InProcStack) -> None:
+    ids = []
+    for n in (1, 2, 3):
+        started = await stack.stub.StartVideoJob(
+            pb.StartVideoJobRequest(battle_arena_url=ARENA, total_segments=n)
+        )
+        ids.append(started.job_id)
+    story = await stack.stub.StartStoryJob(pb.StartStoryJobRequest(idea="x", total_segments=2))
+    first = await stack.stub.ListJobs(pb.ListJobsRequest(page_size=2, kind=pb.JOB_KIND_VIDEO))
+    assert [j.id for j in first.jobs] == [ids[2], ids[1]] and first.next_page_token
+    second = await stack.stub.ListJobs(
+        pb.ListJobsRequest(page_size=2, kind=pb.JOB_KIND_VIDEO, page_token=first.next_page_token)
+    )
+    assert [j.id for j in second.jobs] == [ids[0]] and not second.next_page_token
+    stories = await stack.stub.ListJobs(pb.ListJobsRequest(kind=pb.JOB_KIND_STORY))
+    assert [j.id for j in stories.jobs] == [story.job_id]
+    assert all(not j.tasks for j in first.jobs)  # summaries
+    finished = await stack.stub.ListJobs(pb.ListJobsRequest(statuses=[pb.JOB_STATUS_CANCELLED]))
+    assert finished.jobs == []
