@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from common.broker import Broker, ProgressNote
 from common.store.apply import Batch
 from common.store.database import Database
-from common.store.ledger import StoreTimings, Tx
+from common.store.ledger import StaleTask, StoreTimings, Tx
 from common.store.records import TaskLoader
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class UnitOfWork:
         self._pending: deque[_Item] = deque()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._in_flight: list[_Item] = []
 
     # API ---------------------------------------------------------------------------------
 
@@ -95,7 +96,9 @@ class UnitOfWork:
 
     async def exclusive(self, work: Callable[[AsyncSession, Tx], Awaitable[T]]) -> T:
         """Run `work(session, tx)` — reads and raw writes — and apply what it records on `tx`,
-        alone in one transaction (for the gateway's job-level operations)."""
+        alone in one transaction (for the gateway's job-level operations). If a row it read
+        moved before the batch locked it, the transaction is rolled back and `work` runs again
+        (so `work` must be safe to repeat)."""
         tx = Tx(now=self.clock(), timings=self.timings)
         result: T = await self._enqueue(_Item(tx, self._future(), work))
         return result
@@ -103,8 +106,9 @@ class UnitOfWork:
     async def close(self) -> None:
         """Finish what is queued, then stop the loop."""
         await self.tasks.close()
-        if self._pending and self._loop_task is not None and not self._loop_task.done():
-            await asyncio.gather(*(i.done for i in list(self._pending)), return_exceptions=True)
+        waiting = [i.done for i in [*self._in_flight, *self._pending]]
+        if waiting and self._loop_task is not None and not self._loop_task.done():
+            await asyncio.gather(*waiting, return_exceptions=True)
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -140,53 +144,74 @@ class UnitOfWork:
                         and len(batch) < self.max_batch
                     ):
                         batch.append(self._pending.popleft())
+                self._in_flight = batch
                 try:
                     await self._process(batch)
                 except Exception as exc:  # a bug: fail the batch, keep the loop alive
                     log.exception("group commit failed")
                     for item in batch:
                         _settle(item.done, error=exc)
+                finally:
+                    self._in_flight = []
 
     async def _process(self, batch: list[_Item]) -> None:
-        txs = [item.tx for item in batch]
+        work = batch[0].work
         result: Any = None
         for attempt in range(1, ATTEMPTS + 1):
+            if work is not None:
+                # A work records afresh on every attempt (its reads may have changed).
+                batch[0].tx = Tx(now=self.clock(), timings=self.timings)
+            txs = [item.tx for item in batch]
             for tx in txs:
                 _reset(tx)
             try:
                 async with self.db.write() as session:
-                    work = batch[0].work
                     if work is not None:
                         result = await work(session, txs[0])
                     applied = Batch(await session.connection(), self.clock(), self.timings)
                     owed = await applied.run(txs)
+                    if work is not None:
+                        _roll_back_if_stale(txs[0])
                 break
             except Exception as exc:
-                if attempt < ATTEMPTS and _retryable(exc):
-                    log.warning("write batch retried (%s)", type(exc.__cause__ or exc).__name__)
+                if attempt < ATTEMPTS and (_retryable(exc) or isinstance(exc, _StaleWork)):
+                    log.info("write batch retried (%s)", type(exc.__cause__ or exc).__name__)
                     await asyncio.sleep(0.02 * attempt)
                     continue
-                if not isinstance(exc, LookupError | ValueError) and batch[0].work is None:
+                if isinstance(exc, _StaleWork):
+                    exc = StaleTask(str(exc.__cause__))
+                if not isinstance(exc, LookupError | ValueError) and work is None:
                     log.exception("write batch of %d failed", len(batch))
                 for item in batch:
                     _abort(item.tx)
                     _settle(item.done, error=exc)
                 return
-        # Watchers hear of the commit first; the owed messages wait for the broker's confirms.
+        # Committed. Watchers hear of it first; the owed messages wait for the broker's confirms.
         await self.notify(applied.notes)
-        error: Exception | None = None
         try:
             if owed:
                 await self.broker.publish(owed)
-        except Exception as exc:  # committed: the deadlines make the sweeper re-issue these
+        except Exception as exc:
+            # Not the records' failure: their state is committed, and every owed message has a
+            # deadline after which the sweeper re-issues it (provider cancels are best effort).
             log.warning("publishing %d owed messages failed: %s", len(owed), exc)
-            error = exc
         for item in batch:
             if item.tx.error is not None:
                 _abort(item.tx)
                 _settle(item.done, error=item.tx.error)
             else:
-                _settle(item.done, result=result, error=error)
+                _settle(item.done, result=result)
+
+
+class _StaleWork(Exception):
+    """An exclusive work's record went stale inside its transaction: roll back, run again."""
+
+
+def _roll_back_if_stale(tx: Tx) -> None:
+    # Rows the work read moved before the batch locked them (another process): raising inside
+    # the transaction rolls its raw writes back, and the work runs again on fresh reads.
+    if isinstance(tx.error, StaleTask):
+        raise _StaleWork from tx.error
 
 
 def _reset(tx: Tx) -> None:

@@ -154,8 +154,8 @@ class Batch:
     def _apply(self, tx: Tx) -> None:
         try:
             self._check(tx)
-        except (StaleTask, NotFound, IllegalTransition) as exc:
-            tx.error = exc
+        except (StaleTask, NotFound, IllegalTransition, ValueError) as exc:
+            tx.error = exc  # this record only: the rest of the batch goes on
             return
         for job_id in tx.job_ids:
             self.jobs[job_id].txs.append(tx)
@@ -189,8 +189,14 @@ class Batch:
                 seen.holds_slot,
             ):
                 raise StaleTask(f"task {seen.task_id} changed since it was read")
-            if op.new is not None and op.start is None:
+            if op.start is not None:  # either outcome must be allowed
+                check_task_transition(live.status, TaskStatus.SUBMITTING)
+                check_task_transition(live.status, TaskStatus.WAITING)
+            elif op.new is not None:
                 check_task_transition(live.status, op.new)
+        for op in tx.ops:
+            if isinstance(op, JobTasksChange):
+                check_task_transition(op.old, op.new)
         for job_id in tx.job_ids:
             if job_id not in self.jobs:
                 raise NotFound(f"job_id: no job {job_id!r}")
@@ -303,26 +309,38 @@ class Batch:
             free = slots.capacity - slots.in_flight
             if free <= 0:
                 continue
-            waiting = [t for t in self.tasks.values() if t.status is TaskStatus.WAITING]
-            stmt = (
-                select(*_LIVE_COLUMNS)
-                .where(_tasks.c.status == TaskStatus.WAITING, _tasks.c.kind.in_(kinds))
-                .order_by(_tasks.c.priority.desc(), _tasks.c.id)
-                .limit(free + len(waiting))
-            )
-            if self.locking:
-                stmt = stmt.with_for_update(skip_locked=True)
-            rows = await self.conn.execute(stmt)
-            for r in rows:
-                if r.id not in self.tasks:
+            # Candidates: WAITING tasks this batch holds, and the next ones in the store. The
+            # store's are picked unlocked, then locked job first, task second (the order every
+            # transaction takes), and kept only if still WAITING.
+            waiting = [
+                t for t in self.tasks.values() if t.status is TaskStatus.WAITING and t.kind in kinds
+            ]
+            picked = (
+                await self.conn.scalars(
+                    select(_tasks.c.id)
+                    .where(
+                        _tasks.c.status == TaskStatus.WAITING,
+                        _tasks.c.kind.in_(kinds),
+                        _tasks.c.id.not_in(list(self.tasks)),
+                    )
+                    .order_by(_tasks.c.priority.desc(), _tasks.c.id)
+                    .limit(free)
+                )
+            ).all()
+            if picked:
+                job_ids = await self.conn.scalars(
+                    select(_tasks.c.job_id).where(_tasks.c.id.in_(picked)).distinct()
+                )
+                await self._load_grant_jobs(set(job_ids))
+                stmt = select(*_LIVE_COLUMNS).where(
+                    _tasks.c.id.in_(picked), _tasks.c.status == TaskStatus.WAITING
+                )
+                if self.locking:
+                    stmt = stmt.with_for_update(skip_locked=True)
+                for r in await self.conn.execute(stmt):
                     self.tasks[r.id] = live_task(r)
                     waiting.append(self.tasks[r.id])
-            chosen = sorted(
-                (t for t in waiting if t.status is TaskStatus.WAITING and t.kind in kinds),
-                key=lambda t: (-t.priority, t.id),
-            )[:free]
-            if chosen:
-                await self._load_grant_jobs({t.job_id for t in chosen})
+            chosen = sorted(waiting, key=lambda t: (-t.priority, t.id))[:free]
             grant = Tx(now=self.now)
             for task in chosen:
                 self._move(

@@ -211,9 +211,9 @@ class JobsCore:
         if after < 0:
             raise InvalidArgument("after_cursor", f"must be >= 0, got {after}")
         feed = self.hub.feed(job_id)
-        if feed is not None and feed.status is not None:  # watched already: no read needed
-            last_seq, status = feed.last_seq, feed.status
-        else:
+        if feed is not None and feed.status is not None and after <= feed.last_seq:
+            last_seq, status = feed.last_seq, feed.status  # watched already: no read needed
+        else:  # (a feed may lag a cursor another gateway handed out: ask the store)
             async with self.infra.db.read() as session:
                 job = await queries.get_job(session, job_id)
             if job is None:

@@ -176,6 +176,9 @@ class SegmentHandler:
                     self.breakers.record(tx, task.job_id)
                 break
             except StaleTask:
+                now = await self.uow.tasks.load(task.id)
+                if now is not None and now.request_id == request.request_id:
+                    return  # an earlier try did commit (its answer was lost); the deadline polls
                 # Cancelled (or re-queued) while we submitted: do not leave it running at fal.
                 log.warning(
                     "task moved on during submit; cancelling fal request %s", request.request_id

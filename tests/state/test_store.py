@@ -7,15 +7,18 @@ the committer itself with concurrent records.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from common.broker import MemoryBroker, Topology
+from common.broker import BrokerError, MemoryBroker, Outgoing, Topology, WorkQueue
 from common.domain.events import EventDraft, EventType
 from common.domain.states import IllegalTransition, JobStatus, TaskKind, TaskStatus
 from common.errors import AlreadyExists, FailedPrecondition
@@ -400,3 +403,70 @@ async def test_a_silent_story_task_is_reissued_as_a_run_and_published_tasks_keep
     (message,) = [TaskMessage.decode(m.body) for m in tx.outgoing]
     # A story task has no provider request to poll: the lost call is run again.
     assert (message.task_id, message.kind, message.reissued) == (plan.id, MessageKind.RUN, True)
+
+
+async def test_cancelling_a_job_hands_its_slot_to_another_jobs_waiting_task(db: Database) -> None:
+    async with db.write() as session:
+        await ensure_slots(session, "fal", 1)
+    await create(db, video_job("a", 2))
+    await create(db, video_job("b", 1))
+    a1, a2 = await tasks_of(db, "a")
+    (b1,) = await tasks_of(db, "b")
+    for task in (a1, a2, b1):
+        tx = new_tx()
+        tx.start(task, message="go", deadline_at=tx.now + 30)
+        await apply(db, tx)
+    await apply(db, new_tx(), lambda s, t: jobs.cancel_job(s, t, "a"))
+    (b1,) = await tasks_of(db, "b")
+    assert (b1.status, b1.holds_slot) == ("queued", True)
+    async with db.read() as session:
+        assert await session.scalar(select(ProviderSlots.in_flight)) == 1
+
+
+async def test_the_committer_reruns_an_exclusive_work_on_fresh_records(db: Database) -> None:
+    """A lock timeout, then a record gone stale: each run starts from a clean slate."""
+    await create(db, video_job("j1", 1))
+    runs = 0
+
+    async def flaky(session: AsyncSession, tx: Tx) -> str:
+        nonlocal runs
+        runs += 1
+        (task,) = await load_tasks(session, Task.job_id == "j1")
+        if runs == 2:  # read before "another process" moved it
+            task = dataclasses.replace(task, status="waiting")
+        tx.emit("j1", EventDraft(EventType.TASK_PROGRESS, message=f"run {runs}"))
+        tx.change(task, T.CANCELLED, message="cancelled")
+        if runs == 1:
+            raise OperationalError("UPDATE", {}, sqlite3.OperationalError("database is locked"))
+        return "done"
+
+    async with MemoryBroker(Topology(prefix="t")) as broker:
+        uow = UnitOfWork(db, broker, TIMINGS)
+        assert await uow.exclusive(flaky) == "done"
+        await uow.close()
+    assert runs == 3
+    async with db.read() as session:
+        events = await queries.events_after(session, "j1", 0)
+    # Only the third run's records: the first rolled back, the second was rejected whole.
+    assert [e.message for e in events][:3] == [
+        "job created with 1 tasks (segments)",
+        "run 3",
+        "cancelled",
+    ]
+
+
+async def test_a_failed_publish_after_commit_does_not_fail_the_records(db: Database) -> None:
+    class Down(MemoryBroker):
+        async def publish(self, messages: Any) -> None:
+            raise BrokerError("connection lost")
+
+    await create(db, video_job("j1", 1))
+    (task,) = await tasks_of(db, "j1")
+    async with Down(Topology(prefix="t")) as broker:
+        uow = UnitOfWork(db, broker, TIMINGS)
+        async with uow.transaction() as tx:  # no exception: the change is committed
+            tx.change(task, T.RUNNING, message="running", deadline_at=tx.now + 30)
+            tx.outgoing.append(Outgoing(WorkQueue.VIDEO, b"{}"))
+        await uow.close()
+    (task,) = await tasks_of(db, "j1")
+    assert task.status == "running" and task.deadline_at is not None  # the sweeper's cue
