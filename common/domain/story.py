@@ -13,10 +13,14 @@ from common.domain.states import TaskKind, TaskStatus
 
 
 class _TaskRow(Protocol):
-    index: int
-    kind: str
-    status: str
-    result: dict[str, Any] | None
+    @property
+    def index(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def result(self) -> dict[str, Any] | None: ...
 
 
 def story_summary(

@@ -15,17 +15,6 @@ async def get_job(session: AsyncSession, job_id: str) -> Job | None:
     return await session.get(Job, job_id, populate_existing=True)
 
 
-async def get_tasks(session: AsyncSession, job_id: str) -> Sequence[Task]:
-    return (
-        await session.scalars(
-            select(Task)
-            .where(Task.job_id == job_id)
-            .order_by(Task.index)
-            .execution_options(populate_existing=True)
-        )
-    ).all()
-
-
 async def task_counts(session: AsyncSession, job_id: str) -> dict[TaskStatus, int]:
     """Output tasks (segments, sets; not the story plan) per status."""
     rows = await session.execute(

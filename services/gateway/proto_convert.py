@@ -11,7 +11,8 @@ from orchestrator.v1 import jobs_pb2 as pb
 
 from common.domain.events import EventType
 from common.domain.states import JobKind, JobStatus, TaskStatus
-from common.store.tables import Event, Task
+from common.store.records import TaskRecord
+from common.store.tables import Event
 from services.gateway.core import Heartbeat
 from services.gateway.requests import StoryJobRequest, VideoJobRequest
 from services.gateway.views import JobView
@@ -77,7 +78,7 @@ def story_request(r: pb.StartStoryJobRequest) -> StoryJobRequest:
     )
 
 
-def task_message(t: Task) -> pb.Task:
+def task_message(t: TaskRecord) -> pb.Task:
     result = t.result or {}
     return pb.Task(
         index=t.index,

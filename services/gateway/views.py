@@ -16,6 +16,7 @@ from common.domain.states import JobKind, JobStatus, TaskKind, TaskStatus
 from common.domain.story import story_summary
 from common.errors import NotFound
 from common.store import queries
+from common.store.records import TaskRecord, load_tasks
 from common.store.tables import Job, Task
 
 
@@ -26,7 +27,7 @@ class JobView:
     counts: dict[TaskStatus, int]
     recoverable: bool
     # None when the caller asked to omit them.
-    tasks: Sequence[Task] | None
+    tasks: Sequence[TaskRecord] | None
 
     @property
     def status(self) -> JobStatus:
@@ -53,7 +54,7 @@ class JobView:
         return int(self.job.params.get("total_segments", 0))
 
     @property
-    def output_tasks(self) -> list[Task]:
+    def output_tasks(self) -> list[TaskRecord]:
         return [t for t in self.tasks or () if t.kind != TaskKind.STORY_PLAN]
 
     def story_summary(self) -> dict[str, Any]:
@@ -74,18 +75,7 @@ async def load_view(session: AsyncSession, job_id: str, *, with_tasks: bool = Tr
     job = await queries.get_job(session, job_id)
     if job is None:
         raise NotFound(f"job_id: no job {job_id!r}")
-    tasks = await queries.get_tasks(session, job_id) if with_tasks else None
-    if tasks is not None:
-        counts: dict[TaskStatus, int] = {}
-        for t in tasks:
-            if t.kind != TaskKind.STORY_PLAN:
-                counts[TaskStatus(t.status)] = counts.get(TaskStatus(t.status), 0) + 1
-        recoverable = any(
-            t.status in (TaskStatus.CANCELLED, TaskStatus.SKIPPED)
-            or (t.status == TaskStatus.FAILED and t.recoverable)
-            for t in tasks
-        )
-    else:
-        counts = await queries.task_counts(session, job_id)
-        recoverable = await queries.any_recoverable(session, job_id)
+    tasks = await load_tasks(session, Task.job_id == job_id) if with_tasks else None
+    counts = await queries.task_counts(session, job_id)
+    recoverable = await queries.any_recoverable(session, job_id)
     return JobView(job=job, counts=counts, recoverable=recoverable, tasks=tasks)

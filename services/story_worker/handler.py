@@ -36,8 +36,8 @@ from common.resilience import (
 )
 from common.store import queries
 from common.store.ledger import Failure, JobTasksChange, StaleTask, Tx
-from common.store.records import TaskRecord
-from common.store.tables import Job
+from common.store.records import TaskRecord, load_tasks
+from common.store.tables import Job, Task
 from common.task_steps import defer, fail_attempt
 from common.unit_of_work import UnitOfWork
 from services.story_worker import script
@@ -271,7 +271,7 @@ class StoryHandler:
         """The job's metadata file from committed state (after the plan, and when it finishes)."""
         async with self.uow.db.read() as session:
             job = await queries.get_job(session, job_id)
-            tasks = await queries.get_tasks(session, job_id)
+            tasks = await load_tasks(session, Task.job_id == job_id)
         if job is None or not job.params["save_to_files"] or not job.meta.get("title"):
             return
         summary = story_summary(
