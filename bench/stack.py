@@ -26,7 +26,8 @@ from bench.database import fresh_database
 from bench.probes import consuming, http_ok
 from bench.procs import ChildProcess, free_port
 from bench.simulator import Simulator, running_simulator
-from common.broker import Topology, WorkQueue, delete_topology
+from common.broker import Topology, delete_topology
+from common.domain.kinds import BUILTIN_KINDS, VIDEO_SEGMENT
 
 # Only the type stubs know the async stub class; at run time it is JobServiceStub.
 Stub: TypeAlias = "pb_grpc.JobServiceAsyncStub"
@@ -146,7 +147,9 @@ async def orchestrator_stack(
             exits.push_async_callback(
                 best_effort,
                 f"delete broker topology {prefix}",
-                lambda: delete_topology(opts.amqp_url, Topology(prefix=prefix)),
+                lambda: delete_topology(
+                    opts.amqp_url, Topology(prefix=prefix, queues=BUILTIN_KINDS.queues)
+                ),
             )
             settings = _service_env(ctx, database_url, prefix, sim.url, env or {})
             if webhooks:
@@ -163,7 +166,12 @@ async def orchestrator_stack(
                 "services.video_worker",
                 settings,
                 log_dir,
-                consuming(opts.amqp_url, Topology(prefix=prefix).work_queue(WorkQueue.VIDEO)),
+                consuming(
+                    opts.amqp_url,
+                    Topology(prefix=prefix, queues=BUILTIN_KINDS.queues).work_queue(
+                        VIDEO_SEGMENT.queue
+                    ),
+                ),
             )
             # Started in order (the gateway migrates the schema), stopped in reverse.
             for process in (gateway, worker):

@@ -1,10 +1,10 @@
 """Circuit-breaker transitions become job events (and the job's warning).
 
 A breaker lives in one worker process and changes state synchronously inside a call; the
-transition is queued here and written, with the next write transaction of the handler that
-observed it, as a BREAKER event on that handler's job (and, when it opens, that job's warning;
-closing clears the warning of every job that carries it). Deferral events tell every other
-affected job why its tasks wait.
+transition is queued here and written with the next change set the process commits (this is a
+hook of the group committer, so no handler can forget it), as a BREAKER event on that change
+set's job (and, when it opens, that job's warning; closing clears the warning of every job that
+carries it). Deferral events tell every other affected job why its tasks wait.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import logging
 import time
 from collections.abc import Callable
 
+from common.domain.changes import ChangeSet
 from common.domain.events import EventDraft, EventType
 from common.resilience import BreakerConfig, BreakerRegistry, BreakerState, BreakerTransition
-from common.store.ledger import Tx
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class BreakerEvents:
     def __init__(
         self, config: BreakerConfig, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self.pending: list[BreakerTransition] = []
+        self.transitions: list[BreakerTransition] = []
         self.registry = BreakerRegistry(config, clock=clock, on_transition=self._on_transition)
 
     def _on_transition(self, transition: BreakerTransition) -> None:
@@ -35,17 +35,22 @@ class BreakerEvents:
             transition.new,
             transition.reason,
         )
-        self.pending.append(transition)
+        self.transitions.append(transition)
 
     def _put_back(self, taken: list[BreakerTransition]) -> None:
-        self.pending[:0] = taken
+        self.transitions[:0] = taken
 
-    def record(self, tx: Tx, job_id: str) -> None:
-        """Write the transitions seen since the last call as events of `job_id` (put back if
+    @property
+    def pending(self) -> bool:
+        return bool(self.transitions)
+
+    def attach(self, tx: ChangeSet) -> None:
+        """Write the transitions seen since the last call as events of `tx`'s job (put back if
         `tx` does not commit)."""
-        if not self.pending:
+        job_id = tx.first_job
+        if not self.transitions or job_id is None:
             return
-        taken, self.pending[:] = list(self.pending), []
+        taken, self.transitions[:] = list(self.transitions), []
         tx.on_abort.append(lambda: self._put_back(taken))
         for t in taken:
             if t.new is BreakerState.OPEN:

@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+from common.breaker_events import BreakerEvents
 from common.broker import Broker, open_broker
+from common.committer import GroupCommitter
+from common.domain.kinds import KindRegistry
 from common.lifecycle import run_loop, setup_logging, stop_on_signals
 from common.settings import Settings, SettingsError
 from common.store.database import Database, open_database
-from common.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,13 @@ class Infra:
     settings: Settings
     db: Database
     broker: Broker
-    uow: UnitOfWork
+    committer: GroupCommitter
+    # Circuit breakers of this process, whose transitions ride on its change sets.
+    breakers: BreakerEvents
+
+    @property
+    def kinds(self) -> KindRegistry:
+        return self.settings.kinds
 
 
 @asynccontextmanager
@@ -37,11 +45,13 @@ async def open_infra(settings: Settings, *, broker: Broker | None = None) -> Asy
             broker = await stack.enter_async_context(
                 open_broker(settings.amqp_url, settings.topology)
             )
-        uow = UnitOfWork(db, broker, settings.store_timings)
+        committer = GroupCommitter(db, broker, settings.store_timings, kinds=settings.kinds)
+        breakers = BreakerEvents(settings.breaker)
+        committer.hooks.append(breakers)
         try:
-            yield Infra(settings, db, broker, uow)
+            yield Infra(settings, db, broker, committer, breakers)
         finally:
-            await uow.close()
+            await committer.close()
 
 
 def run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[None]]) -> None:

@@ -3,19 +3,34 @@
 `Settings.from_env()` is called in each `__main__`; everything else receives the object. A
 missing or malformed value fails at start with the variable's name. Secrets are `SecretStr`, so
 they never show in `repr`, logs or error messages.
+
+Per-kind settings come from the kind registry: each task kind's settings prefix gives
+`<PREFIX>_MAX_RETRIES` and `<PREFIX>_BACKOFF_INITIAL` / `_MULTIPLIER` / `_CAP` (defaults from its
+spec), and each slot pool gives `<POOL>_CONCURRENCY`.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.broker import Topology
+from common.domain.changes import StoreTimings
+from common.domain.kinds import BUILTIN_KINDS, KindRegistry, RetryDefaults
 from common.resilience import Backoff, BreakerConfig, RetryPolicy
-from common.store.ledger import StoreTimings
 
 
 class SettingsError(Exception):
@@ -27,6 +42,23 @@ def _check_addr(value: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected HOST:PORT, got {value!r}")
     return value
+
+
+class KindOptions(BaseModel):
+    """The retry settings of one settings prefix (`<PREFIX>_MAX_RETRIES`, ...)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_retries: int = Field(ge=0, le=10)
+    backoff_initial: float = Field(gt=0)
+    backoff_multiplier: float = Field(ge=1)
+    backoff_cap: float = Field(gt=0)
+
+
+class PoolOptions(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    concurrency: int = Field(ge=1, le=10_000)
 
 
 class Settings(BaseSettings):
@@ -49,7 +81,6 @@ class Settings(BaseSettings):
     fal_queue_url: str = "https://queue.fal.run"
     fal_model: str = "fal-ai/kling-video/v1/standard/image-to-video"
     fal_timeout: float = Field(30.0, gt=0)
-    fal_concurrency: int = Field(50, ge=1, le=10_000)
     fal_poll_interval: float = Field(2.0, gt=0)
     # Seconds from a submit to its first status check; unset: the poll interval. 0 checks right
     # away in the same step (models that answer in well under a poll interval).
@@ -64,15 +95,7 @@ class Settings(BaseSettings):
     # Files
     output_root: Path = Path("output")
 
-    # Retries (backoff with full jitter) and the circuit breaker.
-    video_max_retries: int = Field(3, ge=0, le=10)
-    video_backoff_initial: float = Field(1.0, gt=0)
-    video_backoff_multiplier: float = Field(2.0, ge=1)
-    video_backoff_cap: float = Field(30.0, gt=0)
-    story_max_retries: int = Field(3, ge=0, le=10)
-    story_backoff_initial: float = Field(2.0, gt=0)
-    story_backoff_multiplier: float = Field(2.0, ge=1)
-    story_backoff_cap: float = Field(30.0, gt=0)
+    # Retries (backoff with full jitter; per kind, see the module docstring) and the breaker.
     max_retry_after: float = Field(120.0, gt=0)
     breaker_window: float = Field(30.0, gt=0)
     breaker_min_calls: int = Field(10, ge=1)
@@ -111,44 +134,76 @@ class Settings(BaseSettings):
             raise ValueError(f"expected an http(s) URL, got {value!r}")
         return value.rstrip("/")
 
+    _kinds: KindRegistry = PrivateAttr(default_factory=lambda: BUILTIN_KINDS)
+    _kind_options: dict[str, KindOptions] = PrivateAttr(default_factory=dict)
+    _pool_options: dict[str, PoolOptions] = PrivateAttr(default_factory=dict)
+
     @classmethod
-    def from_env(cls, **overrides: object) -> Self:
-        """Read the environment; raise SettingsError naming each bad variable."""
+    def from_env(cls, *, kinds: KindRegistry = BUILTIN_KINDS, **overrides: Any) -> Self:
+        """Read the environment (and `overrides`, by lower-case setting name) for `kinds`;
+        raise SettingsError naming each bad variable."""
+        per_kind = {name: value for name, value in overrides.items() if _kind_setting(kinds, name)}
+        problems: list[str] = []
         try:
-            return cls(**overrides)  # type: ignore[arg-type]
+            settings = cls(**{k: v for k, v in overrides.items() if k not in per_kind})
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-                for err in exc.errors()
-            )
-            raise SettingsError(f"invalid settings: {problems}") from None
+            problems += _problems(exc)
+        options: dict[str, KindOptions] = {}
+        for prefix, defaults in kinds.prefixes().items():
+            values = _read_group(prefix, _defaults(defaults), per_kind)
+            try:
+                options[prefix] = KindOptions(**values)
+            except ValidationError as exc:
+                problems += _problems(exc, prefix)
+        pools: dict[str, PoolOptions] = {}
+        for pool, limit in kinds.pools.items():
+            try:
+                pools[pool] = PoolOptions(**_read_group(pool, {"concurrency": limit}, per_kind))
+            except ValidationError as exc:
+                problems += _problems(exc, pool)
+        if problems:
+            raise SettingsError(f"invalid settings: {'; '.join(problems)}")
+        settings._kinds = kinds
+        settings._kind_options = options
+        settings._pool_options = pools
+        return settings
 
     # Derived policies, built in one place.
     @property
+    def kinds(self) -> KindRegistry:
+        return self._kinds
+
+    @property
     def topology(self) -> Topology:
-        return Topology(prefix=self.queue_prefix)
+        return Topology(prefix=self.queue_prefix, queues=self._kinds.queues)
+
+    def kind_options(self, kind: str) -> KindOptions:
+        prefix = self._kinds[kind].prefix
+        if prefix not in self._kind_options:  # built without from_env: the spec's defaults
+            self._kind_options[prefix] = KindOptions(**_defaults(self._kinds[kind].retry))
+        return self._kind_options[prefix]
+
+    def max_retries(self, kind: str) -> int:
+        return self.kind_options(kind).max_retries
+
+    def pool_limit(self, pool: str) -> int:
+        found = self._pool_options.get(pool)
+        return found.concurrency if found is not None else self._kinds.pools[pool]
 
     @property
     def store_timings(self) -> StoreTimings:
         # A QUEUED task's message sits in RabbitMQ durably; re-issue it only after much longer.
         return StoreTimings(stale_after=self.stale_after, queued_stale_after=self.stale_after * 10)
 
-    @property
-    def video_retry(self) -> RetryPolicy:
-        return self._retry("video")
-
-    @property
-    def story_retry(self) -> RetryPolicy:
-        return self._retry("story")
-
-    def _retry(self, kind: str) -> RetryPolicy:
-        """The retry policy of one kind of task, from its `<KIND>_BACKOFF_*` settings."""
+    def retry_policy(self, kind: str) -> RetryPolicy:
+        """The retry policy of one kind of task, from its prefix's settings."""
+        o = self.kind_options(kind)
         return RetryPolicy(
             backoff=Backoff(
-                initial=getattr(self, f"{kind}_backoff_initial"),
-                multiplier=getattr(self, f"{kind}_backoff_multiplier"),
-                cap=getattr(self, f"{kind}_backoff_cap"),
-                max_retries=getattr(self, f"{kind}_max_retries"),
+                initial=o.backoff_initial,
+                multiplier=o.backoff_multiplier,
+                cap=o.backoff_cap,
+                max_retries=o.max_retries,
             ),
             max_retry_after=self.max_retry_after,
         )
@@ -167,3 +222,43 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Secret values, for scrubbing them out of provider error messages."""
         return [s.get_secret_value() for s in (self.fal_key, self.openai_api_key) if s]
+
+
+def _defaults(retry: RetryDefaults) -> dict[str, Any]:
+    return {
+        "max_retries": retry.max_retries,
+        "backoff_initial": retry.backoff_initial,
+        "backoff_multiplier": retry.backoff_multiplier,
+        "backoff_cap": retry.backoff_cap,
+    }
+
+
+def _kind_setting(kinds: KindRegistry, name: str) -> bool:
+    groups = [*kinds.prefixes(), *kinds.pools]
+    return any(name.lower().startswith(f"{group.lower()}_") for group in groups) and (
+        name.lower() not in Settings.model_fields
+    )
+
+
+def _read_group(
+    group: str, defaults: dict[str, Any], overrides: Mapping[str, object]
+) -> dict[str, Any]:
+    """`defaults`, overridden by `<GROUP>_<NAME>` from the environment, then by `overrides`."""
+    environ = {k.upper(): v for k, v in os.environ.items()}
+    values = dict(defaults)
+    for name in defaults:
+        key = f"{group}_{name}"
+        if key.upper() in environ:
+            values[name] = environ[key.upper()]
+        for given, value in overrides.items():
+            if given.lower() == key.lower():
+                values[name] = value
+    return values
+
+
+def _problems(exc: ValidationError, group: str = "") -> list[str]:
+    prefix = f"{group}_" if group else ""
+    return [
+        f"{prefix.upper()}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+        for err in exc.errors()
+    ]

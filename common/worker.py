@@ -17,17 +17,21 @@ from typing import Protocol
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from common.broker import Broker, BrokerError, Consumer, Incoming, Outgoing, Reject, WorkQueue
+from common.broker import Broker, BrokerError, Consumer, Incoming, Outgoing, Reject
+from common.domain.changes import StaleTask
+from common.domain.messages import BadMessage, TaskMessage
 from common.lifecycle import bind_task
-from common.messages import BadMessage, TaskMessage
-from common.store.ledger import StaleTask
+from common.resilience import Backoff
 
 log = logging.getLogger(__name__)
 
 CRASH_HEADER = "x-crashes"
 OUTAGE_HEADER = "x-outages"
-MAX_CRASHES = 5
-MAX_OUTAGE_DELAY = 30.0
+# Delays before handling a message again: after an outage (for as long as it lasts) and after a
+# crash of the handler (MAX_CRASHES times, then the dead-letter queue).
+OUTAGE_BACKOFF = Backoff(initial=2.0, multiplier=2.0, cap=30.0, max_retries=0)
+CRASH_BACKOFF = Backoff(initial=2.0, multiplier=2.0, cap=30.0, max_retries=4)
+MAX_CRASHES = CRASH_BACKOFF.max_retries + 1
 # Infrastructure failures: a lost database or broker connection, a lock that never came.
 OUTAGES = (OperationalError, InterfaceError, BrokerError, ConnectionError, TimeoutError)
 
@@ -45,7 +49,7 @@ class TaskHandler(Protocol):
 class Dispatcher:
     """Decodes task messages, runs the handler, and decides what becomes of the message."""
 
-    def __init__(self, broker: Broker, queue: WorkQueue, handler: TaskHandler) -> None:
+    def __init__(self, broker: Broker, queue: str, handler: TaskHandler) -> None:
         self.broker = broker
         self.queue = queue
         self.handler = handler
@@ -67,7 +71,7 @@ class Dispatcher:
             # The database or the broker is away: not this message's fault, so it is put back
             # for as long as the outage lasts instead of counting towards the dead-letter queue.
             outages = int(str(incoming.headers.get(OUTAGE_HEADER, 0))) + 1
-            delay = min(MAX_OUTAGE_DELAY, float(2**outages))
+            delay = OUTAGE_BACKOFF.ceiling(outages)
             log.warning(
                 "task %s waits out an outage (%s); again in %.0fs",
                 message.task_id,
@@ -83,7 +87,7 @@ class Dispatcher:
         if crashes >= MAX_CRASHES:
             log.exception("task %s failed %d times; dead-lettering", message.task_id, crashes)
             raise Reject("handler kept failing") from None
-        delay = float(2**crashes)
+        delay = CRASH_BACKOFF.ceiling(crashes)
         log.exception(
             "handling task %s failed (%d/%d); retrying in %.0fs",
             message.task_id,
@@ -113,7 +117,7 @@ class Dispatcher:
 @asynccontextmanager
 async def start_consumer(
     broker: Broker,
-    queue: WorkQueue,
+    queue: str,
     handler: TaskHandler,
     *,
     prefetch: int,

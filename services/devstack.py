@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 from contextlib import AsyncExitStack
+from typing import Any
 
 import grpc
 from orchestrator.v1 import jobs_pb2 as pb
@@ -38,7 +39,7 @@ SIMULATOR_KEY = "devstack-key"
 
 def _settings(simulator_url: str) -> Settings:
     """Embedded defaults, pointed at the simulator unless the environment says otherwise."""
-    defaults: dict[str, object] = {}
+    defaults: dict[str, Any] = {}
     if "FAL_QUEUE_URL" not in os.environ:
         defaults.update(fal_queue_url=simulator_url, fal_key=SIMULATOR_KEY, fal_poll_interval=0.5)
     if "OPENAI_BASE_URL" not in os.environ:

@@ -18,7 +18,7 @@ from common.broker.base import (
 )
 from common.broker.factory import open_broker
 from common.broker.memory import MemoryBroker
-from common.broker.topology import DEFAULT_DELAY_TIERS_MS, Topology, WorkQueue
+from common.broker.topology import DEFAULT_DELAY_TIERS_MS, Topology
 
 __all__ = [
     "DEFAULT_DELAY_TIERS_MS",
@@ -34,7 +34,6 @@ __all__ = [
     "Reject",
     "Subscription",
     "Topology",
-    "WorkQueue",
     "delete_topology",
     "open_broker",
 ]

@@ -40,7 +40,7 @@ from common.broker.base import (
     Subscription,
     check_batch,
 )
-from common.broker.topology import Topology, WorkQueue
+from common.broker.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class AmqpBroker:
         check_batch(messages, self._topology)
         await self._publisher.publish(messages)
 
-    async def consume(self, queue: WorkQueue, handler: Handler, *, prefetch: int) -> Consumer:
+    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Consumer:
         self._check_open()
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")

@@ -20,12 +20,12 @@ from common.broker.amqp_common import BROKER_FAILURES, RPC_TIMEOUT, quietly
 from common.broker.base import BrokerError, Handler, Incoming
 from common.broker.delays import public_headers, remaining_seconds
 from common.broker.handling import Outcome, run_handler
-from common.broker.topology import Topology, WorkQueue
+from common.broker.topology import Topology
 
 log = logging.getLogger(__name__)
 
 # Parks an early message in the given delay tier (ms); raises BrokerError when not confirmed.
-Parker = Callable[[AbstractIncomingMessage, WorkQueue, int], Awaitable[None]]
+Parker = Callable[[AbstractIncomingMessage, str, int], Awaitable[None]]
 
 # After a failed re-park the message is requeued; this pause keeps a broken publish path from
 # turning that into a hot loop.
@@ -38,7 +38,7 @@ class AmqpConsumer:
     def __init__(
         self,
         *,
-        queue: WorkQueue,
+        queue: str,
         handler: Handler,
         channel: AbstractRobustChannel,
         amqp_queue: AbstractQueue,

@@ -25,7 +25,7 @@ from pamqp.commands import Basic
 from common.broker.amqp_common import BROKER_FAILURES
 from common.broker.base import BrokerError, Outgoing
 from common.broker.delays import DELIVER_AT_HEADER, deliver_at_ms, public_headers
-from common.broker.topology import Topology, WorkQueue
+from common.broker.topology import Topology
 
 # Messages whose confirms are awaited together; see the module docstring.
 PUBLISH_WINDOW = 1_000
@@ -56,7 +56,7 @@ class ConfirmedPublisher:
             )
             _raise_first_failure(results, len(messages))
 
-    async def park(self, message: AbstractIncomingMessage, queue: WorkQueue, tier: int) -> None:
+    async def park(self, message: AbstractIncomingMessage, queue: str, tier: int) -> None:
         """Move a delayed message that arrived early on to delay `tier` (confirmed)."""
         headers = public_headers(message.headers)
         headers[DELIVER_AT_HEADER] = message.headers[DELIVER_AT_HEADER]

@@ -19,7 +19,7 @@ from aio_pika.abc import AbstractChannel, ExchangeType
 from pamqp.common import FieldTable
 
 from common.broker.amqp_common import RPC_TIMEOUT
-from common.broker.topology import Topology, WorkQueue
+from common.broker.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
     dlq = await channel.declare_queue(topology.dead_letter_queue, durable=True, timeout=t)
     await dlq.bind(dlx, routing_key="", timeout=t)
 
-    for q in WorkQueue:
+    for q in topology.queues:
         await channel.declare_queue(
             topology.work_queue(q),
             durable=True,

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from common.broker.topology import Topology, WorkQueue
+from common.broker.topology import Topology
 
 
 class BrokerError(Exception):
@@ -38,7 +38,7 @@ class Reject(Exception):
 class Outgoing:
     """A message to publish. `delay` is in seconds; `headers` values are str or int."""
 
-    queue: WorkQueue
+    queue: str
     body: bytes
     priority: int = 0
     delay: float = 0.0
@@ -56,7 +56,7 @@ class Outgoing:
 class Incoming:
     """A delivered message as handlers see it (broker-internal headers removed)."""
 
-    queue: WorkQueue
+    queue: str
     body: bytes
     redelivered: bool
     priority: int
@@ -97,7 +97,7 @@ class Broker(Protocol):
         """Publish a batch; return when all are confirmed, else raise `BrokerError`."""
         ...
 
-    async def consume(self, queue: WorkQueue, handler: Handler, *, prefetch: int) -> Consumer:
+    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Consumer:
         """Run `handler` for each message of `queue`, at most `prefetch` at once."""
         ...
 

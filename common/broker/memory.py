@@ -27,7 +27,7 @@ from common.broker.base import (
     check_batch,
 )
 from common.broker.handling import Outcome, run_handler
-from common.broker.topology import Topology, WorkQueue
+from common.broker.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +139,8 @@ class MemoryBroker:
     def __init__(self, topology: Topology) -> None:
         self._topology = topology
         self._loop = asyncio.get_running_loop()
-        self._queues: dict[WorkQueue, asyncio.PriorityQueue[_Entry]] = {
-            q: asyncio.PriorityQueue() for q in WorkQueue
+        self._queues: dict[str, asyncio.PriorityQueue[_Entry]] = {
+            q: asyncio.PriorityQueue() for q in topology.queues
         }
         self._sequence = itertools.count()
         self._timers: set[asyncio.TimerHandle] = set()
@@ -165,6 +165,9 @@ class MemoryBroker:
         if self._closed:
             raise BrokerError("broker is closed")
         check_batch(messages, self._topology)
+        unknown = {m.queue for m in messages} - set(self._queues)
+        if unknown:  # RabbitMQ returns unroutable messages (and the publisher raises)
+            raise BrokerError(f"no such queue: {', '.join(sorted(unknown))}")
         for outgoing in messages:
             incoming = Incoming(
                 queue=outgoing.queue,
@@ -181,11 +184,13 @@ class MemoryBroker:
             else:
                 self._queues[outgoing.queue].put_nowait(entry)
 
-    async def consume(self, queue: WorkQueue, handler: Handler, *, prefetch: int) -> Consumer:
+    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Consumer:
         if self._closed:
             raise BrokerError("broker is closed")
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        if queue not in self._queues:
+            raise BrokerError(f"cannot consume {queue}: not in the topology")
         consumer = MemoryConsumer(
             self._queues[queue], handler, prefetch, self.dead_letters, self._consumers.discard
         )

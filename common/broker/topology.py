@@ -1,22 +1,17 @@
 """Names and shape of the broker topology: work queues, delay tiers, dead letters, progress.
 
 Everything is derived from one `prefix`, so several stacks (or parallel tests) can share one
-RabbitMQ without seeing each other's messages.
+RabbitMQ without seeing each other's messages. The work queues are whatever the application
+registers (one per task kind's queue); the broker knows nothing of what travels on them.
 """
 
 from __future__ import annotations
 
 import bisect
+import re
 from dataclasses import dataclass
-from enum import StrEnum
 
-
-class WorkQueue(StrEnum):
-    """The queues workers consume; the value is the name's suffix after the prefix."""
-
-    VIDEO = "video.segment"
-    STORY = "story.set"
-
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
 # From 50 ms to 30 min, roughly x2-x5 apart: any delay up to 30 min takes a handful of hops, and
 # a delay longer than the last tier simply repeats it.
@@ -46,6 +41,8 @@ class Topology:
     """
 
     prefix: str = "orchestrator"
+    # Work queues, by their name after the prefix.
+    queues: tuple[str, ...] = ()
     delay_tiers_ms: tuple[int, ...] = DEFAULT_DELAY_TIERS_MS
     max_priority: int = 10
     delay_tolerance_ms: int = 15
@@ -53,6 +50,10 @@ class Topology:
     def __post_init__(self) -> None:
         if not self.prefix:
             raise ValueError("Topology.prefix must not be empty")
+        if len(set(self.queues)) != len(self.queues) or not all(
+            _QUEUE_NAME.match(q) for q in self.queues
+        ):
+            raise ValueError(f"Topology.queues must be unique plain names, got {self.queues}")
         tiers = self.delay_tiers_ms
         if not tiers or any(t <= 0 for t in tiers) or list(tiers) != sorted(set(tiers)):
             raise ValueError(
@@ -63,7 +64,7 @@ class Topology:
         if self.delay_tolerance_ms < 0:
             raise ValueError("Topology.delay_tolerance_ms must not be negative")
 
-    def work_queue(self, q: WorkQueue) -> str:
+    def work_queue(self, q: str) -> str:
         return f"{self.prefix}.{q}"
 
     def delay_queue(self, tier_ms: int) -> str:
@@ -102,7 +103,7 @@ class Topology:
     def queue_names(self) -> list[str]:
         """Every queue of this topology (progress queues are exclusive and delete themselves)."""
         return [
-            *(self.work_queue(q) for q in WorkQueue),
+            *(self.work_queue(q) for q in self.queues),
             *(self.delay_queue(t) for t in self.delay_tiers_ms),
             self.dead_letter_queue,
         ]

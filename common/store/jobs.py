@@ -1,5 +1,5 @@
 """Job-level operations the gateway runs (each alone in its transaction, via
-`UnitOfWork.exclusive`): create (idempotent), retry what failed, cancel."""
+`GroupCommitter.exclusive`): create (idempotent), retry what failed, cancel."""
 
 from __future__ import annotations
 
@@ -9,27 +9,23 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from common.domain.changes import ChangeSet
 from common.domain.events import EventDraft, EventType
-from common.domain.states import (
-    RETRIABLE_TASK,
-    TERMINAL_TASK,
-    JobStatus,
-    TaskKind,
-    TaskStatus,
-)
+from common.domain.kinds import KindRegistry
+from common.domain.messages import MessageKind, TaskMessage
+from common.domain.records import JobRecord
+from common.domain.states import RETRIABLE_TASK, TERMINAL_TASK, JobStatus, TaskStatus
 from common.errors import AlreadyExists, FailedPrecondition, NotFound
-from common.messages import MessageKind, TaskMessage, outgoing
-from common.store.ledger import Tx
-from common.store.records import load_tasks
+from common.store.records import load_job, load_tasks
 from common.store.tables import Job, Task
 
 
 @dataclass(frozen=True)
 class NewTask:
     index: int
-    kind: TaskKind
+    kind: str
     payload: dict[str, Any]
-    # BLOCKED for story sets (they wait for the plan); QUEUED otherwise.
+    # BLOCKED for tasks that wait for another (story sets for their plan); QUEUED otherwise.
     status: TaskStatus = TaskStatus.QUEUED
 
 
@@ -43,9 +39,11 @@ class NewJob:
     params: dict[str, Any]
     max_attempts: int
     tasks: list[NewTask] = field(default_factory=list)
+    # What the job's output tasks are called, for its first event ("segments").
+    plural: str = "tasks"
 
 
-async def create_job(session: AsyncSession, tx: Tx, job: NewJob) -> tuple[str, bool]:
+async def create_job(session: AsyncSession, tx: ChangeSet, job: NewJob) -> tuple[str, bool]:
     """Record `job` and its tasks; with a known idempotency key return the existing job.
 
     Returns (job id, created). Tasks start QUEUED with a deadline, so that if the caller dies
@@ -109,12 +107,11 @@ async def create_job(session: AsyncSession, tx: Tx, job: NewJob) -> tuple[str, b
             for t in job.tasks
         ],
     )
-    noun = "sets" if job.kind == "story" else "segments"
     tx.emit(
         job.id,
         EventDraft(
             EventType.JOB_CREATED,
-            message=f"job created with {len(job.tasks)} tasks ({noun})",
+            message=f"job created with {len(job.tasks)} tasks ({job.plural})",
             job_status=JobStatus.QUEUED,
             details={"total_tasks": len(job.tasks)},
         ),
@@ -122,18 +119,21 @@ async def create_job(session: AsyncSession, tx: Tx, job: NewJob) -> tuple[str, b
     return job.id, True
 
 
-async def _job(session: AsyncSession, job_id: str) -> Job:
-    job = await session.get(Job, job_id, populate_existing=True)
+async def _job(session: AsyncSession, job_id: str) -> JobRecord:
+    job = await load_job(session, job_id)
     if job is None:
         raise NotFound(f"job_id: no job {job_id!r}")
     return job
 
 
-async def retry_failed(session: AsyncSession, tx: Tx, job_id: str, max_retries: int) -> list[int]:
+async def retry_failed(
+    session: AsyncSession, tx: ChangeSet, kinds: KindRegistry, job_id: str, max_retries: int
+) -> list[int]:
     """Re-queue the failed, skipped and cancelled tasks of a finished job; return their indices.
 
-    Successful tasks are never touched. Story sets whose plan is re-run go back to BLOCKED and
-    follow the plan again, so a retried set is generated from the same title and roster.
+    Successful tasks are never touched. A task whose blocking task is re-run too (a story set
+    and its plan) goes back to BLOCKED and follows it again, so a retried set is generated from
+    the same title and roster.
     """
     job = await _job(session, job_id)
     status = JobStatus(job.status)
@@ -144,7 +144,7 @@ async def retry_failed(session: AsyncSession, tx: Tx, job_id: str, max_retries: 
     tasks = await load_tasks(session, Task.job_id == job_id, Task.status.in_(RETRIABLE_TASK))
     if not tasks:
         return []
-    plan_pending = any(t.kind == TaskKind.STORY_PLAN for t in tasks)
+    rerun_kinds = {t.kind for t in tasks}
     indices = [t.index for t in tasks]
     tx.emit(
         job_id,
@@ -160,7 +160,7 @@ async def retry_failed(session: AsyncSession, tx: Tx, job_id: str, max_retries: 
     )
     tx.reopen_job(job_id, f"retrying {len(tasks)} tasks")
     for task in tasks:
-        blocked = plan_pending and task.kind == TaskKind.STORY_SET
+        blocked = kinds[task.kind].blocked_by in rerun_kinds
         attempt = task.attempt + 1
         tx.change(
             task,
@@ -169,9 +169,7 @@ async def retry_failed(session: AsyncSession, tx: Tx, job_id: str, max_retries: 
             attempt=attempt,
             max_attempts=attempt + max_retries,
             request_id=None,
-            status_url=None,
-            response_url=None,
-            cancel_url=None,
+            handle=None,
             recoverable=False,
             deadline_at=None if blocked else tx.now + tx.timings.stale_after,
             next_attempt_at=None,
@@ -179,7 +177,7 @@ async def retry_failed(session: AsyncSession, tx: Tx, job_id: str, max_retries: 
     return indices
 
 
-async def cancel_job(session: AsyncSession, tx: Tx, job_id: str) -> int:
+async def cancel_job(session: AsyncSession, tx: ChangeSet, job_id: str) -> int:
     """Cancel every unfinished task; owe a provider cancel for requests in flight.
 
     Returns the number of tasks cancelled. Cancelling a cancelled job is a no-op; cancelling a
@@ -197,6 +195,5 @@ async def cancel_job(session: AsyncSession, tx: Tx, job_id: str) -> int:
     for task in tasks:
         tx.change(task, TaskStatus.CANCELLED, message="cancelled")
         if task.request_id:
-            cancel = TaskMessage(task.id, job_id, MessageKind.CANCEL, task.attempt)
-            tx.outgoing.append(outgoing(cancel, task.kind))
+            tx.send(task, TaskMessage(task.id, job_id, MessageKind.CANCEL, task.attempt))
     return len(tasks)

@@ -2,42 +2,56 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from common.domain.states import TaskKind, TaskStatus
+from common.domain.records import JobRecord, TaskRecord
+from common.domain.states import TaskStatus
+from common.store.records import JOB_COLUMNS, TASK_COLUMNS, load_job
 from common.store.tables import Event, Job, Task
 
 
-async def get_job(session: AsyncSession, job_id: str) -> Job | None:
-    return await session.get(Job, job_id, populate_existing=True)
+async def get_job(session: AsyncSession, job_id: str) -> JobRecord | None:
+    return await load_job(session, job_id)
 
 
-async def task_counts(session: AsyncSession, job_id: str) -> dict[TaskStatus, int]:
-    """Output tasks (segments, sets; not the story plan) per status."""
+async def task_counts(
+    session: AsyncSession, job_ids: Sequence[str], output_kinds: Sequence[str]
+) -> dict[str, dict[TaskStatus, int]]:
+    """Output tasks (segments, sets; not a story's plan) per status, for each job."""
+    counts: dict[str, dict[TaskStatus, int]] = {job_id: {} for job_id in job_ids}
+    if not job_ids:
+        return counts
     rows = await session.execute(
-        select(Task.status, func.count())
-        .where(Task.job_id == job_id, Task.kind != TaskKind.STORY_PLAN)
-        .group_by(Task.status)
+        select(Task.job_id, Task.status, func.count())
+        .where(Task.job_id.in_(job_ids), Task.kind.in_(output_kinds))
+        .group_by(Task.job_id, Task.status)
     )
-    return {TaskStatus(status): n for status, n in rows.all()}
+    for job_id, status, n in rows.all():
+        counts[job_id][TaskStatus(status)] = n
+    return counts
 
 
-async def any_recoverable(session: AsyncSession, job_id: str) -> bool:
-    found = await session.scalar(
-        select(Task.id)
+async def recoverable_jobs(session: AsyncSession, job_ids: Sequence[str]) -> set[str]:
+    """Those of `job_ids` with a task that RetryFailed may fix (recoverable failure, skipped or
+    cancelled)."""
+    if not job_ids:
+        return set()
+    found = await session.scalars(
+        select(Task.job_id)
         .where(
-            Task.job_id == job_id,
+            Task.job_id.in_(job_ids),
             or_(
                 Task.status.in_([TaskStatus.CANCELLED, TaskStatus.SKIPPED]),
                 (Task.status == TaskStatus.FAILED) & Task.recoverable.is_(True),
             ),
         )
-        .limit(1)
+        .distinct()
     )
-    return found is not None
+    return set(found.all())
 
 
 async def list_jobs(
@@ -47,9 +61,9 @@ async def list_jobs(
     kind: str | None = None,
     statuses: Sequence[str] = (),
     before: tuple[float, str] | None = None,
-) -> Sequence[Job]:
+) -> list[JobRecord]:
     """Newest first; `before` is the (created_at, id) of the last job of the previous page."""
-    stmt = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    stmt = select(*JOB_COLUMNS).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
     if kind:
         stmt = stmt.where(Job.kind == kind)
     if statuses:
@@ -59,7 +73,7 @@ async def list_jobs(
         stmt = stmt.where(
             or_(Job.created_at < created_at, (Job.created_at == created_at) & (Job.id < job_id))
         )
-    return (await session.scalars(stmt)).all()
+    return [JobRecord.of(r) for r in await session.execute(stmt)]
 
 
 async def events_after(
@@ -75,14 +89,18 @@ async def events_after(
     ).all()
 
 
-async def task_by_request_id(session: AsyncSession, request_id: str) -> Task | None:
-    return (
-        await session.scalars(select(Task).where(Task.request_id == request_id).limit(1))
+async def task_by_request_id(session: AsyncSession, request_id: str) -> TaskRecord | None:
+    row = (
+        await session.execute(select(*TASK_COLUMNS).where(Task.request_id == request_id).limit(1))
     ).first()
+    return None if row is None else TaskRecord.of(row)
 
 
 async def count_by_status(session: AsyncSession, table: str) -> dict[str, int]:
     """Rows of `jobs` or `tasks` per status (for /metrics)."""
     column = {"jobs": Job.status, "tasks": Task.status}[table]
     rows = await session.execute(select(column, func.count()).group_by(column))
-    return {status: n for status, n in rows.all()}
+    counts: dict[str, int] = defaultdict(int)
+    for status, n in rows.all():
+        counts[status] += n
+    return dict(counts)

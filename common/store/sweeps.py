@@ -16,46 +16,45 @@ from dataclasses import replace
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from common.broker import Outgoing
-from common.domain.states import JobStatus, TaskKind, TaskStatus
-from common.messages import MessageKind, TaskMessage, outgoing
-from common.store.ledger import Tx
-from common.store.records import TASK_COLUMNS, TaskRecord, load_tasks
+from common.domain.changes import ChangeSet
+from common.domain.kinds import KindRegistry
+from common.domain.messages import MessageKind, Send, TaskMessage
+from common.domain.records import TaskRecord
+from common.domain.states import JobStatus, TaskStatus
+from common.store.records import TASK_COLUMNS, load_tasks
 from common.store.tables import Job, Task
 
 _TERMINAL_JOB = [s for s in JobStatus if s.terminal]
 CLAIM_LIMIT = 500
-_POLLED = frozenset({TaskKind.VIDEO_SEGMENT})
+_OWED_RUN = frozenset(
+    {TaskStatus.QUEUED, TaskStatus.RETRYING, TaskStatus.SUBMITTING, TaskStatus.RUNNING}
+)
 
 
-def message_for(task: TaskRecord, *, reissued: bool) -> Outgoing | None:
+def message_for(task: TaskRecord, kinds: KindRegistry, *, reissued: bool) -> Send | None:
     """The message a task in its current state needs next (None when it waits on nothing).
 
     A re-issued message says the sweeper found the task silent past its deadline: the work of
     its previous message is lost, so the handler may redo it.
     """
     status = TaskStatus(task.status)
-    polls = task.kind in _POLLED and status is TaskStatus.RUNNING
-    if polls:
+    if kinds[task.kind].polled and status is TaskStatus.RUNNING:
         poll = TaskMessage(
             task.id, task.job_id, MessageKind.POLL, task.attempt, chain=task.poll_chain
         )
-        return outgoing(poll, task.kind, job_priority=task.priority)
-    if status in (
-        TaskStatus.QUEUED,
-        TaskStatus.RETRYING,
-        TaskStatus.SUBMITTING,
-        TaskStatus.RUNNING,
-    ):
+        return Send(poll, task.kind, task.priority, boost=True)
+    if status in _OWED_RUN:
         run = TaskMessage(task.id, task.job_id, MessageKind.RUN, task.attempt, reissued=reissued)
-        return outgoing(run, task.kind, job_priority=task.priority, boost=task.holds_slot)
+        return Send(run, task.kind, task.priority, boost=task.holds_slot)
     return None
 
 
-async def claim_overdue(session: AsyncSession, tx: Tx, limit: int = CLAIM_LIMIT) -> int:
+async def claim_overdue(
+    session: AsyncSession, tx: ChangeSet, kinds: KindRegistry, limit: int = CLAIM_LIMIT
+) -> int:
     """Tasks whose deadline passed: push the deadline on and owe their messages on `tx`.
 
-    A RUNNING video task gets a new poll chain, so a poll chain that is merely slow dies out
+    A RUNNING polled task gets a new poll chain, so a poll chain that is merely slow dies out
     instead of doubling the polling. Returns the number claimed.
     """
     overdue = (
@@ -80,9 +79,9 @@ async def claim_overdue(session: AsyncSession, tx: Tx, limit: int = CLAIM_LIMIT)
         if result.rowcount != 1:  # type: ignore[attr-defined]
             continue
         claimed += 1
-        message = message_for(_with_chain(task, chain), reissued=True)
+        message = message_for(_with_chain(task, chain), kinds, reissued=True)
         if message is not None:
-            tx.outgoing.append(message)
+            tx.sends.append(message)
     return claimed
 
 
@@ -101,7 +100,7 @@ async def unpublished(session: AsyncSession, job_id: str) -> Sequence[TaskRecord
     )
 
 
-async def mark_published(session: AsyncSession, tx: Tx, task_ids: Sequence[int]) -> None:
+async def mark_published(session: AsyncSession, tx: ChangeSet, task_ids: Sequence[int]) -> None:
     """RabbitMQ confirmed the messages of these QUEUED tasks: push their deadline far out."""
     await session.execute(
         update(Task)
@@ -115,7 +114,7 @@ async def mark_published(session: AsyncSession, tx: Tx, task_ids: Sequence[int])
 
 
 async def delete_finished_before(
-    session: AsyncSession, tx: Tx, cutoff: float, limit: int = 100
+    session: AsyncSession, tx: ChangeSet, cutoff: float, limit: int = 100
 ) -> int:
     """Delete up to `limit` finished jobs older than `cutoff`, with their tasks and events."""
     ids = (

@@ -91,12 +91,12 @@ class Task(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     max_attempts: Mapped[int] = mapped_column(Integer)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
-    # Provider request of the current attempt (fal): committed right after submit, before
-    # anything else, so a redelivered task resumes it instead of paying again.
+    # Provider request of the current attempt: committed right after submit, before anything
+    # else, so a redelivered task resumes it instead of paying again. `handle` is whatever the
+    # provider's adapter needs to find the request again (fal: its status/response/cancel
+    # URLs); nothing but the adapter reads it.
     request_id: Mapped[str | None] = mapped_column(String(128))
-    status_url: Mapped[str | None] = mapped_column(Text)
-    response_url: Mapped[str | None] = mapped_column(Text)
-    cancel_url: Mapped[str | None] = mapped_column(Text)
+    handle: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     last_error: Mapped[str] = mapped_column(Text, default="")
     error_class: Mapped[str] = mapped_column(String(24), default="")

@@ -15,14 +15,16 @@ from dataclasses import dataclass
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from common.domain.changes import ChangeSet
+from common.domain.kinds import STORY_SET, VIDEO_SEGMENT
+from common.domain.records import JobRecord
 from common.domain.states import JobStatus
 from common.errors import InvalidArgument, NotFound
 from common.service import Infra
 from common.store import jobs as job_store
 from common.store import queries
 from common.store.jobs import NewJob
-from common.store.ledger import Tx
-from common.store.tables import Event, Job
+from common.store.tables import Event
 from services.gateway.outbox import Outbox
 from services.gateway.progress import FALLBACK_READ_SECONDS, ProgressHub
 from services.gateway.requests import (
@@ -33,7 +35,7 @@ from services.gateway.requests import (
     plan_story_job,
     plan_video_job,
 )
-from services.gateway.views import JobView, load_view
+from services.gateway.views import JobView, load_view, load_views
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +83,13 @@ class JobsCore:
         self.hub = hub
         self.clock = clock
         self.new_id = new_id
+        self.committer = infra.committer
+        self.kinds = infra.kinds
         self.limits = Limits(
             max_video_segments=s.max_video_segments,
             max_story_segments=s.max_story_segments,
-            video_max_retries=s.video_max_retries,
-            story_max_retries=s.story_max_retries,
+            video_max_retries=s.max_retries(VIDEO_SEGMENT.name),
+            story_max_retries=s.max_retries(STORY_SET.name),
             default_video_model=s.fal_model,
             default_story_model=s.openai_model,
         )
@@ -102,16 +106,16 @@ class JobsCore:
         return await self._start(plan)
 
     async def _start(self, plan: NewJob) -> tuple[JobView, bool]:
-        def create(session: AsyncSession, tx: Tx) -> Awaitable[tuple[str, bool]]:
-            return job_store.create_job(session, tx, plan)
+        def create(session: AsyncSession, cs: ChangeSet) -> Awaitable[tuple[str, bool]]:
+            return job_store.create_job(session, cs, plan)
 
         try:
-            job_id, created = await self.infra.uow.exclusive(create)
+            job_id, created = await self.committer.exclusive(create)
         except IntegrityError:
             # The same idempotency key raced us to the insert (another gateway): it won.
             if not plan.idempotency_key:
                 raise
-            job_id, created = await self.infra.uow.exclusive(create)
+            job_id, created = await self.committer.exclusive(create)
         if created:
             self.outbox.publish_job(job_id)
             log.info("job %s created (%s, %d tasks)", job_id, plan.kind, len(plan.tasks))
@@ -126,7 +130,7 @@ class JobsCore:
 
     async def _load(self, job_id: str, with_tasks: bool) -> JobView:
         async with self.infra.db.read() as session:
-            return await load_view(session, job_id, with_tasks=with_tasks)
+            return await load_view(session, job_id, self.kinds, with_tasks=with_tasks)
 
     async def list(
         self,
@@ -144,7 +148,7 @@ class JobsCore:
             found = await queries.list_jobs(
                 session, limit=size + 1, kind=kind, statuses=statuses, before=before
             )
-            views = [await load_view(session, j.id, with_tasks=False) for j in found[:size]]
+            views = await load_views(session, found[:size], self.kinds)
         token = _encode_token(found[size - 1]) if len(found) > size else ""
         return views, token
 
@@ -160,8 +164,8 @@ class JobsCore:
         retries = max_retries or (
             self.limits.story_max_retries if view.is_story else self.limits.video_max_retries
         )
-        retried = await self.infra.uow.exclusive(
-            lambda session, tx: job_store.retry_failed(session, tx, job_id, retries)
+        retried = await self.committer.exclusive(
+            lambda session, cs: job_store.retry_failed(session, cs, self.kinds, job_id, retries)
         )
         if retried:
             self.outbox.publish_job(job_id)
@@ -172,8 +176,8 @@ class JobsCore:
 
     async def cancel(self, job_id: str) -> JobView:
         check_job_id(job_id)
-        await self.infra.uow.exclusive(
-            lambda session, tx: job_store.cancel_job(session, tx, job_id)
+        await self.committer.exclusive(
+            lambda session, cs: job_store.cancel_job(session, cs, job_id)
         )
         return await self.get(job_id)
 
@@ -270,7 +274,7 @@ class JobsCore:
                         next_beat = loop.time() + interval
 
 
-def _encode_token(job: Job) -> str:
+def _encode_token(job: JobRecord) -> str:
     raw = json.dumps([job.created_at, job.id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 

@@ -15,15 +15,15 @@ from typing import Any
 
 from aiohttp import web
 
+from common.domain.messages import MessageKind, Send, TaskMessage
 from common.errors import InvalidArgument, NotFound, OrchestratorError
-from common.messages import MessageKind, TaskMessage, outgoing
 from common.service import Infra
 from common.store import queries
-from common.store.tables import Task
 from services.gateway.core import JobsCore
 from services.gateway.requests import VideoJobRequest
 from services.gateway.seed_shapes import seed_field_error, seed_status
 from services.gateway.seed_story import add_story_routes
+from services.video_worker.fal_webhook import WEBHOOK_PATH, BadWebhook, request_id_of
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class HttpApi:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=JSON_LIMIT)
         app.router.add_post("/api/generate-video", self.generate_video)
-        app.router.add_post("/webhooks/fal", self.fal_webhook)
+        app.router.add_post(WEBHOOK_PATH, self.fal_webhook)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
         add_story_routes(app, self.core)
@@ -107,12 +107,9 @@ class HttpApi:
         status call and nothing else.
         """
         try:
-            body = await read_json(request)
-        except InvalidArgument as exc:
+            request_id = request_id_of(await read_json(request))
+        except (InvalidArgument, BadWebhook) as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        request_id = str(body.get("request_id") or "")
-        if not request_id:
-            return web.json_response({"error": "request_id: required"}, status=400)
         if request_id in self._seen_webhooks:
             return web.json_response({"status": "duplicate"})
         async with self.infra.db.read() as session:
@@ -120,7 +117,8 @@ class HttpApi:
         if task is None or task.status != "running":
             return web.json_response({"status": "ignored"})
         self._remember(request_id)
-        await self.infra.broker.publish([_webhook_poll(task)])
+        poll = TaskMessage(task.id, task.job_id, MessageKind.POLL, task.attempt, once=True)
+        await self.infra.committer.send_now(Send(poll, task.kind, task.priority))
         return web.json_response({"status": "accepted"})
 
     def _remember(self, request_id: str) -> None:
@@ -145,11 +143,6 @@ class HttpApi:
         lines.append("# TYPE orchestrator_watched_jobs gauge")
         lines.append(f"orchestrator_watched_jobs {self.core.hub.watched_jobs}")
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
-
-
-def _webhook_poll(task: Task) -> Any:
-    poll = TaskMessage(task.id, task.job_id, MessageKind.POLL, task.attempt, once=True)
-    return outgoing(poll, task.kind, job_priority=task.priority)
 
 
 def _int(body: dict[str, Any], key: str, default: int) -> int:

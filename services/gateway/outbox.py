@@ -18,9 +18,10 @@ from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from common.domain.changes import ChangeSet
+from common.routing import outgoing_all
 from common.service import Infra
 from common.store import sweeps
-from common.store.ledger import SLOT_PROVIDER, Tx
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ PUBLISH_CHUNK = 1000
 class Outbox:
     def __init__(self, infra: Infra) -> None:
         self.infra = infra
-        self.uow = infra.uow
+        self.committer = infra.committer
+        self.kinds = infra.kinds
         self._jobs: list[str] = []
         self._kick = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -101,9 +103,11 @@ class Outbox:
             tasks = await sweeps.unpublished(session, job_id)
         for start in range(0, len(tasks), PUBLISH_CHUNK):
             chunk = tasks[start : start + PUBLISH_CHUNK]
-            messages = [m for t in chunk if (m := sweeps.message_for(t, reissued=False))]
-            await self.infra.broker.publish(messages)
-            await self.uow.exclusive(partial(sweeps.mark_published, task_ids=[t.id for t in chunk]))
+            sends = [m for t in chunk if (m := sweeps.message_for(t, self.kinds, reissued=False))]
+            await self.infra.broker.publish(outgoing_all(sends, self.kinds))
+            await self.committer.exclusive(
+                partial(sweeps.mark_published, task_ids=[t.id for t in chunk])
+            )
         if tasks:
             log.info("published %d tasks of job %s", len(tasks), job_id)
 
@@ -111,26 +115,28 @@ class Outbox:
         """Re-issue overdue task messages and hand out free provider slots; returns re-issues."""
         reissued = 0
         while True:
-            claimed = await self.uow.exclusive(sweeps.claim_overdue)
+            claimed = await self.committer.exclusive(
+                partial(sweeps.claim_overdue, kinds=self.kinds)
+            )
             reissued += claimed
             if claimed < sweeps.CLAIM_LIMIT:
                 break
         if reissued:
             log.warning("sweeper re-issued %d task messages presumed lost", reissued)
 
-        async def rebalance(_session: AsyncSession, tx: Tx) -> None:
+        async def rebalance(_session: AsyncSession, cs: ChangeSet) -> None:
             # Recount held slots and hand out free ones: a safety net, should nothing else.
-            tx.rebalance.update(SLOT_PROVIDER.values())
+            cs.rebalance.update(self.kinds.pools)
 
-        await self.uow.exclusive(rebalance)
+        await self.committer.exclusive(rebalance)
         return reissued
 
     async def delete_expired(self) -> int:
-        cutoff = self.uow.clock() - self.infra.settings.job_retention
+        cutoff = self.committer.clock() - self.infra.settings.job_retention
         deleted = 0
         while True:
-            n = await self.uow.exclusive(
-                lambda session, tx: sweeps.delete_finished_before(session, tx, cutoff)
+            n = await self.committer.exclusive(
+                lambda session, cs: sweeps.delete_finished_before(session, cs, cutoff)
             )
             deleted += n
             if n == 0:

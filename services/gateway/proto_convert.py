@@ -10,15 +10,18 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from orchestrator.v1 import jobs_pb2 as pb
 
 from common.domain.events import EventType
+from common.domain.records import TaskRecord
 from common.domain.states import JobKind, JobStatus, TaskStatus
-from common.store.records import TaskRecord
 from common.store.tables import Event
 from services.gateway.core import Heartbeat
 from services.gateway.requests import StoryJobRequest, VideoJobRequest
 from services.gateway.views import JobView
 
-JOB_KIND = {JobKind.VIDEO: pb.JOB_KIND_VIDEO, JobKind.STORY: pb.JOB_KIND_STORY}
-JOB_KIND_NAME = {v: k.value for k, v in JOB_KIND.items()}
+JOB_KIND: dict[str, pb.JobKind.ValueType] = {
+    JobKind.VIDEO: pb.JOB_KIND_VIDEO,
+    JobKind.STORY: pb.JOB_KIND_STORY,
+}
+JOB_KIND_NAME = {v: k for k, v in JOB_KIND.items()}
 JOB_STATUS = {s: pb.JobStatus.Value(f"JOB_STATUS_{s.name}") for s in JobStatus}
 JOB_STATUS_NAME = {v: k.value for k, v in JOB_STATUS.items()}
 TASK_STATUS = {s: pb.TaskStatus.Value(f"TASK_STATUS_{s.name}") for s in TaskStatus}
@@ -102,7 +105,7 @@ def job_message(view: JobView) -> pb.Job:
     job = view.job
     message = pb.Job(
         id=job.id,
-        kind=JOB_KIND[JobKind(job.kind)],
+        kind=JOB_KIND.get(job.kind, pb.JOB_KIND_UNSPECIFIED),
         status=JOB_STATUS[view.status],
         created_at=timestamp(job.created_at),
         updated_at=timestamp(job.updated_at),
@@ -124,9 +127,10 @@ def job_message(view: JobView) -> pb.Job:
         message.tasks.extend(task_message(t) for t in view.tasks)
     if view.is_story:
         message.story.CopyFrom(_story(view))
-    else:
+    elif job.kind == JobKind.VIDEO:
+        video = view.video
         message.video.CopyFrom(
-            pb.VideoSpec(battle_arena_url=job.params["battle_arena_url"], model=job.params["model"])
+            pb.VideoSpec(battle_arena_url=video.battle_arena_url, model=video.model)
         )
     return message
 
@@ -138,22 +142,19 @@ def _retry_round(r: dict[str, Any]) -> pb.RetryRound:
 
 
 def _story(view: JobView) -> pb.StoryResult:
-    p, meta = view.job.params, view.job.meta or {}
+    p, plan = view.story, view.plan
     story = pb.StoryResult(
-        idea=p["idea"],
-        segments_per_set=p["segments_per_set"],
-        save_to_files=p["save_to_files"],
-        output_directory=p["output_directory"],
-        model=p["model"],
-        story_title=meta.get("title", ""),
-        logline=meta.get("logline", ""),
+        idea=p.idea,
+        segments_per_set=p.segments_per_set,
+        save_to_files=p.save_to_files,
+        output_directory=p.output_directory,
+        model=p.model,
+        story_title=plan.title,
+        logline=plan.logline,
         characters=[
-            pb.Character(
-                name=c["name"], role=c.get("role", ""), description=c.get("description", "")
-            )
-            for c in meta.get("characters", [])
+            pb.Character(name=c.name, role=c.role, description=c.description) for c in plan.people
         ],
-        metadata_file=meta.get("metadata_file", ""),
+        metadata_file=plan.metadata_file,
     )
     if view.tasks is not None:
         summary = view.story_summary()

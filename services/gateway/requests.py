@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from common.domain.states import JobKind, TaskKind, TaskStatus
+from common.domain.kinds import STORY_PLAN, STORY_SET, VIDEO_SEGMENT
+from common.domain.records import StoryParams, VideoParams
+from common.domain.states import JobKind, TaskStatus
 from common.errors import InvalidArgument
 from common.paths import resolve_output_dir
 from common.store.jobs import NewJob, NewTask
@@ -139,7 +141,7 @@ def plan_video_job(job_id: str, r: VideoJobRequest, limits: Limits) -> NewJob:
     tasks = [
         NewTask(
             index=i,
-            kind=TaskKind.VIDEO_SEGMENT,
+            kind=VIDEO_SEGMENT.name,
             payload={
                 "model": model,
                 "arguments": {**r.model_arguments, "prompt": p, "image_url": r.battle_arena_url},
@@ -153,9 +155,10 @@ def plan_video_job(job_id: str, r: VideoJobRequest, limits: Limits) -> NewJob:
         priority=r.priority or NORMAL,
         idempotency_key=r.idempotency_key or None,
         request_hash=_fingerprint(JobKind.VIDEO, r),
-        params={"battle_arena_url": r.battle_arena_url, "model": model, "total_segments": n},
+        params=VideoParams(r.battle_arena_url, model, n).to_json(),
         max_attempts=1 + (r.max_retries or limits.video_max_retries),
         tasks=tasks,
+        plural=VIDEO_SEGMENT.plural,
     )
 
 
@@ -177,14 +180,14 @@ def plan_story_job(job_id: str, r: StoryJobRequest, limits: Limits, output_root:
     # root is wrong either way.
     resolve_output_dir(output_root, directory)
     sets = math.ceil(r.total_segments / per_set)
-    tasks = [NewTask(index=0, kind=TaskKind.STORY_PLAN, payload={})]
+    tasks = [NewTask(index=0, kind=STORY_PLAN.name, payload={})]
     for number in range(1, sets + 1):
         first = (number - 1) * per_set + 1
         last = min(number * per_set, r.total_segments)
         tasks.append(
             NewTask(
                 index=number,
-                kind=TaskKind.STORY_SET,
+                kind=STORY_SET.name,
                 payload={"first_segment": first, "last_segment": last},
                 status=TaskStatus.BLOCKED,
             )
@@ -195,15 +198,16 @@ def plan_story_job(job_id: str, r: StoryJobRequest, limits: Limits, output_root:
         priority=r.priority or NORMAL,
         idempotency_key=r.idempotency_key or None,
         request_hash=_fingerprint(JobKind.STORY, r),
-        params={
-            "idea": idea,
-            "total_segments": r.total_segments,
-            "segments_per_set": per_set,
-            "total_sets": sets,
-            "save_to_files": r.save_to_files,
-            "output_directory": directory,
-            "model": model,
-        },
+        params=StoryParams(
+            idea=idea,
+            total_segments=r.total_segments,
+            segments_per_set=per_set,
+            total_sets=sets,
+            save_to_files=r.save_to_files,
+            output_directory=directory,
+            model=model,
+        ).to_json(),
         max_attempts=1 + (r.max_retries or limits.story_max_retries),
         tasks=tasks,
+        plural=STORY_SET.plural,
     )

@@ -37,7 +37,7 @@ def _error(exc: OrchestratorError) -> web.Response:
 
 
 def story_result(view: JobView) -> dict[str, Any]:
-    job, meta = view.job, view.job.meta or {}
+    job, plan, params = view.job, view.plan, view.story
     summary = view.story_summary()
     sets = []
     for t in view.output_tasks:
@@ -64,14 +64,12 @@ def story_result(view: JobView) -> dict[str, Any]:
         "status": SEED_STATUS[view.status],
         "result": {
             "success": finished_ok,
-            "story_title": meta.get("title", ""),
-            "logline": meta.get("logline", ""),
-            "characters": meta.get("characters", []),
-            "idea": job.params["idea"],
-            "output_directory": job.params["output_directory"]
-            if job.params["save_to_files"]
-            else None,
-            "metadata_file": meta.get("metadata_file") or None,
+            "story_title": plan.title,
+            "logline": plan.logline,
+            "characters": plan.characters,
+            "idea": params.idea,
+            "output_directory": params.output_directory if params.save_to_files else None,
+            "metadata_file": plan.metadata_file or None,
             **summary,
             "sets": sets,
             "message": job.message,

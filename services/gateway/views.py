@@ -1,7 +1,8 @@
-"""A job as the gateway shows it: the row, its tasks, and figures derived from them.
+"""A job as the gateway shows it: the record, its tasks, and figures derived from them.
 
 Both edges (gRPC and the seed HTTP API) render the same `JobView`, so a field means the same
-thing everywhere.
+thing everywhere. Views of many jobs are loaded together: three queries per page, whatever its
+size.
 """
 
 from __future__ import annotations
@@ -12,22 +13,25 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from common.domain.states import JobKind, JobStatus, TaskKind, TaskStatus
+from common.domain.kinds import KindRegistry
+from common.domain.records import JobRecord, StoryParams, StoryPlan, TaskRecord, VideoParams
+from common.domain.states import JobKind, JobStatus, TaskStatus
 from common.domain.story import story_summary
 from common.errors import NotFound
 from common.store import queries
-from common.store.records import TaskRecord, load_tasks
-from common.store.tables import Job, Task
+from common.store.records import load_tasks
+from common.store.tables import Task
 
 
 @dataclass(frozen=True)
 class JobView:
-    job: Job
+    job: JobRecord
     # Output tasks per status (segments / sets; not the story plan).
     counts: dict[TaskStatus, int]
     recoverable: bool
     # None when the caller asked to omit them.
     tasks: Sequence[TaskRecord] | None
+    output_kinds: frozenset[str] = frozenset()
 
     @property
     def status(self) -> JobStatus:
@@ -55,7 +59,23 @@ class JobView:
 
     @property
     def output_tasks(self) -> list[TaskRecord]:
-        return [t for t in self.tasks or () if t.kind != TaskKind.STORY_PLAN]
+        return [t for t in self.tasks or () if t.kind in self.output_kinds]
+
+    @property
+    def is_story(self) -> bool:
+        return self.job.kind == JobKind.STORY
+
+    @property
+    def video(self) -> VideoParams:
+        return VideoParams.of(self.job.params)
+
+    @property
+    def story(self) -> StoryParams:
+        return StoryParams.of(self.job.params)
+
+    @property
+    def plan(self) -> StoryPlan:
+        return StoryPlan.of(self.job.meta or {})
 
     def story_summary(self) -> dict[str, Any]:
         """The seed's generation_summary and retry_info for a story job."""
@@ -66,16 +86,40 @@ class JobView:
             retry_history=list(self.job.retry_history or []),
         )
 
-    @property
-    def is_story(self) -> bool:
-        return self.job.kind == JobKind.STORY
+
+async def load_views(
+    session: AsyncSession,
+    jobs: Sequence[JobRecord],
+    kinds: KindRegistry,
+    *,
+    with_tasks: bool = False,
+) -> list[JobView]:
+    """Views of `jobs` (tasks only with `with_tasks`), in three queries for them all."""
+    ids = [j.id for j in jobs]
+    counts = await queries.task_counts(session, ids, kinds.output_kinds)
+    recoverable = await queries.recoverable_jobs(session, ids)
+    tasks: dict[str, list[TaskRecord]] = {}
+    if with_tasks:
+        for task in await load_tasks(session, Task.job_id.in_(ids)):
+            tasks.setdefault(task.job_id, []).append(task)
+    output = frozenset(kinds.output_kinds)
+    return [
+        JobView(
+            job=j,
+            counts=counts[j.id],
+            recoverable=j.id in recoverable,
+            tasks=tasks.get(j.id, []) if with_tasks else None,
+            output_kinds=output,
+        )
+        for j in jobs
+    ]
 
 
-async def load_view(session: AsyncSession, job_id: str, *, with_tasks: bool = True) -> JobView:
+async def load_view(
+    session: AsyncSession, job_id: str, kinds: KindRegistry, *, with_tasks: bool = True
+) -> JobView:
     job = await queries.get_job(session, job_id)
     if job is None:
         raise NotFound(f"job_id: no job {job_id!r}")
-    tasks = await load_tasks(session, Task.job_id == job_id) if with_tasks else None
-    counts = await queries.task_counts(session, job_id)
-    recoverable = await queries.any_recoverable(session, job_id)
-    return JobView(job=job, counts=counts, recoverable=recoverable, tasks=tasks)
+    (view,) = await load_views(session, [job], kinds, with_tasks=with_tasks)
+    return view

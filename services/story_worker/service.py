@@ -7,20 +7,20 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from common.breaker_events import BreakerEvents
-from common.broker import WorkQueue
+from common.attempts.runner import AttemptOptions, AttemptRunner, Registration
+from common.domain.kinds import STORY_SET
 from common.service import Infra, open_infra
 from common.settings import Settings
 from common.worker import start_consumer
 from services.story_worker.files import StoryFiles
-from services.story_worker.handler import StoryHandler, StorySettings
+from services.story_worker.kinds import StoryPlans, StorySets
 from services.story_worker.openai_adapter import OpenAIStoryProvider
 
 log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
-async def running_story_worker(infra: Infra) -> AsyncIterator[StoryHandler]:
+async def running_story_worker(infra: Infra) -> AsyncIterator[AttemptRunner]:
     """Consume story tasks; on exit, stop taking messages and drain within the bound."""
     s = infra.settings
     async with OpenAIStoryProvider(
@@ -29,23 +29,27 @@ async def running_story_worker(infra: Infra) -> AsyncIterator[StoryHandler]:
         timeout=s.openai_timeout,
         secrets=s.secrets(),
     ) as provider:
-        handler = StoryHandler(
-            infra.uow,
-            provider,
-            breakers=BreakerEvents(s.breaker),
-            policy=s.story_retry,
-            files=StoryFiles(s.output_root),
-            settings=StorySettings(call_timeout=s.openai_timeout),
+        files = StoryFiles(s.output_root)
+        options = AttemptOptions(call_timeout=s.openai_timeout)
+        runner = AttemptRunner(
+            infra.committer,
+            [
+                Registration(
+                    kind(infra.committer, provider, files), s.retry_policy(kind.spec.name), options
+                )
+                for kind in (StoryPlans, StorySets)
+            ],
+            breakers=infra.breakers,
         )
         async with start_consumer(
             infra.broker,
-            WorkQueue.STORY,
-            handler,
+            STORY_SET.queue,
+            runner,
             prefetch=s.story_prefetch,
             drain_seconds=s.drain_seconds,
         ):
             log.info("story worker ready (OpenAI at %s)", s.openai_base_url)
-            yield handler
+            yield runner
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:

@@ -3,6 +3,12 @@
 fal-client sends every queue call through `FalTransport` (see fal_transport.py): it routes
 fal's fixed host to FAL_QUEUE_URL, turns every failure into our error tree before fal-client's
 hidden retry loop can see it, and carries the bytes over aiohttp.
+
+fal's own rules live here and nowhere else: a request is found again by the status, response
+and cancel URLs fal returned at submit (kept as the task's handle: `get_handle` would rebuild
+them from the app id and lose any sub-path); a 422 on status or result means the generation
+failed; a 400 on the result means it is not finished yet; a 400 on cancel means it already
+finished.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from common.resilience import (
     TransientError,
 )
 from services.video_worker.fal_transport import PROVIDER, FalTransport
-from services.video_worker.ports import Phase, Progress, ProviderRequest, Video
+from services.video_worker.ports import GenerationFailed, Phase, Progress, ProviderRequest, Video
+
+_URLS = ("status_url", "response_url", "cancel_url")
 
 
 def _log_lines(logs: list[dict[str, Any]] | None) -> tuple[str, ...]:
@@ -59,11 +67,12 @@ class FalVideoProvider:
         await self._http.aclose()
 
     def _handle(self, request: ProviderRequest) -> fal_client.AsyncRequestHandle:
+        urls = request.handle
         return fal_client.AsyncRequestHandle(
             request_id=request.request_id,
-            response_url=request.response_url,
-            status_url=request.status_url,
-            cancel_url=request.cancel_url,
+            response_url=str(urls.get("response_url", "")),
+            status_url=str(urls.get("status_url", "")),
+            cancel_url=str(urls.get("cancel_url", "")),
             client=self._http,
         )
 
@@ -80,14 +89,14 @@ class FalVideoProvider:
         )
         return ProviderRequest(
             request_id=handle.request_id,
-            status_url=handle.status_url,
-            response_url=handle.response_url,
-            cancel_url=handle.cancel_url,
+            handle={name: getattr(handle, name) for name in _URLS},
         )
 
     async def status(self, request: ProviderRequest) -> Progress:
         try:
             status = await self._handle(request).status(with_logs=True)
+        except TransientError as exc:
+            raise _failed_generation(exc) from None
         except (KeyError, ValueError) as exc:
             raise TransientError(
                 f"malformed status answer: {exc}",
@@ -104,10 +113,18 @@ class FalVideoProvider:
             f"unknown status {status!r}", provider=PROVIDER, error_class=ErrorClass.SERVER_ERROR
         )
 
-    async def result(self, request: ProviderRequest) -> Video:
+    async def result(self, request: ProviderRequest) -> Video | Progress:
         # A plain GET of the stored response URL: AsyncRequestHandle.get() would first poll the
-        # status again, and we only ask for the result once the status said COMPLETED.
-        response = await self._http.get(request.response_url)
+        # status again, and we only ask for the result once the status said COMPLETED (or a
+        # webhook did).
+        try:
+            response = await self._http.get(str(request.handle.get("response_url", "")))
+        except TransientError as exc:
+            raise _failed_generation(exc) from None
+        except PermanentError as exc:
+            if exc.status_code == 400:  # "Request is still in progress"
+                return Progress(Phase.IN_PROGRESS)
+            raise
         try:
             video = response.json()["video"]
             return Video(
@@ -131,3 +148,16 @@ class FalVideoProvider:
                 return False
             raise
         return True
+
+
+def _failed_generation(exc: TransientError) -> TransientError:
+    """A 422 from fal says the generation failed; anything else is a failed call."""
+    if exc.error_class is not ErrorClass.UNPROCESSABLE:
+        return exc
+    return GenerationFailed(
+        exc.message,
+        provider=exc.provider,
+        error_class=exc.error_class,
+        status_code=exc.status_code,
+        retry_after=exc.retry_after,
+    )

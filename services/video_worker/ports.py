@@ -1,20 +1,21 @@
-"""What the video worker needs from a video provider (fal.ai in production, fakes in unit tests)."""
+"""What the video worker needs from a video provider (fal.ai in production, fakes in tests)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
+
+from common.resilience import TransientError
 
 
 @dataclass(frozen=True)
 class ProviderRequest:
-    """A submitted generation: everything needed to find it again after a crash."""
+    """A submitted generation: its id and whatever the adapter needs to find it again after a
+    crash (persisted as the task's opaque handle)."""
 
     request_id: str
-    status_url: str
-    response_url: str
-    cancel_url: str
+    handle: dict[str, Any] = field(default_factory=dict)
 
 
 class Phase(StrEnum):
@@ -39,6 +40,11 @@ class Video:
     file_size: int | None = None
 
 
+class GenerationFailed(TransientError):
+    """The provider ran the generation and it failed: the attempt failed (and may be retried
+    as a new attempt), unlike a failed status call, which is simply made again later."""
+
+
 class VideoProvider(Protocol):
     """Raises common.resilience ProviderError subclasses on failure."""
 
@@ -53,7 +59,9 @@ class VideoProvider(Protocol):
 
     async def status(self, request: ProviderRequest) -> Progress: ...
 
-    async def result(self, request: ProviderRequest) -> Video: ...
+    async def result(self, request: ProviderRequest) -> Video | Progress:
+        """The video, or the request's progress when it is not finished after all."""
+        ...
 
     async def cancel(self, request: ProviderRequest) -> bool:
         """True when cancellation was requested, False when the request had already finished."""

@@ -115,7 +115,9 @@ async def test_tasks_committed_but_never_published_are_published_by_the_sweeper(
         # As if a gateway committed the job and died before publishing: write it directly.
         limits = Limits(10, 10, 3, 3, settings.fal_model, settings.openai_model)
         plan = plan_video_job("orphan", VideoJobRequest(ARENA, total_segments=2), limits)
-        await stack.infra.uow.exclusive(lambda session, tx: job_store.create_job(session, tx, plan))
+        await stack.infra.committer.exclusive(
+            lambda session, tx: job_store.create_job(session, tx, plan)
+        )
         events = await watch_to_end(stack.stub, "orphan", timeout=20)
     assert events[-1].job_status == pb.JOB_STATUS_COMPLETED
 

@@ -16,18 +16,21 @@ from orchestrator.v1 import jobs_pb2 as pb
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
+from common.attempts.runner import AttemptOptions, AttemptRunner, Registration
 from common.breaker_events import BreakerEvents
-from common.broker import Incoming, MemoryBroker, Topology, WorkQueue
-from common.messages import MessageKind, TaskMessage
+from common.broker import Incoming, MemoryBroker, Topology
+from common.domain.changes import StaleTask
+from common.domain.kinds import BUILTIN_KINDS, VIDEO_SEGMENT
+from common.domain.messages import MessageKind, TaskMessage
+from common.domain.records import TaskRecord
 from common.resilience import BreakerConfig
-from common.store.ledger import StaleTask
-from common.store.records import TaskRecord, load_tasks
+from common.store.records import load_tasks
 from common.store.slots import ensure_slots
 from common.store.tables import Task
 from common.worker import OUTAGE_HEADER, Dispatcher
 from services.simulator.app import SimulatorHandle
 from services.video_worker.fal_adapter import FalVideoProvider
-from services.video_worker.handler import SegmentHandler, SegmentSettings
+from services.video_worker.segments import VideoSegments
 from tests.support.client import status_name
 from tests.support.inproc import InProcStack, inproc_stack, stack_settings
 from tests.support.stack import FAL_KEY
@@ -43,16 +46,22 @@ async def stack(tmp_path: Path, sim: SimulatorHandle) -> AsyncIterator[InProcSta
 
 
 @pytest.fixture
-async def handler(stack: InProcStack, sim: SimulatorHandle) -> AsyncIterator[SegmentHandler]:
+async def handler(stack: InProcStack, sim: SimulatorHandle) -> AsyncIterator[AttemptRunner]:
     async with stack.infra.db.write() as session:
         await ensure_slots(session, "fal", 10)
+    breakers = BreakerEvents(BreakerConfig(consecutive_failures=1, min_calls=1))
+    stack.infra.committer.hooks.append(breakers)
     async with FalVideoProvider(key=FAL_KEY, queue_url=sim.url, timeout=2, secrets=[]) as fal:
-        yield SegmentHandler(
-            stack.infra.uow,
-            fal,
-            breakers=BreakerEvents(BreakerConfig(consecutive_failures=1, min_calls=1)),
-            policy=stack.settings.video_retry,
-            settings=SegmentSettings(poll_interval=0.1, call_timeout=2),
+        yield AttemptRunner(
+            stack.infra.committer,
+            [
+                Registration(
+                    VideoSegments(fal),
+                    stack.settings.retry_policy(VIDEO_SEGMENT.name),
+                    AttemptOptions(call_timeout=2, poll_interval=0.1),
+                )
+            ],
+            breakers=breakers,
         )
 
 
@@ -70,14 +79,14 @@ def run_message(task: TaskRecord, *, reissued: bool = False) -> TaskMessage:
 
 
 async def test_a_duplicate_run_while_submitting_never_submits_twice(
-    stack: InProcStack, handler: SegmentHandler, sim: SimulatorHandle
+    stack: InProcStack, handler: AttemptRunner, sim: SimulatorHandle
 ) -> None:
     sim.configure(
         rules=[{"endpoint": "submit", "match": "segment", "fault": "slow_response"}], hang_seconds=1
     )
     task = await one_task(stack)
     first = asyncio.create_task(handler.handle(run_message(task), redelivered=False))
-    while (await stack.infra.uow.tasks.load(task.id)).status != "submitting":  # type: ignore[union-attr]
+    while (await stack.infra.committer.tasks.load(task.id)).status != "submitting":  # type: ignore[union-attr]
         await asyncio.sleep(0.01)
     # A redelivered copy (e.g. after a channel hiccup) while the first is still submitting.
     with pytest.raises(StaleTask):
@@ -87,7 +96,7 @@ async def test_a_duplicate_run_while_submitting_never_submits_twice(
 
 
 async def test_a_reissued_run_after_the_deadline_resubmits_and_says_so(
-    stack: InProcStack, handler: SegmentHandler, sim: SimulatorHandle
+    stack: InProcStack, handler: AttemptRunner, sim: SimulatorHandle
 ) -> None:
     task = await one_task(stack)
     async with stack.infra.db.write() as session:  # as if the worker died mid-submit
@@ -97,7 +106,7 @@ async def test_a_reissued_run_after_the_deadline_resubmits_and_says_so(
             .values(status="submitting", holds_slot=True, deadline_at=time.time() - 1)
         )
     await handler.handle(run_message(task, reissued=True), redelivered=False)
-    after = await stack.infra.uow.tasks.load(task.id)
+    after = await stack.infra.committer.tasks.load(task.id)
     assert after is not None and after.status == "running" and after.request_id
     events = (await stack.stub.GetJob(pb.GetJobRequest(job_id=task.job_id))).last_cursor
     assert events > 0
@@ -106,21 +115,21 @@ async def test_a_reissued_run_after_the_deadline_resubmits_and_says_so(
 
 
 async def test_deferral_moves_the_deadline_past_the_delay(
-    stack: InProcStack, handler: SegmentHandler, sim: SimulatorHandle
+    stack: InProcStack, handler: AttemptRunner, sim: SimulatorHandle
 ) -> None:
     sim.configure(rules=[{"endpoint": "submit", "match": "segment", "fault": "503"}])
     first, second = await one_task(stack), await one_task(stack)
     await handler.handle(run_message(first), redelivered=False)  # fails: the breaker opens
     before = time.time()
     await handler.handle(run_message(second), redelivered=False)  # deferred, attempt unspent
-    deferred = await stack.infra.uow.tasks.load(second.id)
+    deferred = await stack.infra.committer.tasks.load(second.id)
     assert deferred is not None and deferred.status == "queued" and deferred.attempt == 1
     assert deferred.deadline_at is not None
     assert deferred.deadline_at >= before + stack.settings.stale_after
 
 
 async def test_a_submit_that_raced_a_cancel_is_cancelled_at_fal(
-    stack: InProcStack, handler: SegmentHandler, sim: SimulatorHandle
+    stack: InProcStack, handler: AttemptRunner, sim: SimulatorHandle
 ) -> None:
     sim.configure(
         rules=[{"endpoint": "submit", "match": "segment", "fault": "slow_response"}],
@@ -129,7 +138,7 @@ async def test_a_submit_that_raced_a_cancel_is_cancelled_at_fal(
     )
     task = await one_task(stack)
     submitting = asyncio.create_task(handler.handle(run_message(task), redelivered=False))
-    while (await stack.infra.uow.tasks.load(task.id)).status != "submitting":  # type: ignore[union-attr]
+    while (await stack.infra.committer.tasks.load(task.id)).status != "submitting":  # type: ignore[union-attr]
         await asyncio.sleep(0.01)
     job = await stack.stub.CancelJob(pb.CancelJobRequest(job_id=task.job_id))
     assert status_name(job.status) == "CANCELLED"
@@ -144,11 +153,11 @@ async def test_an_outage_puts_the_message_back_without_counting_towards_dead_let
         async def handle(self, message: TaskMessage, *, redelivered: bool) -> None:
             raise OperationalError("SELECT 1", {}, Exception("database is unreachable"))
 
-    async with MemoryBroker(Topology(prefix="t")) as broker:
-        dispatcher = Dispatcher(broker, WorkQueue.VIDEO, Down())
+    async with MemoryBroker(Topology(prefix="t", queues=BUILTIN_KINDS.queues)) as broker:
+        dispatcher = Dispatcher(broker, VIDEO_SEGMENT.queue, Down())
         body = TaskMessage(1, "j", MessageKind.RUN, 1).encode()
         headers: dict[str, object] = {}
         for n in range(1, 8):  # more than the crash limit
-            await dispatcher(Incoming(WorkQueue.VIDEO, body, False, 0, "m", headers))
+            await dispatcher(Incoming(VIDEO_SEGMENT.queue, body, False, 0, "m", headers))
             headers = {OUTAGE_HEADER: n}
         assert broker.dead_letters == []

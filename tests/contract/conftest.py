@@ -19,6 +19,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from common.broker import Broker, MemoryBroker, Topology, delete_topology, open_broker
 
 WAIT = 5.0  # upper bound for anything the tests wait for
+QUEUES = ("video.segment", "story.set")  # the work queues the contract tests use
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
@@ -69,7 +70,7 @@ async def watch_dead_letters(url: str, topology: Topology) -> AsyncIterator[list
 
 @contextlib.asynccontextmanager
 async def open_harness(kind: str, url: str, queue_prefix: str) -> AsyncIterator[Harness]:
-    topology = Topology(prefix=queue_prefix)
+    topology = Topology(prefix=queue_prefix, queues=QUEUES)
     async with contextlib.AsyncExitStack() as stack:
         if kind == "amqp":
             stack.push_async_callback(delete_topology, url, topology)

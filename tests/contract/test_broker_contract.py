@@ -21,13 +21,13 @@ from common.broker import (
     Outgoing,
     ProgressNote,
     Reject,
-    WorkQueue,
     open_broker,
 )
 
 from .conftest import WAIT, Harness
 
-VIDEO = WorkQueue.VIDEO
+VIDEO = "video.segment"
+STORY = "story.set"
 QUIET = 0.3  # how long "nothing else arrives" is observed
 
 
@@ -243,9 +243,9 @@ async def test_unroutable_publish_is_an_error_not_a_silent_drop(amqp_harness: Ha
     connection = await aio_pika.connect(amqp_harness.url)
     async with connection:
         channel = await connection.channel()
-        await channel.queue_delete(amqp_harness.topology.work_queue(WorkQueue.STORY))
+        await channel.queue_delete(amqp_harness.topology.work_queue(STORY))
     with pytest.raises(BrokerError, match="not confirmed"):
-        await amqp_harness.broker.publish([Outgoing(WorkQueue.STORY, b"nowhere")])
+        await amqp_harness.broker.publish([Outgoing(STORY, b"nowhere")])
     await amqp_harness.broker.publish([Outgoing(VIDEO, b"still fine")])  # the channel survived
 
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from common.broker import DEFAULT_DELAY_TIERS_MS, Topology, WorkQueue
+from common.broker import DEFAULT_DELAY_TIERS_MS, Topology
 from common.broker.delays import DELIVER_AT_HEADER, deliver_at_ms, public_headers, remaining_seconds
 
 
 def test_names_derive_from_the_prefix() -> None:
-    t = Topology(prefix="p")
-    assert t.work_queue(WorkQueue.VIDEO) == "p.video.segment"
-    assert t.work_queue(WorkQueue.STORY) == "p.story.set"
+    t = Topology(prefix="p", queues=("video.segment", "story.set"))
+    assert t.work_queue("video.segment") == "p.video.segment"
+    assert t.work_queue("story.set") == "p.story.set"
     assert t.delay_queue(250) == "p.delay.250ms"
     assert all(name.startswith("p.") for name in t.queue_names() + t.exchange_names())
-    assert len(t.queue_names()) == len(WorkQueue) + len(DEFAULT_DELAY_TIERS_MS) + 1
+    assert len(t.queue_names()) == len(t.queues) + len(DEFAULT_DELAY_TIERS_MS) + 1
     assert t.progress_exchange in t.exchange_names()
 
 

@@ -18,19 +18,22 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from common.broker import BrokerError, MemoryBroker, Outgoing, Topology, WorkQueue
+from common.broker import BrokerError, MemoryBroker, Topology
+from common.committer import GroupCommitter
+from common.domain.changes import ChangeSet as Tx
+from common.domain.changes import Failure, JobTasksChange, StaleTask, StoreTimings
 from common.domain.events import EventDraft, EventType
+from common.domain.kinds import BUILTIN_KINDS
+from common.domain.messages import MessageKind, TaskMessage
+from common.domain.records import JobRecord, TaskRecord
 from common.domain.states import IllegalTransition, JobStatus, TaskKind, TaskStatus
 from common.errors import AlreadyExists, FailedPrecondition
-from common.messages import MessageKind, TaskMessage
 from common.store import jobs, queries, sweeps
 from common.store.apply import Batch
 from common.store.database import Database
-from common.store.ledger import Failure, JobTasksChange, StaleTask, StoreTimings, Tx
-from common.store.records import TaskRecord, load_tasks
+from common.store.records import load_tasks
 from common.store.slots import ensure_slots
 from common.store.tables import Event, Job, ProviderSlots, Task
-from common.unit_of_work import UnitOfWork
 
 T = TaskStatus
 TIMINGS = StoreTimings(stale_after=60, queued_stale_after=600)
@@ -42,10 +45,14 @@ async def apply(
     """Apply one record as the committer does; raise its error like `commit` would."""
     async with db.write() as session:
         result = await work(session, tx) if work else None
-        await Batch(await session.connection(), tx.now, TIMINGS).run([tx])
+        await Batch(await session.connection(), tx.now, TIMINGS, BUILTIN_KINDS).run([tx])
     if tx.error is not None:
         raise tx.error
     return result
+
+
+def claim_overdue(session: AsyncSession, tx: Tx) -> Awaitable[int]:
+    return sweeps.claim_overdue(session, tx, BUILTIN_KINDS)
 
 
 def new_tx(now: float | None = None) -> Tx:
@@ -65,6 +72,7 @@ def video_job(job_id: str, n: int, key: str | None = None, digest: str = "h") ->
             jobs.NewTask(index=i, kind=TaskKind.VIDEO_SEGMENT, payload={"i": i})
             for i in range(1, n + 1)
         ],
+        plural="segments",
     )
 
 
@@ -77,7 +85,7 @@ async def tasks_of(db: Database, job_id: str) -> list[TaskRecord]:
         return await load_tasks(session, Task.job_id == job_id)
 
 
-async def job_of(db: Database, job_id: str) -> Job:
+async def job_of(db: Database, job_id: str) -> JobRecord:
     async with db.read() as session:
         job = await queries.get_job(session, job_id)
     assert job is not None
@@ -177,9 +185,9 @@ async def test_slots_bound_in_flight_and_are_handed_to_waiting_tasks(db: Databas
     first = (await tasks_of(db, "j1"))[0]
     tx.change(first, T.FAILED, message="x", failure=Failure("e", "bad_request", False))
     async with db.write() as session:
-        owed = await Batch(await session.connection(), tx.now, TIMINGS).run([tx])
+        owed = await Batch(await session.connection(), tx.now, TIMINGS, BUILTIN_KINDS).run([tx])
     assert len(owed) == 1
-    message = TaskMessage.decode(owed[0].body)
+    message = owed[0].message
     assert (message.task_id, message.kind) == (tasks[2].id, MessageKind.RUN)
     after = await tasks_of(db, "j1")
     assert [(t.status, t.holds_slot) for t in after] == [
@@ -253,12 +261,12 @@ async def test_job_tasks_move_together_for_a_story_plan(db: Database) -> None:
     plan = await move(db, plan, T.RUNNING)
     tx = new_tx()
     tx.change(plan, T.SUCCEEDED, message="planned")
-    tx.change_job_tasks(JobTasksChange("s1", T.BLOCKED, T.QUEUED, "plan ready", send_run=True))
+    tx.change_job_tasks(
+        JobTasksChange("s1", "story.set", T.BLOCKED, T.QUEUED, "plan ready", send_run=True)
+    )
     async with db.write() as session:
-        owed = await Batch(await session.connection(), tx.now, TIMINGS).run([tx])
-    assert sorted(TaskMessage.decode(m.body).task_id for m in owed) == [
-        t.id for t in (await tasks_of(db, "s1"))[1:]
-    ]
+        owed = await Batch(await session.connection(), tx.now, TIMINGS, BUILTIN_KINDS).run([tx])
+    assert sorted(m.message.task_id for m in owed) == [t.id for t in (await tasks_of(db, "s1"))[1:]]
     assert [t.status for t in await tasks_of(db, "s1")] == ["succeeded", "queued", "queued"]
 
 
@@ -266,11 +274,13 @@ async def test_retry_failed_requeues_only_what_failed(db: Database) -> None:
     await create(db, video_job("j1", 3))
     a, b, c = await tasks_of(db, "j1")
     with pytest.raises(FailedPrecondition):
-        await apply(db, new_tx(), lambda s, tx: jobs.retry_failed(s, tx, "j1", 3))
+        await apply(db, new_tx(), lambda s, tx: jobs.retry_failed(s, tx, BUILTIN_KINDS, "j1", 3))
     await move(db, a, T.SUBMITTING, T.RUNNING, T.SUCCEEDED)
     await move(db, b, T.SUBMITTING, T.FAILED)
     await move(db, c, T.SUBMITTING, T.FAILED)
-    retried = await apply(db, new_tx(), lambda s, tx: jobs.retry_failed(s, tx, "j1", 5))
+    retried = await apply(
+        db, new_tx(), lambda s, tx: jobs.retry_failed(s, tx, BUILTIN_KINDS, "j1", 5)
+    )
     assert retried == [2, 3]
     job = await job_of(db, "j1")
     assert (job.status, job.open_tasks, job.finished_at) == ("running", 2, None)
@@ -293,10 +303,10 @@ async def test_cancel_job_cancels_open_tasks_and_owes_provider_cancels(db: Datab
     tx = new_tx()
     tx.start(b, message="go", deadline_at=tx.now + 30)
     await apply(db, tx)
-    await move(db, tx.after(b), T.RUNNING, request_id="r-1", cancel_url="http://x/c")
+    await move(db, tx.after(b), T.RUNNING, request_id="r-1", handle={"cancel_url": "http://x/c"})
     tx = new_tx()
     assert await apply(db, tx, lambda s, t: jobs.cancel_job(s, t, "j1")) == 2
-    owed = [TaskMessage.decode(m.body) for m in tx.outgoing]
+    owed = [m.message for m in tx.sends]
     assert [(m.task_id, m.kind) for m in owed] == [(b.id, MessageKind.CANCEL)]
     job = await job_of(db, "j1")
     assert job.status == "cancelled" and job.cancel_requested
@@ -313,13 +323,13 @@ async def test_overdue_tasks_are_reissued_once_with_a_new_poll_chain(db: Databas
     await move(db, a, T.SUBMITTING)
     await move(db, (await tasks_of(db, "j1"))[0], T.RUNNING, request_id="r", deadline_at=now + 1)
     tx = new_tx(now + 120)
-    assert await apply(db, tx, sweeps.claim_overdue) == 2
-    decoded = sorted((TaskMessage.decode(m.body) for m in tx.outgoing), key=lambda m: m.task_id)
+    assert await apply(db, tx, claim_overdue) == 2
+    decoded = sorted((m.message for m in tx.sends), key=lambda m: m.task_id)
     assert [(m.task_id, m.kind, m.chain, m.reissued) for m in decoded] == [
         (a.id, MessageKind.POLL, 1, False),
         (b.id, MessageKind.RUN, 0, True),
     ]
-    assert await apply(db, new_tx(now + 121), sweeps.claim_overdue) == 0
+    assert await apply(db, new_tx(now + 121), claim_overdue) == 0
 
 
 async def test_deleting_old_finished_jobs_takes_their_tasks_and_events(db: Database) -> None:
@@ -345,8 +355,8 @@ async def test_group_commit_applies_concurrent_records_and_rejects_duplicates(
         await ensure_slots(session, "fal", 100)
     await create(db, video_job("j1", 30))
     tasks = await tasks_of(db, "j1")
-    async with MemoryBroker(Topology(prefix="t")) as broker:
-        uow = UnitOfWork(db, broker, TIMINGS)
+    async with MemoryBroker(Topology(prefix="t", queues=BUILTIN_KINDS.queues)) as broker:
+        uow = GroupCommitter(db, broker, TIMINGS)
 
         async def start(task: TaskRecord) -> TaskStatus | Exception:
             try:
@@ -399,8 +409,8 @@ async def test_a_silent_story_task_is_reissued_as_a_run_and_published_tasks_keep
     assert published.deadline_at == pytest.approx(now + TIMINGS.queued_stale_after)
     await move(db, plan, T.RUNNING, deadline_at=now + 1)
     tx = new_tx(now + 120)
-    assert await apply(db, tx, sweeps.claim_overdue) == 1
-    (message,) = [TaskMessage.decode(m.body) for m in tx.outgoing]
+    assert await apply(db, tx, claim_overdue) == 1
+    (message,) = [m.message for m in tx.sends]
     # A story task has no provider request to poll: the lost call is run again.
     assert (message.task_id, message.kind, message.reissued) == (plan.id, MessageKind.RUN, True)
 
@@ -440,8 +450,8 @@ async def test_the_committer_reruns_an_exclusive_work_on_fresh_records(db: Datab
             raise OperationalError("UPDATE", {}, sqlite3.OperationalError("database is locked"))
         return "done"
 
-    async with MemoryBroker(Topology(prefix="t")) as broker:
-        uow = UnitOfWork(db, broker, TIMINGS)
+    async with MemoryBroker(Topology(prefix="t", queues=BUILTIN_KINDS.queues)) as broker:
+        uow = GroupCommitter(db, broker, TIMINGS)
         assert await uow.exclusive(flaky) == "done"
         await uow.close()
     assert runs == 3
@@ -462,11 +472,11 @@ async def test_a_failed_publish_after_commit_does_not_fail_the_records(db: Datab
 
     await create(db, video_job("j1", 1))
     (task,) = await tasks_of(db, "j1")
-    async with Down(Topology(prefix="t")) as broker:
-        uow = UnitOfWork(db, broker, TIMINGS)
+    async with Down(Topology(prefix="t", queues=BUILTIN_KINDS.queues)) as broker:
+        uow = GroupCommitter(db, broker, TIMINGS)
         async with uow.transaction() as tx:  # no exception: the change is committed
             tx.change(task, T.RUNNING, message="running", deadline_at=tx.now + 30)
-            tx.outgoing.append(Outgoing(WorkQueue.VIDEO, b"{}"))
+            tx.send(task, TaskMessage(task.id, task.job_id, MessageKind.RUN, task.attempt))
         await uow.close()
     (task,) = await tasks_of(db, "j1")
     assert task.status == "running" and task.deadline_at is not None  # the sweeper's cue

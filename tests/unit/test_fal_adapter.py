@@ -9,7 +9,7 @@ import pytest
 from common.resilience import ErrorClass, PermanentError, TransientError
 from services.simulator.app import SimulatorHandle
 from services.video_worker.fal_adapter import FalVideoProvider
-from services.video_worker.ports import Phase
+from services.video_worker.ports import GenerationFailed, Phase, Progress
 from tests.support.stack import FAL_KEY
 
 MODEL = "fal-ai/kling-video/v1/standard/image-to-video"
@@ -27,7 +27,8 @@ async def fal(sim: SimulatorHandle) -> AsyncIterator[FalVideoProvider]:
 async def test_submit_status_result_round_trip(fal: FalVideoProvider, sim: SimulatorHandle) -> None:
     sim.configure(latency=0)
     request = await fal.submit(MODEL, ARGS)
-    assert request.status_url.startswith(sim.url)  # the simulator saw its own host, not fal's
+    # The simulator saw its own host, not fal's; the URLs are the adapter's opaque handle.
+    assert str(request.handle["status_url"]).startswith(sim.url)
     progress = await fal.status(request)
     assert progress.phase is Phase.COMPLETED
     video = await fal.result(request)
@@ -86,6 +87,16 @@ async def test_retry_after_is_carried_and_bad_request_is_permanent(
     assert bad.value.error_class is ErrorClass.BAD_REQUEST
 
 
+async def test_a_result_asked_for_too_early_is_progress_not_an_error(
+    fal: FalVideoProvider, sim: SimulatorHandle
+) -> None:
+    # fal answers 400 "still in progress" (e.g. a webhook that came before the request ended).
+    sim.configure(latency=30)
+    request = await fal.submit(MODEL, ARGS)
+    early = await fal.result(request)
+    assert isinstance(early, Progress) and early.phase is Phase.IN_PROGRESS
+
+
 async def test_failed_generation_result_is_unprocessable(
     fal: FalVideoProvider, sim: SimulatorHandle
 ) -> None:
@@ -94,7 +105,7 @@ async def test_failed_generation_result_is_unprocessable(
     )
     request = await fal.submit(MODEL, ARGS)
     assert (await fal.status(request)).phase is Phase.COMPLETED
-    with pytest.raises(TransientError) as caught:
+    with pytest.raises(GenerationFailed) as caught:  # a failed attempt, not a failed call
         await fal.result(request)
     assert caught.value.error_class is ErrorClass.UNPROCESSABLE
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from common.domain.messages import BadMessage, MessageKind, TaskMessage
 from common.domain.states import (
     JOB_TRANSITIONS,
     TASK_TRANSITIONS,
@@ -11,7 +12,6 @@ from common.domain.states import (
     JobStatus,
     TaskStatus,
 )
-from common.messages import BadMessage, MessageKind, TaskMessage
 from common.settings import Settings, SettingsError
 
 

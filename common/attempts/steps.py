@@ -1,6 +1,6 @@
-"""Steps both workers take the same way: a failed attempt, and a deferral.
+"""Changes every kind records the same way: a failed attempt, and a deferral.
 
-A failed attempt goes through the shared retry policy: RETRYING with the next attempt's message
+A failed attempt goes through the kind's retry policy: RETRYING with the next attempt's message
 scheduled after the backoff delay (through RabbitMQ's delay tiers), or FAILED with its error,
 error class and whether a later RetryFailed may help. A deferral (the circuit is open) puts the
 same message off without spending an attempt, and moves the task's deadline past the delay so
@@ -9,15 +9,17 @@ the sweeper does not mistake the wait for a lost message.
 
 from __future__ import annotations
 
+from common.domain.changes import ChangeSet, Failure
 from common.domain.events import EventDraft, EventType
+from common.domain.messages import MessageKind, TaskMessage
+from common.domain.records import TaskRecord
 from common.domain.states import TaskStatus
-from common.messages import MessageKind, TaskMessage, outgoing
 from common.resilience import Decision, ErrorClass, ProviderError, Retry, RetryPolicy
-from common.store.ledger import Failure, Tx
-from common.store.records import TaskRecord
 
 
-def fail_attempt(tx: Tx, task: TaskRecord, error: ProviderError, policy: RetryPolicy) -> Decision:
+def fail_attempt(
+    cs: ChangeSet, task: TaskRecord, error: ProviderError, policy: RetryPolicy
+) -> Decision:
     """Record that `task`'s current attempt failed with `error`; retry or give up."""
     decision = policy.decide(error, task.attempt, max_attempts=task.max_attempts)
     what = f"attempt {task.attempt} failed ({error.error_class})"
@@ -26,7 +28,7 @@ def fail_attempt(tx: Tx, task: TaskRecord, error: ProviderError, policy: RetryPo
         what += "; the provider may still have run it"
     if isinstance(decision, Retry):
         attempt = task.attempt + 1
-        tx.change(
+        cs.change(
             task,
             TaskStatus.RETRYING,
             message=f"{what}; attempt {attempt} in {decision.delay:.1f}s",
@@ -34,15 +36,14 @@ def fail_attempt(tx: Tx, task: TaskRecord, error: ProviderError, policy: RetryPo
             details={"retry_in": round(decision.delay, 3), "error": error.message},
             attempt=attempt,
             request_id=None,
-            next_attempt_at=tx.now + decision.delay,
-            deadline_at=tx.now + decision.delay + tx.timings.stale_after,
+            handle=None,
+            next_attempt_at=cs.now + decision.delay,
+            deadline_at=cs.now + decision.delay + cs.timings.stale_after,
         )
         run = TaskMessage(task.id, task.job_id, MessageKind.RUN, attempt)
-        tx.outgoing.append(
-            outgoing(run, task.kind, job_priority=task.priority, delay=decision.delay)
-        )
+        cs.send(task, run, delay=decision.delay)
     else:
-        tx.change(
+        cs.change(
             task,
             TaskStatus.FAILED,
             message=f"{what}; failed: {decision.reason}",
@@ -52,9 +53,11 @@ def fail_attempt(tx: Tx, task: TaskRecord, error: ProviderError, policy: RetryPo
     return decision
 
 
-def defer(tx: Tx, task: TaskRecord, message: TaskMessage, delay: float, breaker: str) -> None:
+def defer(
+    cs: ChangeSet, task: TaskRecord, message: TaskMessage, delay: float, breaker: str
+) -> None:
     """The circuit is open: send the same message again after `delay`, attempt unspent."""
-    tx.note(
+    cs.note(
         task,
         EventDraft(
             EventType.TASK_DEFERRED,
@@ -63,6 +66,17 @@ def defer(tx: Tx, task: TaskRecord, message: TaskMessage, delay: float, breaker:
             task_status=task.status,
             details={"retry_in": round(delay, 3), "breaker": breaker},
         ),
-        deadline_at=tx.now + delay + tx.timings.stale_after,
+        deadline_at=cs.now + delay + cs.timings.stale_after,
     )
-    tx.outgoing.append(outgoing(message, task.kind, job_priority=task.priority, delay=delay))
+    cs.send(task, message, delay=delay)
+
+
+def progress(task: TaskRecord, message: str, **details: object) -> EventDraft:
+    """A progress event about `task` (no status change)."""
+    return EventDraft(
+        EventType.TASK_PROGRESS,
+        message=message,
+        task_index=task.index,
+        task_status=task.status,
+        details=dict(details),
+    )

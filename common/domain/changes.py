@@ -1,11 +1,11 @@
-"""A unit of work as a record: what a handler wants changed, applied later in a group commit.
+"""A change set: what one handler wants changed, applied later together with others.
 
-A handler does not talk to the database while it decides. It records its changes on a `Tx` —
-"move task T from the state I read to RUNNING", "start an attempt if a provider slot is free",
-"emit this event" — and the committer (common.store.committer) applies many such records in one
-database transaction with a few set-based statements (common.store.apply). Each record is
+A handler does not talk to the database while it decides. It records its changes on a
+`ChangeSet` — "move task T from the state I read to RUNNING", "start an attempt if a provider
+slot is free", "emit this event", "send this message once committed" — and the group committer
+(common.committer) applies many change sets in one database transaction. Each change set is
 all-or-nothing: if a task it names is no longer in the state (status, attempt, slot) the handler
-read, none of its changes apply and its `commit` raises StaleTask.
+read, none of its changes apply and its commit raises StaleTask.
 
 Every task change appends its event in the same transaction, numbered from the job's
 `last_seq` under the job row's lock, so one job's events commit in cursor order.
@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from common.broker import Outgoing
 from common.domain.events import EventDraft
-from common.domain.states import JobStatus, TaskKind, TaskStatus
-from common.store.records import TaskRecord
+from common.domain.messages import Send, TaskMessage
+from common.domain.records import TaskRecord
+from common.domain.states import JobStatus, TaskStatus
 
 
 class StaleTask(Exception):
@@ -36,10 +36,6 @@ class StoreTimings:
 
     stale_after: float = 60.0
     queued_stale_after: float = 600.0
-
-
-# Which provider's concurrency slots a task kind uses (story calls are bounded by worker prefetch).
-SLOT_PROVIDER: dict[str, str] = {TaskKind.VIDEO_SEGMENT: "fal"}
 
 
 @dataclass(frozen=True)
@@ -80,9 +76,9 @@ class Failure:
 
 @dataclass(frozen=True)
 class Start:
-    """Start an attempt: SUBMITTING with one of `provider`'s slots, or WAITING if none is free."""
+    """Start an attempt: the kind's in-flight status, with one of its pool's slots (kept if the
+    task holds one), or WAITING if none is free."""
 
-    provider: str
     deadline_at: float
     waiting_message: str = "waiting for a provider slot"
 
@@ -90,7 +86,7 @@ class Start:
 @dataclass(frozen=True)
 class TaskChange:
     seen: Seen
-    # None: no status change (a note: an event and/or other columns).
+    # None: no status change (a note: an event and/or other columns), or decided by `start`.
     new: TaskStatus | None
     message: str = ""
     event: EventDraft | None = None
@@ -102,9 +98,11 @@ class TaskChange:
 
 @dataclass(frozen=True)
 class JobTasksChange:
-    """Every task of a job in `old` status moves to `new` (story sets following their plan)."""
+    """Every task of a job of kind `kind` in `old` status moves to `new` (e.g. story sets
+    following their plan)."""
 
     job_id: str
+    kind: str
     old: TaskStatus
     new: TaskStatus
     message: str
@@ -136,7 +134,7 @@ Op = TaskChange | JobTasksChange | JobEvent
 
 
 @dataclass
-class Tx:
+class ChangeSet:
     """What one handler wants done, in order, and, once committed, what happened."""
 
     now: float
@@ -145,13 +143,13 @@ class Tx:
     job_values: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Jobs to move from a terminal status back to RUNNING (RetryFailed), with the message.
     reopen: dict[str, str] = field(default_factory=dict)
-    # Providers whose slot count is recomputed from the tasks and free slots handed out.
+    # Slot pools whose count is recomputed from the tasks, and free slots handed out.
     rebalance: set[str] = field(default_factory=set)
     # Clear the `warning` of every job whose warning starts with one of these.
     clear_warnings: list[str] = field(default_factory=list)
     # Messages owed once committed.
-    outgoing: list[Outgoing] = field(default_factory=list)
-    # Run if the record is rejected or its transaction fails (e.g. to put transitions back).
+    sends: list[Send] = field(default_factory=list)
+    # Run if the change set is rejected or its transaction fails (e.g. to put notes back).
     on_abort: list[Callable[[], None]] = field(default_factory=list)
 
     # Results, filled in by the applier.
@@ -179,16 +177,11 @@ class Tx:
         )
 
     def start(self, task: TaskRecord, *, message: str, deadline_at: float) -> None:
-        """SUBMITTING with a provider slot (kept if the task holds one), else WAITING; read
-        `applied[task.id]` after the commit to know which."""
-        provider = SLOT_PROVIDER[task.kind]
+        """The kind's in-flight status with a provider slot (kept if the task holds one, none
+        needed if the kind has no pool), else WAITING; read `applied[task.id]` after the commit
+        to know which."""
         self.ops.append(
-            TaskChange(
-                Seen.of(task),
-                TaskStatus.SUBMITTING,
-                message,
-                start=Start(provider, deadline_at),
-            )
+            TaskChange(Seen.of(task), None, message, start=Start(deadline_at=deadline_at))
         )
 
     def note(self, task: TaskRecord, event: EventDraft | None = None, **values: Any) -> None:
@@ -207,8 +200,19 @@ class Tx:
     def reopen_job(self, job_id: str, message: str) -> None:
         self.reopen[job_id] = message
 
+    def send(
+        self,
+        task: TaskRecord,
+        message: TaskMessage,
+        *,
+        delay: float = 0.0,
+        boost: bool = False,
+    ) -> None:
+        """Owe `message` about `task` once this change set is committed."""
+        self.sends.append(Send(message, task.kind, task.priority, max(0.0, delay), boost))
+
     def after(self, task: TaskRecord) -> TaskRecord:
-        """`task` as this committed record left it."""
+        """`task` as this committed change set left it."""
         written = self.written.get(task.id)
         return replace(task, **written) if written else task
 
@@ -216,3 +220,18 @@ class Tx:
     def job_ids(self) -> set[str]:
         ids = {op.seen.job_id if isinstance(op, TaskChange) else op.job_id for op in self.ops}
         return ids | set(self.job_values) | set(self.reopen)
+
+    @property
+    def first_job(self) -> str | None:
+        """The job this change set is mainly about (the first it names), if any."""
+        for op in self.ops:
+            return op.seen.job_id if isinstance(op, TaskChange) else op.job_id
+        return next(iter(self.job_values), None)
+
+    def reset_results(self) -> None:
+        """Forget the results of an application that was rolled back."""
+        self.error = None
+        self.applied.clear()
+        self.written.clear()
+        self.notes.clear()
+        self.finished.clear()

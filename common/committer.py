@@ -1,15 +1,18 @@
-"""Group commit: units of work recorded by concurrent handlers, applied together.
+"""Group commit: change sets recorded by concurrent handlers, applied together.
 
-A handler records its changes on a `Tx` (common.store.ledger) and awaits `commit`. One loop per
-process takes every record waiting at that moment, applies them in one database transaction
-(common.store.apply: a few set-based statements for the whole batch), and then, only once
-committed, publishes the messages they owe and wakes the watchers of the jobs they changed.
-While a batch is being written the next one gathers, so the batch size follows the load without
-any timer.
+A handler records its changes on a `ChangeSet` (common.domain.changes) and awaits `commit`. One
+loop per process takes every change set waiting at that moment, applies them in one database
+transaction (common.store.apply: a few set-based statements for the whole batch), and then,
+only once committed, publishes the messages they owe and wakes the watchers of the jobs they
+changed. While a batch is being written the next one gathers, so the batch size follows the
+load without any timer.
 
 Publishing after commit (never before) keeps invariant 1: a message never announces state that
 could still roll back, and if the process dies between commit and publish, the task's deadline
 makes the sweeper re-issue the message.
+
+Hooks add what every change set must carry (e.g. circuit-breaker transitions): each handler's
+change set passes through every hook when it is committed, so no call site can forget them.
 """
 
 from __future__ import annotations
@@ -22,56 +25,81 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.broker import Broker, ProgressNote
+from common.domain.changes import ChangeSet, StaleTask, StoreTimings
+from common.domain.kinds import BUILTIN_KINDS, KindRegistry
+from common.domain.messages import Send
+from common.resilience import Backoff
+from common.resilience.retrying import Sleep
+from common.routing import outgoing_all
 from common.store.apply import Batch
 from common.store.database import Database
-from common.store.ledger import StaleTask, StoreTimings, Tx
 from common.store.records import TaskLoader
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Work = Callable[[AsyncSession, Tx], Awaitable[Any]]
+Work = Callable[[AsyncSession, ChangeSet], Awaitable[Any]]
 
 MAX_BATCH = 256
-ATTEMPTS = 4  # a batch hit by a deadlock or a lock timeout is run again
+# A batch hit by a deadlock or a lock timeout (or an exclusive work that read stale rows) is
+# run again, a few times, after a short jittered pause.
+BATCH_RETRIES = Backoff(initial=0.02, multiplier=2.0, cap=0.2, max_retries=3)
 _RETRYABLE_STATES = {"40P01", "40001"}  # PostgreSQL: deadlock detected, serialization failure
 
 
 def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, _StaleWork):
+        return True
     if not isinstance(exc, DBAPIError):
         return False
     state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
     return state in _RETRYABLE_STATES or "database is locked" in str(exc.orig)
 
 
+class ChangeSetHook(Protocol):
+    """Something every handler's change set carries (see the module docstring)."""
+
+    @property
+    def pending(self) -> bool:
+        """True when the hook has something to attach (a commit is worth making for it)."""
+        ...
+
+    def attach(self, cs: ChangeSet) -> None: ...
+
+
 @dataclass
 class _Item:
-    tx: Tx
+    cs: ChangeSet
     done: asyncio.Future[Any]
     work: Work | None = None
 
 
-class UnitOfWork:
+class GroupCommitter:
     def __init__(
         self,
         db: Database,
         broker: Broker,
         timings: StoreTimings,
         *,
+        kinds: KindRegistry = BUILTIN_KINDS,
         clock: Callable[[], float] = time.time,
+        sleep: Sleep = asyncio.sleep,
         max_batch: int = MAX_BATCH,
     ) -> None:
         self.db = db
         self.broker = broker
         self.timings = timings
+        self.kinds = kinds
         self.clock = clock
+        self.sleep = sleep
         self.max_batch = max_batch
+        self.hooks: list[ChangeSetHook] = []
         # Reads of single tasks, batched the same way (every handled message starts with one).
         self.tasks = TaskLoader(db)
         self._pending: deque[_Item] = deque()
@@ -79,28 +107,36 @@ class UnitOfWork:
         self._loop_task: asyncio.Task[None] | None = None
         self._in_flight: list[_Item] = []
 
-    # API ---------------------------------------------------------------------------------
+    # API ------------------------------------------------------------------------------------
+
+    def new_change_set(self) -> ChangeSet:
+        return ChangeSet(now=self.clock(), timings=self.timings)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Tx]:
-        """Yield a `Tx` to record on; commit it on exit (StaleTask if it no longer applies).
+    async def transaction(self) -> AsyncIterator[ChangeSet]:
+        """Yield a `ChangeSet` to record on; commit it on exit (StaleTask if it no longer
+        applies). Read `cs.applied`, `cs.after(task)` and `cs.finished` after the block."""
+        cs = self.new_change_set()
+        yield cs
+        await self.commit(cs)
 
-        Read `tx.applied`, `tx.after(task)` and `tx.finished` after the block.
-        """
-        tx = Tx(now=self.clock(), timings=self.timings)
-        yield tx
-        await self.commit(tx)
+    async def commit(self, cs: ChangeSet) -> None:
+        for hook in self.hooks:
+            hook.attach(cs)
+        await self._enqueue(_Item(cs, self._future()))
 
-    async def commit(self, tx: Tx) -> None:
-        await self._enqueue(_Item(tx, self._future()))
+    @property
+    def hooks_pending(self) -> bool:
+        """A hook has something to attach: the next change set should be committed."""
+        return any(hook.pending for hook in self.hooks)
 
-    async def exclusive(self, work: Callable[[AsyncSession, Tx], Awaitable[T]]) -> T:
-        """Run `work(session, tx)` — reads and raw writes — and apply what it records on `tx`,
+    async def exclusive(self, work: Callable[[AsyncSession, ChangeSet], Awaitable[T]]) -> T:
+        """Run `work(session, cs)` — reads and raw writes — and apply what it records on `cs`,
         alone in one transaction (for the gateway's job-level operations). If a row it read
         moved before the batch locked it, the transaction is rolled back and `work` runs again
         (so `work` must be safe to repeat)."""
-        tx = Tx(now=self.clock(), timings=self.timings)
-        result: T = await self._enqueue(_Item(tx, self._future(), work))
+        cs = self.new_change_set()
+        result: T = await self._enqueue(_Item(cs, self._future(), work))
         return result
 
     async def close(self) -> None:
@@ -114,12 +150,16 @@ class UnitOfWork:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
 
+    async def send_now(self, *sends: Send) -> None:
+        """Publish messages that announce no state change (e.g. the next poll of a request)."""
+        await self.broker.publish(outgoing_all(sends, self.kinds))
+
     async def notify(self, notes: dict[str, int]) -> None:
         """Wake the watchers of these jobs. A lost note only delays them until their next read."""
         if notes:
             await self.broker.notify([ProgressNote(job, cursor) for job, cursor in notes.items()])
 
-    # The loop ----------------------------------------------------------------------------
+    # The loop -------------------------------------------------------------------------------
 
     def _future(self) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().create_future()
@@ -154,76 +194,77 @@ class UnitOfWork:
                 finally:
                     self._in_flight = []
 
-    async def _process(self, batch: list[_Item]) -> None:
+    async def _write(self, batch: list[_Item]) -> tuple[Any, dict[str, int], list[Send]]:
+        """One attempt at the batch's transaction."""
         work = batch[0].work
+        if work is not None:
+            # A work records afresh on every attempt (its reads may have changed).
+            batch[0].cs = self.new_change_set()
+        change_sets = [item.cs for item in batch]
+        for cs in change_sets:
+            cs.reset_results()
         result: Any = None
-        for attempt in range(1, ATTEMPTS + 1):
+        async with self.db.write() as session:
             if work is not None:
-                # A work records afresh on every attempt (its reads may have changed).
-                batch[0].tx = Tx(now=self.clock(), timings=self.timings)
-            txs = [item.tx for item in batch]
-            for tx in txs:
-                _reset(tx)
+                result = await work(session, change_sets[0])
+            applied = Batch(await session.connection(), self.clock(), self.timings, self.kinds)
+            sends = await applied.run(change_sets)
+            if work is not None:
+                _roll_back_if_stale(change_sets[0])
+        return result, applied.notes, sends
+
+    async def _process(self, batch: list[_Item]) -> None:
+        retry = 0
+        while True:
             try:
-                async with self.db.write() as session:
-                    if work is not None:
-                        result = await work(session, txs[0])
-                    applied = Batch(await session.connection(), self.clock(), self.timings)
-                    owed = await applied.run(txs)
-                    if work is not None:
-                        _roll_back_if_stale(txs[0])
+                result, notes, sends = await self._write(batch)
                 break
             except Exception as exc:
-                if attempt < ATTEMPTS and (_retryable(exc) or isinstance(exc, _StaleWork)):
+                retry += 1
+                if retry <= BATCH_RETRIES.max_retries and _retryable(exc):
                     log.info("write batch retried (%s)", type(exc.__cause__ or exc).__name__)
-                    await asyncio.sleep(0.02 * attempt)
+                    await self.sleep(BATCH_RETRIES.delay(retry))
                     continue
                 if isinstance(exc, _StaleWork):
                     exc = StaleTask(str(exc.__cause__))
-                if not isinstance(exc, LookupError | ValueError) and work is None:
+                if not isinstance(exc, LookupError | ValueError) and batch[0].work is None:
                     log.exception("write batch of %d failed", len(batch))
                 for item in batch:
-                    _abort(item.tx)
+                    _abort(item.cs)
                     _settle(item.done, error=exc)
                 return
         # Committed. Watchers hear of it first; the owed messages wait for the broker's confirms.
-        await self.notify(applied.notes)
+        await self.notify(notes)
+        owed = outgoing_all(sends, self.kinds)
         try:
             if owed:
                 await self.broker.publish(owed)
         except Exception as exc:
-            # Not the records' failure: their state is committed, and every owed message has a
-            # deadline after which the sweeper re-issues it (provider cancels are best effort).
+            # Not the change sets' failure: their state is committed, and every owed message
+            # has a deadline after which the sweeper re-issues it (provider cancels are best
+            # effort).
             log.warning("publishing %d owed messages failed: %s", len(owed), exc)
         for item in batch:
-            if item.tx.error is not None:
-                _abort(item.tx)
-                _settle(item.done, error=item.tx.error)
+            if item.cs.error is not None:
+                _abort(item.cs)
+                _settle(item.done, error=item.cs.error)
             else:
                 _settle(item.done, result=result)
 
 
 class _StaleWork(Exception):
-    """An exclusive work's record went stale inside its transaction: roll back, run again."""
+    """An exclusive work's change set went stale inside its transaction: roll back, run again."""
 
 
-def _roll_back_if_stale(tx: Tx) -> None:
+def _roll_back_if_stale(cs: ChangeSet) -> None:
     # Rows the work read moved before the batch locked them (another process): raising inside
     # the transaction rolls its raw writes back, and the work runs again on fresh reads.
-    if isinstance(tx.error, StaleTask):
-        raise _StaleWork from tx.error
+    if isinstance(cs.error, StaleTask):
+        raise _StaleWork from cs.error
 
 
-def _reset(tx: Tx) -> None:
-    tx.error = None
-    tx.applied.clear()
-    tx.written.clear()
-    tx.notes.clear()
-    tx.finished.clear()
-
-
-def _abort(tx: Tx) -> None:
-    for undo in tx.on_abort:
+def _abort(cs: ChangeSet) -> None:
+    for undo in cs.on_abort:
         try:
             undo()
         except Exception:

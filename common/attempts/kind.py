@@ -1,0 +1,147 @@
+"""What a task kind supplies to the attempt runner: how to call its provider, and what success
+records. Everything generic (stale and duplicate messages, the breaker, slots, deferral, the
+commit of a request id before anything else, retries, polling, cancel) is the runner's.
+
+A kind's handler subclasses `KindHandler` and overrides what applies:
+
+* `submit` makes the attempt's provider call(s) through `calls` and returns `Succeeded` (a
+  one-shot kind: the work is done) or `Submitted` (a polled kind: the provider took a request,
+  which the runner commits before anything else and then polls);
+* `check` (polled kinds) asks about a submitted request: `Pending`, `Succeeded`, or
+  `RequestFailed` when the provider reports the generation itself failed;
+* `cancel` (polled kinds) cancels a submitted request;
+* `load` reads what the kind needs besides the task (e.g. its job's plan); `on_success` adds
+  changes to the success's change set; `after_commit` does side effects once an outcome is
+  committed (files).
+
+Failures are `common.resilience` errors: a `TransientError` is retried with the kind's policy,
+a `PermanentError` fails the task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from common.domain.changes import ChangeSet
+from common.domain.kinds import TaskKindSpec
+from common.domain.records import TaskRecord
+from common.resilience import (
+    CircuitBreaker,
+    Permit,
+    ProviderError,
+    call_with_breaker,
+    call_with_permit,
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Work:
+    """The task an attempt is about, and what the kind loaded for it."""
+
+    task: TaskRecord
+    context: Any = None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A polled kind's provider accepted a request: its id and whatever finds it again."""
+
+    request_id: str
+    handle: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Succeeded:
+    """The attempt's result, recorded on the task, and its event's words and details."""
+
+    result: dict[str, Any]
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+    # What the kind hands its own `on_success` (not recorded on the task).
+    output: Any = None
+
+
+@dataclass(frozen=True)
+class Pending:
+    """The request is not done; `seen` is the provider's state in a stable form (an event is
+    written when it changes), `text` the words for it."""
+
+    seen: str
+    text: str
+
+
+@dataclass(frozen=True)
+class RequestFailed:
+    """The provider reports the request itself failed: a failed attempt (retried by policy)."""
+
+    error: ProviderError
+
+
+class ProviderCalls:
+    """The provider calls of one step, each under the kind's circuit breaker and call timeout.
+
+    The first call may use a permit taken before the step began (so no other coroutine takes the
+    last half-open probe while the task reserved its slot); the others take their own.
+    """
+
+    def __init__(
+        self,
+        breaker: CircuitBreaker,
+        *,
+        timeout: float,
+        provider: str,
+        permit: Permit | None = None,
+    ) -> None:
+        self.breaker = breaker
+        self.timeout = timeout
+        self.provider = provider
+        self._permit = permit
+
+    async def __call__(self, fn: Callable[[], Awaitable[T]]) -> T:
+        permit, self._permit = self._permit, None
+        if permit is None:
+            return await call_with_breaker(
+                self.breaker, fn, timeout=self.timeout, provider=self.provider
+            )
+        return await call_with_permit(
+            self.breaker, permit, fn, timeout=self.timeout, provider=self.provider
+        )
+
+    def release(self) -> None:
+        """Give back a permit no call used."""
+        permit, self._permit = self._permit, None
+        if permit is not None:
+            self.breaker.release(permit)
+
+
+class KindHandler:
+    """Base of a task kind's handler; see the module docstring."""
+
+    spec: ClassVar[TaskKindSpec]
+
+    async def load(self, task: TaskRecord) -> Any:
+        """What the kind needs besides the task; raise StaleTask when it is gone."""
+        return None
+
+    async def submit(self, work: Work, calls: ProviderCalls) -> Submitted | Succeeded:
+        raise NotImplementedError
+
+    async def check(
+        self, work: Work, calls: ProviderCalls, *, notified: bool
+    ) -> Pending | Succeeded | RequestFailed:
+        """`notified`: the provider called back to say the request finished (a webhook)."""
+        raise NotImplementedError(f"{self.spec.name} is not a polled kind")
+
+    async def cancel(self, work: Work, calls: ProviderCalls) -> bool:
+        """True when cancellation was requested, False when the request had already finished."""
+        return False
+
+    def on_success(self, cs: ChangeSet, work: Work, outcome: Succeeded) -> None:
+        """More changes in the success's change set (e.g. a plan stored on the job)."""
+
+    async def after_commit(self, work: Work, cs: ChangeSet) -> None:
+        """Side effects once an outcome of `work` is committed (read `cs.finished`)."""

@@ -1,0 +1,418 @@
+"""The attempt runner: one task's life, message by message, the same for every kind.
+
+Each message is one short step; a polled kind's worker holds no message while the provider
+generates:
+
+* RUN: check the message is about the task's current attempt and state; take a circuit-breaker
+  permit (or defer the message, attempt unspent, while the circuit is open); start the attempt
+  (with a provider slot when the kind has a pool, or WAITING for one); call the provider through
+  the kind's handler. A one-shot kind's result is recorded at once. A polled kind's request id
+  is committed before anything else, then polled. A RUN for a polled task already RUNNING
+  resumes polling its request: a request is never submitted twice. A task caught mid-call past
+  its deadline (or re-issued by the sweeper) lost its worker: an event says so and the attempt
+  runs again. A task mid-call within its deadline is another delivery's work: the message is
+  dropped.
+* POLL: ask the provider about the request; reschedule itself (through RabbitMQ's delay tiers)
+  until it is done, then record the result. A poll triggered by a webhook goes straight to the
+  result.
+* CANCEL: cancel the provider request of a cancelled task.
+
+Failures go through the kind's retry policy: transient ones are retried with backoff as a new
+attempt, permanent ones (or exhausted retries) fail the task, never the job. A task that others
+wait for (a story's plan) releases them when it succeeds and skips them when it fails for good.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from common.attempts.kind import (
+    KindHandler,
+    Pending,
+    ProviderCalls,
+    RequestFailed,
+    Submitted,
+    Succeeded,
+    Work,
+)
+from common.attempts.steps import defer, fail_attempt, progress
+from common.breaker_events import BreakerEvents
+from common.committer import GroupCommitter
+from common.domain.changes import ChangeSet, Failure, JobTasksChange, StaleTask
+from common.domain.events import EventDraft
+from common.domain.messages import MessageKind, Send, TaskMessage
+from common.domain.records import TaskRecord
+from common.domain.states import TaskStatus
+from common.lifecycle import bind_task
+from common.resilience import (
+    Backoff,
+    CircuitBreaker,
+    CircuitOpenError,
+    ErrorClass,
+    GiveUp,
+    Permit,
+    ProviderError,
+    RetryPolicy,
+)
+from common.resilience.retrying import retrying
+
+log = logging.getLogger(__name__)
+
+# Committing a request id is retried in-process before giving up: losing it means paying again.
+COMMIT_RETRIES = Backoff(initial=0.5, multiplier=2.0, cap=2.0, max_retries=2)
+
+
+@dataclass(frozen=True)
+class AttemptOptions:
+    call_timeout: float
+    # Polled kinds: seconds between status checks, and from a submit to the first check (None:
+    # the interval; 0: right away, in the same step, for providers that finish very fast).
+    poll_interval: float = 2.0
+    first_poll_delay: float | None = None
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A kind a worker runs: its handler, retry policy and options."""
+
+    handler: KindHandler
+    policy: RetryPolicy
+    options: AttemptOptions
+
+
+class AttemptRunner:
+    """Runs the tasks of the kinds registered with it (a worker's `TaskHandler`)."""
+
+    def __init__(
+        self,
+        committer: GroupCommitter,
+        registrations: Sequence[Registration],
+        *,
+        breakers: BreakerEvents,
+    ) -> None:
+        self.committer = committer
+        self.breakers = breakers
+        self.kinds = {r.handler.spec.name: r for r in registrations}
+
+    async def handle(self, message: TaskMessage, *, redelivered: bool) -> None:
+        task = await self.committer.tasks.load(message.task_id)
+        if task is None or task.attempt != message.attempt:
+            raise StaleTask(f"message for attempt {message.attempt} of task {message.task_id}")
+        registration = self.kinds.get(task.kind)
+        if registration is None:
+            raise LookupError(f"this worker runs no {task.kind} tasks")
+        bind_task(task.job_id, task.index)
+        step = _Step(self, registration, task, message)
+        if message.kind is MessageKind.RUN:
+            await step.run()
+        elif message.kind is MessageKind.POLL:
+            await step.poll()
+        else:
+            await step.cancel()
+
+
+class _Step:
+    """One message's step for one task."""
+
+    def __init__(
+        self,
+        runner: AttemptRunner,
+        registration: Registration,
+        task: TaskRecord,
+        message: TaskMessage,
+    ) -> None:
+        self.runner = runner
+        self.registration = registration
+        self.committer = runner.committer
+        self.kinds = runner.committer.kinds
+        self.handler = registration.handler
+        self.spec = registration.handler.spec
+        self.policy = registration.policy
+        self.options = registration.options
+        self.breaker: CircuitBreaker = runner.breakers.registry.get(self.spec.provider)
+        self.task = task
+        self.message = message
+
+    def _calls(self, permit: Permit | None = None) -> ProviderCalls:
+        return ProviderCalls(
+            self.breaker,
+            timeout=self.options.call_timeout,
+            provider=self.spec.provider,
+            permit=permit,
+        )
+
+    async def _work(self, task: TaskRecord) -> Work:
+        return Work(task, await self.handler.load(task))
+
+    # RUN ------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        task, spec = self.task, self.spec
+        status = TaskStatus(task.status)
+        if spec.polled and status is TaskStatus.RUNNING:
+            await self._resume()
+            return
+        lost = status is TaskStatus(spec.in_flight_status)
+        if lost and not (self.message.reissued or self._overdue()):
+            raise StaleTask("another delivery of this message is working on it")
+        if not lost and status not in (TaskStatus.QUEUED, TaskStatus.RETRYING):
+            raise StaleTask(f"task is {status.value}")
+        work = await self._work(task)
+        try:
+            permit = self.breaker.acquire()
+        except CircuitOpenError as exc:
+            async with self.committer.transaction() as cs:
+                defer(cs, task, self.message, exc.retry_in, spec.provider)
+            return
+        calls = self._calls(permit)
+        try:
+            async with self.committer.transaction() as cs:
+                deadline = cs.now + self.options.call_timeout + cs.timings.stale_after
+                if lost:
+                    cs.note(task, progress(task, self._lost_text()), deadline_at=deadline)
+                else:
+                    verb = "submitting" if spec.polled else "running"
+                    cs.start(
+                        task,
+                        message=f"{verb} attempt {task.attempt} of {task.max_attempts}",
+                        deadline_at=deadline,
+                    )
+        except BaseException:
+            calls.release()
+            raise
+        if cs.applied.get(task.id) is TaskStatus.WAITING:
+            calls.release()
+            return
+        work = replace(work, task=cs.after(task))
+        try:
+            outcome = await self.handler.submit(work, calls)
+        except ProviderError as exc:
+            await self._failed(work, exc)
+            return
+        finally:
+            calls.release()
+        if isinstance(outcome, Submitted):
+            await self._submitted(work, outcome)
+        else:
+            await self._succeeded(work, outcome)
+
+    def _lost_text(self) -> str:
+        task = self.task
+        if self.spec.polled:
+            return (
+                f"the request id of attempt {task.attempt} was lost (the worker stopped"
+                " mid-submit); submitting again"
+            )
+        return (
+            f"the worker running {self.spec.noun} {task.index} stopped mid-call; running it again"
+        )
+
+    async def _submitted(self, work: Work, request: Submitted) -> None:
+        """Commit the request id before anything else; never drop a paid request silently."""
+        task = work.task
+        inline = self.options.first_poll_delay == 0
+
+        async def commit() -> ChangeSet:
+            async with self.committer.transaction() as cs:
+                cs.change(
+                    task,
+                    TaskStatus.RUNNING,
+                    message=f"submitted to {self.spec.provider} as request {request.request_id}",
+                    details={"request_id": request.request_id},
+                    request_id=request.request_id,
+                    handle=request.handle,
+                    poll_chain=task.poll_chain + 1,
+                    deadline_at=cs.now + self._poll_window(),
+                )
+                if not inline:
+                    cs.send(
+                        task,
+                        self._poll_message(task.poll_chain + 1),
+                        delay=self._first_poll_delay(),
+                    )
+            return cs
+
+        try:
+            cs = await retrying(
+                commit,
+                backoff=COMMIT_RETRIES,
+                retry_on=lambda exc: not isinstance(exc, StaleTask),
+                what=f"committing request {request.request_id}",
+                sleep=self.committer.sleep,
+            )
+        except StaleTask:
+            now = await self.committer.tasks.load(task.id)
+            if now is not None and now.request_id == request.request_id:
+                return  # an earlier try did commit (its answer was lost); the deadline polls
+            # Cancelled (or re-queued) while we submitted: do not leave it running there.
+            log.warning(
+                "task moved on during submit; cancelling %s request %s",
+                self.spec.provider,
+                request.request_id,
+            )
+            submitted = replace(task, request_id=request.request_id, handle=request.handle)
+            await self._cancel_request(replace(work, task=submitted))
+            raise
+        if inline:
+            running = cs.after(task)
+            first = self._poll_message(running.poll_chain)
+            step = _Step(self.runner, self.registration, running, first)
+            await step._poll_work(replace(work, task=running))
+
+    async def _resume(self) -> None:
+        """A RUNNING polled task's run message: its request exists, so poll it (new chain)."""
+        task = self.task
+        async with self.committer.transaction() as cs:
+            text = f"resuming {self.spec.provider} request {task.request_id}"
+            cs.note(
+                task,
+                progress(task, text),
+                poll_chain=task.poll_chain + 1,
+                deadline_at=cs.now + self._poll_window(),
+            )
+            cs.send(task, self._poll_message(task.poll_chain + 1))
+
+    # POLL -----------------------------------------------------------------------------------
+
+    async def poll(self) -> None:
+        task, message = self.task, self.message
+        if task.status != TaskStatus.RUNNING:
+            raise StaleTask(f"task is {task.status}")
+        if not message.once and message.chain != task.poll_chain:
+            raise StaleTask(f"poll chain {message.chain} replaced by {task.poll_chain}")
+        await self._poll_work(await self._work(task))
+
+    async def _poll_work(self, work: Work) -> None:
+        message = self.message
+        try:
+            outcome = await self.handler.check(work, self._calls(), notified=message.once)
+        except CircuitOpenError as exc:
+            if not message.once:
+                await self._repoll(seen=message.seen, delay=exc.retry_in)
+            return
+        except ProviderError as exc:
+            if exc.retryable:
+                # The status call failed, not the request: check again later.
+                if not message.once:
+                    delay = max(self.options.poll_interval, exc.retry_after or 0.0)
+                    await self._repoll(seen=message.seen, delay=delay)
+                return
+            await self._failed(work, exc)
+            return
+        if isinstance(outcome, Pending):
+            if not message.once:
+                await self._repoll(seen=outcome.seen, text=outcome.text)
+        elif isinstance(outcome, RequestFailed):
+            await self._failed(work, outcome.error)
+        else:
+            await self._succeeded(work, outcome)
+
+    async def _repoll(self, *, seen: str, delay: float | None = None, text: str = "") -> None:
+        """Schedule the next poll; write only when there is news or the deadline runs short."""
+        task, message = self.task, self.message
+        wait = self.options.poll_interval if delay is None else delay
+        news = seen != message.seen
+        now = self.committer.clock()
+        short = (task.deadline_at or 0.0) < now + wait + self.committer.timings.stale_after / 2
+        next_poll = replace(self._poll_message(task.poll_chain), seen=seen)
+        if not news and not short and not self.committer.hooks_pending:
+            await self.committer.send_now(Send(next_poll, task.kind, task.priority, delay=wait))
+            return
+        event: EventDraft | None = None
+        if news:
+            event = progress(task, text or seen, provider_status=seen)
+        async with self.committer.transaction() as cs:
+            cs.note(task, event, deadline_at=cs.now + wait + cs.timings.stale_after)
+            cs.send(task, next_poll, delay=wait)
+
+    # Outcomes -------------------------------------------------------------------------------
+
+    async def _succeeded(self, work: Work, outcome: Succeeded) -> None:
+        task = work.task
+        async with self.committer.transaction() as cs:
+            cs.change(
+                task,
+                TaskStatus.SUCCEEDED,
+                message=outcome.message,
+                details=outcome.details,
+                result=outcome.result,
+            )
+            self.handler.on_success(cs, work, outcome)
+            for kind in self.kinds.dependents(task.kind):
+                cs.change_job_tasks(
+                    JobTasksChange(
+                        task.job_id,
+                        kind,
+                        TaskStatus.BLOCKED,
+                        TaskStatus.QUEUED,
+                        f"{self.spec.noun} ready",
+                        values={"deadline_at": cs.now + cs.timings.stale_after},
+                        send_run=True,
+                    )
+                )
+        await self.handler.after_commit(work, cs)
+
+    async def _failed(self, work: Work, error: ProviderError) -> None:
+        task = work.task
+        async with self.committer.transaction() as cs:
+            decision = fail_attempt(cs, task, error, self.policy)
+            if isinstance(decision, GiveUp):
+                failure = Failure(
+                    f"the {self.spec.noun} failed: {error.message}",
+                    ErrorClass.DEPENDENCY_FAILED,
+                    True,
+                )
+                for kind in self.kinds.dependents(task.kind):
+                    cs.change_job_tasks(
+                        JobTasksChange(
+                            task.job_id,
+                            kind,
+                            TaskStatus.BLOCKED,
+                            TaskStatus.SKIPPED,
+                            f"skipped: the {self.spec.noun} failed",
+                            failure=failure,
+                        )
+                    )
+        log.info("attempt %d failed: %s", task.attempt, decision.reason)
+        await self.handler.after_commit(work, cs)
+
+    # CANCEL ---------------------------------------------------------------------------------
+
+    async def cancel(self) -> None:
+        task = self.task
+        if task.status != TaskStatus.CANCELLED or not task.request_id:
+            raise StaleTask("nothing to cancel at the provider")
+        requested = await self._cancel_request(await self._work(task))
+        if requested is None:
+            return
+        provider = self.spec.provider
+        text = f"cancellation requested at {provider}" if requested else f"{provider} had finished"
+        async with self.committer.transaction() as cs:
+            cs.note(task, progress(task, text, request_id=task.request_id))
+
+    async def _cancel_request(self, work: Work) -> bool | None:
+        """Best effort; None when the provider could not be asked."""
+        try:
+            return await self.handler.cancel(work, self._calls())
+        except (ProviderError, CircuitOpenError) as exc:
+            log.warning("could not cancel request %s: %s", work.task.request_id, exc)
+            return None
+
+    # Helpers --------------------------------------------------------------------------------
+
+    def _overdue(self) -> bool:
+        deadline = self.task.deadline_at
+        return deadline is not None and deadline <= self.committer.clock()
+
+    def _poll_window(self) -> float:
+        return self.options.poll_interval + self.committer.timings.stale_after
+
+    def _first_poll_delay(self) -> float:
+        first = self.options.first_poll_delay
+        return self.options.poll_interval if first is None else first
+
+    def _poll_message(self, chain: int) -> TaskMessage:
+        task = self.task
+        return TaskMessage(task.id, task.job_id, MessageKind.POLL, task.attempt, chain=chain)

@@ -1,0 +1,40 @@
+"""Where an owed task message goes: its kind's work queue, at an AMQP priority.
+
+Work already under way (polls, tasks that hold a provider slot) goes ahead of new work, and a
+cancel ahead of everything, so a provider slot is never left idle behind a queue of new jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from common.broker import Outgoing
+from common.domain.kinds import KindRegistry
+from common.domain.messages import MessageKind, Send
+
+# AMQP priorities by job priority (0 unspecified, 1 low, 2 normal, 3 high).
+PRIORITY_BY_JOB = {0: 3, 1: 1, 2: 3, 3: 6}
+IN_FLIGHT_BOOST = 2
+CANCEL_PRIORITY = 9
+
+
+def outgoing(send: Send, kinds: KindRegistry) -> Outgoing:
+    """The broker message for `send`, on its task kind's queue, at its priority."""
+    message = send.message
+    if message.kind is MessageKind.CANCEL:
+        priority = CANCEL_PRIORITY
+    else:
+        priority = PRIORITY_BY_JOB.get(send.job_priority, 3)
+        if send.boost or message.kind is MessageKind.POLL:
+            priority += IN_FLIGHT_BOOST
+    return Outgoing(
+        queue=kinds[send.task_kind].queue,
+        body=message.encode(),
+        priority=priority,
+        delay=send.delay,
+        message_id=message.message_id,
+    )
+
+
+def outgoing_all(sends: Sequence[Send], kinds: KindRegistry) -> list[Outgoing]:
+    return [outgoing(s, kinds) for s in sends]

@@ -1,0 +1,97 @@
+"""Video segments: one fal.ai generation per segment, submitted then polled.
+
+The generic lifecycle (slots, breaker, commit of the request id before anything else, polling
+by message, retries, cancel) is the attempt runner's (common.attempts); this kind only says how
+to submit a segment, how to ask about it, and what its result is.
+"""
+
+from __future__ import annotations
+
+from common.attempts.kind import (
+    KindHandler,
+    Pending,
+    ProviderCalls,
+    RequestFailed,
+    Submitted,
+    Succeeded,
+    Work,
+)
+from common.domain.kinds import VIDEO_SEGMENT
+from common.domain.records import TaskRecord
+from services.video_worker.ports import (
+    GenerationFailed,
+    Phase,
+    Progress,
+    ProviderRequest,
+    Video,
+    VideoProvider,
+)
+
+LOW_PRIORITY = 1  # the proto's PRIORITY_LOW: fal's "low" queue priority
+
+
+class VideoSegments(KindHandler):
+    spec = VIDEO_SEGMENT
+
+    def __init__(self, provider: VideoProvider, *, webhook_url: str | None = None) -> None:
+        self.provider = provider
+        # Where the provider should call back when a request finishes; None: poll only.
+        self.webhook_url = webhook_url
+
+    async def submit(self, work: Work, calls: ProviderCalls) -> Submitted:
+        task = work.task
+        request = await calls(
+            lambda: self.provider.submit(
+                task.payload["model"],
+                task.payload["arguments"],
+                webhook_url=self.webhook_url,
+                low_priority=task.priority == LOW_PRIORITY,
+            )
+        )
+        return Submitted(request.request_id, request.handle)
+
+    async def check(
+        self, work: Work, calls: ProviderCalls, *, notified: bool
+    ) -> Pending | Succeeded | RequestFailed:
+        request = _request_of(work.task)
+        try:
+            if not notified:
+                progress = await calls(lambda: self.provider.status(request))
+                if progress.phase is not Phase.COMPLETED:
+                    return _pending(progress)
+            # Finished (or the provider called back to say so): fetch the result.
+            video = await calls(lambda: self.provider.result(request))
+        except GenerationFailed as exc:
+            return RequestFailed(exc)
+        if isinstance(video, Progress):
+            return _pending(video)
+        return _succeeded(video)
+
+    async def cancel(self, work: Work, calls: ProviderCalls) -> bool:
+        request = _request_of(work.task)
+        return await calls(lambda: self.provider.cancel(request))
+
+
+def _request_of(task: TaskRecord) -> ProviderRequest:
+    return ProviderRequest(request_id=task.request_id or "", handle=task.handle or {})
+
+
+def _pending(progress: Progress) -> Pending:
+    if progress.phase is Phase.QUEUED:
+        where = progress.queue_position
+        text = "in queue" if where is None else f"in queue (position {where})"
+        return Pending(f"queued:{where}", text)
+    return Pending(progress.phase.value, "in progress")
+
+
+def _succeeded(video: Video) -> Succeeded:
+    return Succeeded(
+        result={
+            "url": video.url,
+            "content_type": video.content_type,
+            "file_name": video.file_name,
+            "file_size": video.file_size,
+        },
+        message="video ready",
+        details={"result_url": video.url},
+    )
