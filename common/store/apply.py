@@ -182,7 +182,12 @@ class Batch:
     # Reading a finishing job's outcome ------------------------------------------------------
 
     async def _outputs(self, job_id: str) -> tuple[dict[TaskStatus, int], list[int]]:
+        """A finishing job's output tasks per status, and the indices not done (a job with no
+        output tasks is judged by all its tasks)."""
         output = (_tasks.c.job_id == job_id, _tasks.c.kind.in_(self.kinds.output_kinds))
+        has_output = await self.conn.scalar(select(_tasks.c.id).where(*output).limit(1))
+        if has_output is None:
+            output = (_tasks.c.job_id == job_id, _tasks.c.id.is_not(None))
         counts = {
             TaskStatus(r[0]): r[1]
             for r in await self.conn.execute(

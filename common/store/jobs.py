@@ -41,6 +41,8 @@ class NewJob:
     tasks: list[NewTask] = field(default_factory=list)
     # What the job's output tasks are called, for its first event ("segments").
     plural: str = "tasks"
+    # What the job knows from the start (usually nothing; see Job.meta).
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 async def create_job(session: AsyncSession, tx: ChangeSet, job: NewJob) -> tuple[str, bool]:
@@ -71,7 +73,7 @@ async def create_job(session: AsyncSession, tx: ChangeSet, job: NewJob) -> tuple
             idempotency_key=job.idempotency_key,
             request_hash=job.request_hash,
             params=job.params,
-            meta={},
+            meta=job.meta,
             retry_history=[],
             total_tasks=len(job.tasks),
             open_tasks=len(job.tasks),

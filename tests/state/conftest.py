@@ -15,10 +15,10 @@ from common.store.database import Database, open_database
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """The URL of an empty database, SQLite or PostgreSQL."""
     if request.param == "sqlite":
-        async with open_database(f"sqlite+aiosqlite:///{tmp_path}/state.db") as database:
-            yield database
+        yield f"sqlite+aiosqlite:///{tmp_path}/state.db"
         return
     base = make_url(request.getfixturevalue("postgres_url"))
     name = f"orch_test_{uuid.uuid4().hex[:12]}"
@@ -27,8 +27,13 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Da
     )
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        async with open_database(base.set(database=name).render_as_string(False)) as database:
-            yield database
+        yield base.set(database=name).render_as_string(False)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    async with open_database(db_url) as database:
+        yield database

@@ -1,0 +1,217 @@
+"""The lifecycle contract: what every task kind does, run for every registered kind.
+
+Each scenario drives a kind through the real store, committer, broker dispatcher and attempt
+runner, with a fake provider at the kind's port (tests/support/fakes.py): so the rules are the
+runner's, checked the same way for video segments, story plans and sets, and a toy kind defined
+only in tests/support.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from common.domain.events import EventType
+from common.domain.records import TaskRecord
+from common.domain.states import JobStatus
+from common.store import jobs
+from tests.lifecycle.cases import CASES
+from tests.support.lifecycle import KindCase, Lifecycle, lifecycle, run_message
+
+each_kind = pytest.mark.parametrize("case", CASES, ids=str)
+polled_kinds = pytest.mark.parametrize("case", [c for c in CASES if c.spec.polled], ids=str)
+
+
+async def _gapless(h: Lifecycle, job_id: str) -> None:
+    cursors = [e.seq for e in await h.events(job_id)]
+    assert cursors == list(range(1, len(cursors) + 1))
+
+
+def _in_flight(case: KindCase, task: TaskRecord) -> bool:
+    return task.status == case.spec.in_flight_status
+
+
+@each_kind
+async def test_success(tmp_path: Path, case: KindCase) -> None:
+    async with lifecycle(tmp_path, case) as h:
+        job_id = await h.start_job(3)
+        job = await h.finished(job_id)
+        tasks = await h.tasks(job_id)
+        assert job.status == JobStatus.COMPLETED
+        assert [(t.status, t.attempt) for t in tasks] == [("succeeded", 1)] * 3
+        assert all(t.result for t in tasks)
+        assert h.fake.paid == 3
+        await _gapless(h, job_id)
+
+
+@each_kind
+@pytest.mark.parametrize("failure", ["transient", "rate_limited"])
+async def test_a_transient_failure_is_retried_with_backoff(
+    tmp_path: Path, case: KindCase, failure: str
+) -> None:
+    async with lifecycle(tmp_path, case) as h:
+        h.fake.script.add(failure)
+        job_id = await h.start_job(1)
+        job = await h.finished(job_id)
+        (task,) = await h.tasks(job_id)
+        assert job.status == JobStatus.COMPLETED
+        assert (task.status, task.attempt) == ("succeeded", 2)
+        (retrying,) = [e for e in await h.events(job_id) if e.task_status == "retrying"]
+        delay = retrying.details["retry_in"]
+        if failure == "rate_limited":  # Retry-After 0.01 s stretches the jittered delay
+            assert delay >= 0.01
+        assert 0 <= delay <= 0.05  # full jitter under the cap (or the capped Retry-After)
+        assert h.fake.paid == 2
+
+
+@each_kind
+async def test_a_permanent_failure_fails_the_task_not_the_job(
+    tmp_path: Path, case: KindCase
+) -> None:
+    async with lifecycle(tmp_path, case) as h:
+        h.fake.script.add("permanent")
+        job_id = await h.start_job(2)
+        job = await h.finished(job_id)
+        first, second = await h.tasks(job_id)
+        assert (first.status, first.error_class, first.recoverable) == (
+            "failed",
+            "bad_request",
+            False,
+        )
+        assert first.attempt == 1  # a permanent error is not retried
+        assert second.status == "succeeded"
+        assert job.status == JobStatus.PARTIALLY_FAILED
+
+
+@each_kind
+async def test_while_the_circuit_is_open_work_is_deferred_without_spending_an_attempt(
+    tmp_path: Path, case: KindCase
+) -> None:
+    async with lifecycle(tmp_path, case, breaker_consecutive_failures=1) as h:
+        h.fake.script.add("transient")  # the first call fails: the circuit opens
+        job_id = await h.start_job(2)
+        job = await h.finished(job_id)
+        first, second = await h.tasks(job_id)
+        events = await h.events(job_id)
+        deferred = [e for e in events if e.type == EventType.TASK_DEFERRED]
+        assert {e.task_index for e in deferred} >= {second.index}
+        assert any(e.type == EventType.BREAKER and e.details["state"] == "open" for e in events)
+        assert job.status == JobStatus.COMPLETED
+        assert (first.attempt, second.attempt) == (2, 1)  # deferrals spent no attempt
+        assert h.fake.paid == 3
+
+
+@each_kind
+async def test_every_message_handled_twice_changes_nothing(tmp_path: Path, case: KindCase) -> None:
+    async with lifecycle(tmp_path, case, duplicates=True) as h:
+        job_id = await h.start_job(3)
+        job = await h.finished(job_id)
+        assert job.status == JobStatus.COMPLETED
+        assert [(t.status, t.attempt) for t in await h.tasks(job_id)] == [("succeeded", 1)] * 3
+        assert h.fake.paid == 3  # no duplicate reached the provider
+        # A message for an attempt that is over is dropped as well.
+        (task, *_) = await h.tasks(job_id)
+        await h.send(task, run_message(task))
+        await h.send(task, run_message(task, reissued=True))
+        assert h.fake.paid == 3
+        await _gapless(h, job_id)
+
+
+@each_kind
+async def test_a_call_under_way_is_not_started_again_by_a_second_delivery(
+    tmp_path: Path, case: KindCase
+) -> None:
+    async with lifecycle(tmp_path, case) as h:
+        h.fake.script.hold()
+        job_id = await h.start_job(1)
+        await h.fake.script.entered.wait()
+        (task,) = await h.tasks(job_id)
+        assert _in_flight(case, task)
+        await h.send(task, run_message(task))  # a copy, as after a channel hiccup
+        h.fake.script.release()
+        assert (await h.finished(job_id)).status == JobStatus.COMPLETED
+        assert h.fake.paid == 1
+
+
+@each_kind
+async def test_a_call_lost_with_its_worker_is_reported_and_made_again(
+    tmp_path: Path, case: KindCase
+) -> None:
+    async with lifecycle(tmp_path, case) as h:
+        # The job is recorded but not published: this test plays the dead worker itself.
+        job = case.job("lost", 1)
+        await h.committer.exclusive(lambda s, cs: jobs.create_job(s, cs, job))
+        (task,) = await h.tasks("lost")
+        cs = await h.change(lambda cs: cs.start(task, message="go", deadline_at=time.time() - 1))
+        task = cs.after(task)
+        assert _in_flight(case, task)  # ...and then its worker died mid-call
+        await h.send(task, run_message(task, reissued=True))  # the sweeper's re-issue
+        finished = await h.finished("lost")
+        assert finished.status == JobStatus.COMPLETED
+        (task,) = await h.tasks("lost")
+        assert (task.status, task.attempt) == ("succeeded", 1)
+        texts = [e.message for e in await h.events("lost")]
+        assert any("lost" in t or "stopped mid" in t for t in texts), texts
+        assert h.fake.paid == 1
+
+
+@each_kind
+async def test_retry_failed_reruns_what_failed_and_completes_the_job(
+    tmp_path: Path, case: KindCase
+) -> None:
+    async with lifecycle(tmp_path, case) as h:
+        h.fake.script.add("permanent")
+        job_id = await h.start_job(2)
+        await h.finished(job_id)
+        failed = [t.index for t in await h.tasks(job_id) if t.status == "failed"]
+        assert await h.retry_failed(job_id) == failed
+        assert (await h.job(job_id)).status == JobStatus.RUNNING
+        job = await h.finished(job_id)
+        assert job.status == JobStatus.COMPLETED
+        retried = [t for t in await h.tasks(job_id) if t.index in failed]
+        assert [(t.status, t.attempt) for t in retried] == [("succeeded", 2)]
+        assert job.retry_history[0]["tasks"] == failed
+        assert h.fake.paid == 3
+        await _gapless(h, job_id)
+
+
+@each_kind
+async def test_cancel_during_the_call_cancels_the_task_and_any_request_it_made(
+    tmp_path: Path, case: KindCase
+) -> None:
+    async with lifecycle(tmp_path, case) as h:
+        h.fake.script.hold()
+        job_id = await h.start_job(1)
+        await h.fake.script.entered.wait()
+        await h.cancel(job_id)
+        h.fake.script.release()
+        job = await h.finished(job_id)
+        assert job.status == JobStatus.CANCELLED
+        assert [t.status for t in await h.tasks(job_id)] == ["cancelled"]
+        if case.spec.polled:  # the request the provider took is not left running there
+
+            async def cancelled_at_provider() -> bool:
+                return bool(h.fake.cancelled)
+
+            await h.until(cancelled_at_provider)
+        assert h.fake.paid == 1
+
+
+@polled_kinds
+async def test_cancel_of_a_running_request_reaches_the_provider(
+    tmp_path: Path, case: KindCase
+) -> None:
+    async with lifecycle(tmp_path, case) as h:
+        h.fake.polls = 1_000_000  # the provider never finishes
+        job_id = await h.start_job(1)
+        (running,) = await h.in_status(job_id, "running")
+        await h.cancel(job_id)
+
+        async def acknowledged() -> bool:
+            return any("cancellation requested" in e.message for e in await h.events(job_id))
+
+        await h.until(acknowledged)
+        assert h.fake.cancelled == [running.request_id]
+        assert (await h.job(job_id)).status == JobStatus.CANCELLED
