@@ -14,6 +14,7 @@ from services.simulator.admin import add_admin_routes
 from services.simulator.config import Clock, SimulatorConfig
 from services.simulator.endpoint import STATE
 from services.simulator.fal_routes import add_fal_routes
+from services.simulator.fal_storage import add_storage_routes
 from services.simulator.openai_chat import add_openai_routes
 from services.simulator.state import SimulatorState
 
@@ -42,7 +43,8 @@ async def _wake_held_calls(app: web.Application) -> None:
 def create_app(
     config: SimulatorConfig | None = None, *, clock: Clock | None = None
 ) -> web.Application:
-    """The aiohttp application: fal queue API, OpenAI API under /v1, admin under /_sim, /files."""
+    """The aiohttp application: fal queue API, OpenAI API under /v1, fal storage (/storage,
+    /files/upload, /cdn), admin under /_sim, videos under /files."""
     state = SimulatorState(config or SimulatorConfig(), clock=clock)
     app = web.Application()
     app[STATE] = state
@@ -50,6 +52,7 @@ def create_app(
     app.on_shutdown.append(_wake_held_calls)
     add_admin_routes(app)
     add_openai_routes(app)
+    add_storage_routes(app)
     add_fal_routes(app)  # catch-all routes last
     return app
 

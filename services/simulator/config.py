@@ -26,7 +26,8 @@ from pydantic import (
 # Monotonic seconds; injectable so tests can drive generations and outages by hand.
 Clock = Callable[[], float]
 
-Endpoint = Literal["submit", "status", "result", "cancel", "chat"]
+# fal queue calls, OpenAI chat, and fal storage: the CDN token (REST) and the CDN upload calls.
+Endpoint = Literal["submit", "status", "result", "cancel", "chat", "upload_token", "upload"]
 ALL_ENDPOINTS: tuple[Endpoint, ...] = get_args(Endpoint)
 
 # Answer with an error status after holding the call for `hang_seconds`.
@@ -160,6 +161,9 @@ class SimulatorConfig(_Model):
     public_base_url: str | None = None
     video_file_size: int = Field(default=16_384, ge=64, le=64 * 1024 * 1024)
     call_log_limit: int = Field(default=100_000, ge=0)
+    # The in-memory CDN keeps this many bytes; the oldest files make room for new ones.
+    upload_store_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    upload_token_ttl: float = Field(default=3600.0, gt=0.0, description="CDN token seconds")
     faults: list[FaultGroup] = Field(default_factory=list)
     outages: list[Outage] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)

@@ -78,6 +78,11 @@ def endpoint(name: Endpoint) -> Callable[[Handler], Handler]:
     return decorate
 
 
+def public_base(request: web.Request) -> str:
+    """The base of URLs the simulator hands out: `public_base_url`, else the one the client used."""
+    return request.app[STATE].config.public_base_url or f"{request.scheme}://{request.host}"
+
+
 def authorized(request: web.Request, key: SecretStr | None, scheme: str) -> bool:
     """Whether the Authorization header carries `<scheme> <key>` (always, if no key is set)."""
     if key is None:

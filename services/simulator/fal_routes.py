@@ -23,6 +23,7 @@ from services.simulator.endpoint import (
     answer_fault,
     authorized,
     endpoint,
+    public_base,
 )
 from services.simulator.errors import fal_error, fal_ingress_error, fal_validation_error
 from services.simulator.fal_queue import (
@@ -37,7 +38,8 @@ from services.simulator.state import SimulatorState
 
 PRIORITY_HEADER = "X-Fal-Queue-Priority"
 NAMESPACES = frozenset({"workflows", "comfy"})  # app ids whose route keeps three parts
-RESERVED = frozenset({"_sim", "v1", "files"})  # our own route roots, never fal apps
+# Our own route roots (admin, OpenAI, videos, fal storage and CDN), never fal apps.
+RESERVED = frozenset({"_sim", "v1", "files", "storage", "cdn", ".well-known"})
 INGRESS_STATUSES = frozenset({502, 503, 504})
 
 
@@ -97,7 +99,7 @@ async def submit(request: web.Request) -> web.StreamResponse:
         request_id=str(request_id),
         app_id=app_id,
         route_prefix=prefix,
-        base_url=state.config.public_base_url or f"{request.scheme}://{request.host}",
+        base_url=public_base(request),
         arguments=arguments,
         body_text=body_text,
         webhook_url=webhook_url,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import secrets
 import time
 import uuid
 from typing import Any
 
+from services.simulator.cdn_store import CdnStore
 from services.simulator.config import Clock, Endpoint, SimulatorConfig
 from services.simulator.fal_queue import FalQueue
 from services.simulator.faults import Fault, FaultEngine
@@ -33,6 +35,9 @@ class SimulatorState:
         self.queue = FalQueue(self.clock)
         self.webhooks = WebhookSender(lambda: self.config, lambda: self.stats)
         self.queue.on_complete = self.webhooks.dispatch
+        self.cdn = CdnStore(config.upload_store_bytes)
+        # Signs CDN tokens; kept across resets, as issued tokens stay valid at fal.
+        self.cdn_secret = secrets.token_bytes(32)
         # Set when the server shuts down: every held (hanging) answer wakes up at once.
         self.stopping = asyncio.Event()
         self._apply(config, set(SimulatorConfig.model_fields))
@@ -49,8 +54,9 @@ class SimulatorState:
         return config
 
     def reset(self) -> None:
-        """Back to the start config with empty stats and no requests."""
+        """Back to the start config with empty stats, no requests and no uploaded files."""
         self.queue.clear()
+        self.cdn.clear()
         self.webhooks.cancel_pending()
         self.config = self.start_config
         self.stats = Stats(self.config.call_log_limit)
@@ -64,6 +70,7 @@ class SimulatorState:
         data["in_progress_now"] = self.queue.in_progress_now
         data["in_queue_now"] = self.queue.waiting_now
         data["rules_fired"] = self.faults.rule_fired()
+        data["uploads"] = self.cdn.snapshot()
         return data
 
     async def pause(self, seconds: float) -> None:
@@ -103,6 +110,8 @@ class SimulatorState:
             self.faults.set_outages(config.outages)
         if "rules" in changed:
             self.faults.set_rules(config.rules)
+        if "upload_store_bytes" in changed:
+            self.cdn.limit = config.upload_store_bytes
         if "max_concurrency" in changed:
             self.queue.set_max_concurrency(config.max_concurrency)
         if "call_log_limit" in changed and self.stats.call_log.maxlen != config.call_log_limit:

@@ -1,10 +1,14 @@
 """The httpx transport under fal-client: where fal's host goes, which errors come out, and
 which connection pool carries the bytes.
 
-* **Host.** fal-client fixes its queue host at import (`https://queue.fal.run`). This transport
-  rewrites that host to `FAL_QUEUE_URL`, so the real client talks to any fal-queue-compatible
-  server (the local simulator in tests and `make run`). Status, result and cancel go to the URLs
-  fal returned at submit, which are persisted and reused as they are.
+* **Host.** fal-client fixes its hosts at import: the queue (`https://queue.fal.run`), the REST
+  API (`https://rest.fal.ai`: CDN tokens) and the CDN (`https://v3.fal.media`, or the `base_url`
+  a CDN token names). One rule (`route`): when `FAL_QUEUE_URL` is not itself a fal host, every
+  request for a fal host (the queue host, or any host under fal.run, fal.ai or fal.media) goes
+  to `FAL_QUEUE_URL` instead, its path appended to that URL's path. So the real client talks to
+  one fal-compatible server (the local simulator in tests and `make run`) for queue, storage and
+  keys alike, and pointed at fal it changes nothing. Other hosts (URLs a server handed back, such
+  as status, result and cancel URLs, which are persisted and reused) are left as they are.
 * **Hidden retries.** fal-client retries every queue call up to 10 times (408/409/429, some
   502-504, transport errors) with its own backoff that ignores Retry-After, and may re-POST a
   submit after a read timeout — a second paid request. This transport raises our own
@@ -29,10 +33,31 @@ from common.resilience import connection_error, error_from_status, scrub, timeou
 
 PROVIDER = "fal"
 _FAL_QUEUE = httpx.URL(QUEUE_URL_FORMAT)
+FAL_DOMAINS = ("fal.run", "fal.ai", "fal.media")
 # aiohttp computes these itself (and decompresses bodies), so httpx must not see them twice.
 _SKIP_REQUEST = frozenset({"content-length", "transfer-encoding", "connection"})
 _SKIP_RESPONSE = frozenset({b"content-length", b"content-encoding", b"transfer-encoding"})
 MAX_CONNECTIONS = 100
+
+
+def is_fal_host(host: str) -> bool:
+    """fal's queue host (FAL_QUEUE_RUN_HOST may move it) or any host under fal's domains."""
+    return host == _FAL_QUEUE.host or any(
+        host == domain or host.endswith("." + domain) for domain in FAL_DOMAINS
+    )
+
+
+def route(url: httpx.URL, base: httpx.URL) -> httpx.URL:
+    """Where a request for `url` goes when fal is reached through `base` (see module doc)."""
+    if is_fal_host(base.host) or not is_fal_host(url.host):
+        return url
+    path = base.path.rstrip("/") + url.path
+    return url.copy_with(scheme=base.scheme, host=base.host, port=base.port, path=path)
+
+
+def route_url(url: str, queue_url: str) -> str:
+    """`route` for plain strings: e.g. fal's JWKS URL for a verifier, given FAL_QUEUE_URL."""
+    return str(route(httpx.URL(url), httpx.URL(queue_url)))
 
 
 class FalTransport(httpx.AsyncBaseTransport):
@@ -40,14 +65,6 @@ class FalTransport(httpx.AsyncBaseTransport):
         self._base = httpx.URL(queue_url.rstrip("/") + "/")
         self._secrets = secrets
         self._session: aiohttp.ClientSession | None = None
-
-    def _route(self, url: httpx.URL) -> httpx.URL:
-        if url.host != _FAL_QUEUE.host or self._base.host == _FAL_QUEUE.host:
-            return url
-        path = self._base.path.rstrip("/") + url.path
-        return url.copy_with(
-            scheme=self._base.scheme, host=self._base.host, port=self._base.port, path=path
-        )
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:  # created inside the running loop, on first use
@@ -58,7 +75,7 @@ class FalTransport(httpx.AsyncBaseTransport):
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = self._route(request.url)
+        url = route(request.url, self._base)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _SKIP_REQUEST}
         headers["Host"] = url.netloc.decode("ascii")
         limits = request.extensions.get("timeout", {})
@@ -92,6 +109,7 @@ class FalTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+            self._session = None
 
 
 def _detail(body: bytes) -> str:

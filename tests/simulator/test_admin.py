@@ -24,6 +24,7 @@ STATS_KEYS = {
     "webhook_failures",
     "chat_calls",
     "rules_fired",
+    "uploads",
     "chat_log",
     "call_log",
 }
