@@ -1,4 +1,5 @@
-"""Admin routes under /_sim/: read stats, read and change config, reset, health."""
+"""Admin routes under /_sim/: read stats, read and change config, reset, rotate the webhook
+signing key, health."""
 
 from __future__ import annotations
 
@@ -50,6 +51,21 @@ async def post_reset(request: web.Request) -> web.Response:
     return web.json_response(state.config.public_dump())
 
 
+async def post_rotate_key(request: web.Request) -> web.Response:
+    """Sign webhooks with a new key; `{"keep_previous": false}` also unpublishes the old one."""
+    raw = await request.text()
+    try:
+        options = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        options = None
+    keep = options.get("keep_previous", True) if isinstance(options, dict) else None
+    if not isinstance(keep, bool):
+        return web.json_response({"detail": 'body: {"keep_previous": true|false}'}, status=400)
+    signer = request.app[STATE].signer
+    kid = signer.rotate(keep_previous=keep)
+    return web.json_response({"kid": kid, **signer.jwks()})
+
+
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -59,4 +75,5 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_get("/_sim/config", get_config)
     app.router.add_post("/_sim/config", post_config)
     app.router.add_post("/_sim/reset", post_reset)
+    app.router.add_post("/_sim/webhook_keys/rotate", post_rotate_key)
     app.router.add_get("/_sim/health", health)

@@ -13,6 +13,7 @@ from aiohttp import web
 from services.simulator.admin import add_admin_routes
 from services.simulator.config import Clock, SimulatorConfig
 from services.simulator.endpoint import STATE
+from services.simulator.fal_keys import add_key_routes
 from services.simulator.fal_routes import add_fal_routes
 from services.simulator.fal_storage import add_storage_routes
 from services.simulator.openai_chat import add_openai_routes
@@ -44,7 +45,8 @@ def create_app(
     config: SimulatorConfig | None = None, *, clock: Clock | None = None
 ) -> web.Application:
     """The aiohttp application: fal queue API, OpenAI API under /v1, fal storage (/storage,
-    /files/upload, /cdn), admin under /_sim, videos under /files."""
+    /files/upload, /cdn), webhook keys (/.well-known/jwks.json), admin under /_sim, videos
+    under /files."""
     state = SimulatorState(config or SimulatorConfig(), clock=clock)
     app = web.Application()
     app[STATE] = state
@@ -53,6 +55,7 @@ def create_app(
     add_admin_routes(app)
     add_openai_routes(app)
     add_storage_routes(app)
+    add_key_routes(app)
     add_fal_routes(app)  # catch-all routes last
     return app
 
@@ -71,6 +74,10 @@ class SimulatorHandle:
     def reset(self) -> None:
         """Same as POST /_sim/reset."""
         self.state.reset()
+
+    def rotate_webhook_key(self, *, keep_previous: bool = True) -> str:
+        """Same as POST /_sim/webhook_keys/rotate: sign webhooks with a new key; its kid."""
+        return self.state.signer.rotate(keep_previous=keep_previous)
 
     def stats(self, *, with_logs: bool = True) -> dict[str, Any]:
         """Same as GET /_sim/stats."""

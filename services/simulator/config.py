@@ -26,8 +26,9 @@ from pydantic import (
 # Monotonic seconds; injectable so tests can drive generations and outages by hand.
 Clock = Callable[[], float]
 
-# fal queue calls, OpenAI chat, and fal storage: the CDN token (REST) and the CDN upload calls.
-Endpoint = Literal["submit", "status", "result", "cancel", "chat", "upload_token", "upload"]
+# fal queue calls, OpenAI chat, fal storage (the CDN token from fal's REST host and the CDN
+# upload calls), and fal's public webhook keys.
+Endpoint = Literal["submit", "status", "result", "cancel", "chat", "upload_token", "upload", "jwks"]
 ALL_ENDPOINTS: tuple[Endpoint, ...] = get_args(Endpoint)
 
 # Answer with an error status after holding the call for `hang_seconds`.
@@ -37,6 +38,10 @@ RESET = "reset"
 # Process the call normally (a submit is accepted and paid), then hold the answer for
 # `hang_seconds`: the client's read timeout fires although the provider did the work.
 SLOW_RESPONSE = "slow_response"
+# A webhook signature that verifies with no published key: flipped bits, or signed by a key
+# that was never published.
+SignatureFault = Literal["bad_signature", "unknown_key"]
+
 # Chat only: finish_reason "length" with the JSON cut in the middle.
 TRUNCATE = "truncate"
 # Chat only: finish_reason "stop" with content that is not JSON.
@@ -154,6 +159,8 @@ class SimulatorConfig(_Model):
     max_concurrency: int = Field(default=0, ge=0, description="0: unlimited")
     webhook_repeats: int = Field(default=1, ge=0)
     webhook_timeout: float = Field(default=5.0, gt=0.0)
+    webhook_signing: bool = Field(default=True, description="sign webhooks as fal does")
+    webhook_signature_fault: SignatureFault | None = None
     hang_seconds: float = Field(default=30.0, ge=0.0)
     seed: int = 0
     fal_key: SecretStr | None = None

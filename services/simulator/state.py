@@ -15,6 +15,7 @@ from services.simulator.config import Clock, Endpoint, SimulatorConfig
 from services.simulator.fal_queue import FalQueue
 from services.simulator.faults import Fault, FaultEngine
 from services.simulator.stats import Stats
+from services.simulator.webhook_signing import WebhookSigner
 from services.simulator.webhooks import WebhookSender
 
 
@@ -33,7 +34,9 @@ class SimulatorState:
         self.stats = Stats(config.call_log_limit)
         self.faults = FaultEngine(self.rng, self.clock)
         self.queue = FalQueue(self.clock)
-        self.webhooks = WebhookSender(lambda: self.config, lambda: self.stats)
+        # Made once per process and kept across resets, like fal's published keys.
+        self.signer = WebhookSigner()
+        self.webhooks = WebhookSender(lambda: self.config, lambda: self.stats, self.signer)
         self.queue.on_complete = self.webhooks.dispatch
         self.cdn = CdnStore(config.upload_store_bytes)
         # Signs CDN tokens; kept across resets, as issued tokens stay valid at fal.

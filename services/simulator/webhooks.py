@@ -2,13 +2,16 @@
 
 Deliveries run as owned tasks (kept in a set, cancelled on reset and shutdown). A failed
 delivery is logged and counted, never raised: the receiver being down is a scenario to test,
-not a simulator crash. Like fal, a webhook may arrive more than once (`webhook_repeats`).
+not a simulator crash. Like fal, a webhook may arrive more than once (`webhook_repeats`), and
+each delivery is signed afresh (see webhook_signing.py) unless `webhook_signing` is off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +20,7 @@ import aiohttp
 from services.simulator.config import SimulatorConfig
 from services.simulator.fal_queue import GENERATION_ERROR, Outcome, QueuedRequest
 from services.simulator.stats import Stats
+from services.simulator.webhook_signing import WebhookSigner
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +40,15 @@ def webhook_body(request: QueuedRequest) -> dict[str, Any]:
 class WebhookSender:
     """Delivers webhooks on its own aiohttp session; `start` and `aclose` bracket its life."""
 
-    def __init__(self, config: Callable[[], SimulatorConfig], stats: Callable[[], Stats]) -> None:
+    def __init__(
+        self,
+        config: Callable[[], SimulatorConfig],
+        stats: Callable[[], Stats],
+        signer: WebhookSigner,
+    ) -> None:
         self._config = config
         self._stats = stats
+        self._signer = signer
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -77,9 +87,21 @@ class WebhookSender:
     ) -> None:
         config = self._config()
         timeout = aiohttp.ClientTimeout(total=config.webhook_timeout)
+        # The exact bytes sent are the bytes signed.
+        data = json.dumps(body).encode()
         for _ in range(config.webhook_repeats):
+            headers = {"Content-Type": "application/json"}
+            if config.webhook_signing:
+                headers |= self._signer.headers(
+                    body["request_id"],
+                    data,
+                    now=time.time(),
+                    fault=config.webhook_signature_fault,
+                )
             try:
-                async with session.post(url, json=body, timeout=timeout) as response:
+                async with session.post(
+                    url, data=data, headers=headers, timeout=timeout
+                ) as response:
                     await response.read()
                     delivered = response.status < 300
                     if not delivered:
