@@ -154,6 +154,7 @@ async def orchestrator_stack(
             settings = _service_env(ctx, database_url, prefix, sim.url, env or {})
             if webhooks:
                 settings["PUBLIC_HTTP_URL"] = f"http://{settings['HTTP_ADDR']}"
+                settings["WEBHOOK_SECRET"] = "bench-webhook-secret"
             gateway = ChildProcess.module(
                 "gateway",
                 "services.gateway",

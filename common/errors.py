@@ -2,9 +2,12 @@
 
     OrchestratorError
      ├── InvalidArgument      a request field is missing or wrong (names the field)
-     ├── NotFound             no such job
+     ├── NotFound             no such job (or not the caller's)
      ├── FailedPrecondition   the job is not in a state that allows the call
-     └── AlreadyExists        an idempotency key reused with a different request
+     ├── AlreadyExists        an idempotency key reused with a different request
+     ├── Unauthenticated      no, malformed or unknown credentials
+     ├── PermissionDenied     the caller's role does not allow the call
+     └── ResourceExhausted    the caller exceeded a rate or concurrency limit
 
 Provider failures have their own tree in common.resilience.errors.
 """
@@ -33,3 +36,17 @@ class FailedPrecondition(OrchestratorError):
 
 class AlreadyExists(OrchestratorError):
     pass
+
+
+class Unauthenticated(OrchestratorError):
+    pass
+
+
+class PermissionDenied(OrchestratorError):
+    pass
+
+
+class ResourceExhausted(OrchestratorError):
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

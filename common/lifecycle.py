@@ -1,65 +1,17 @@
-"""Process lifecycle: signals that ask a service to stop, and logging set-up."""
+"""Process lifecycle: the event loop, signals that ask a service to stop, and background tasks
+that must finish before their resources close."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
-import sys
 from collections.abc import Coroutine
-from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import uvloop
 
 T = TypeVar("T")
-
-# Bound per task (each message is handled in its own asyncio task), shown on every log line.
-job_id_var: ContextVar[str] = ContextVar("job_id", default="-")
-task_index_var: ContextVar[str] = ContextVar("task_index", default="-")
-
-
-QUIET_LIBRARIES = (
-    "aio_pika",
-    "aiormq",
-    "httpx",
-    "httpx2",
-    "httpcore",
-    "alembic",
-    "openai",
-    "fal_client",
-)
-
-
-class _ContextFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.job_id = job_id_var.get()
-        record.task_index = task_index_var.get()
-        return True
-
-
-def bind_task(job_id: str, index: int | None) -> None:
-    """Attach a job and task to every log line of the current asyncio task."""
-    job_id_var.set(job_id)
-    task_index_var.set("-" if index is None else str(index))
-
-
-def setup_logging(level: str, service: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_ContextFilter())
-    handler.setFormatter(
-        logging.Formatter(
-            f"%(asctime)s %(levelname)s {service} %(name)s job=%(job_id)s task=%(task_index)s"
-            " %(message)s"
-        )
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # Chatty libraries stay at WARNING unless asked for DEBUG.
-    if level.upper() != "DEBUG":
-        for name in QUIET_LIBRARIES:
-            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class Background:

@@ -13,7 +13,8 @@ from common.breaker_events import BreakerEvents
 from common.broker import Broker, open_broker
 from common.committer import GroupCommitter
 from common.domain.kinds import KindRegistry
-from common.lifecycle import run_loop, setup_logging, stop_on_signals
+from common.lifecycle import run_loop, stop_on_signals
+from common.logs import setup_logging
 from common.settings import Settings, SettingsError
 from common.store.database import Database, open_database
 
@@ -61,7 +62,7 @@ def run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[N
     except SettingsError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    setup_logging(settings.log_level, name)
+    setup_logging(settings.log_level, name, settings.log_format)
     if settings.amqp_url.startswith("memory:"):
         print(
             f"{name}: AMQP_URL is memory:// (the in-process broker), which only works when every"
@@ -76,5 +77,9 @@ def run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[N
         stop_on_signals(stop)
         await main(settings, stop)
 
-    run_loop(_run())
+    try:
+        run_loop(_run())
+    except SettingsError as exc:  # a setting only a running component could judge
+        print(f"{name}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     log.info("%s stopped", name)

@@ -24,9 +24,11 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.auth import Tokens
 from common.broker import Topology
 from common.domain.changes import StoreTimings
 from common.domain.kinds import BUILTIN_KINDS, KindRegistry, RetryDefaults
@@ -120,14 +122,54 @@ class Settings(BaseSettings):
     sweep_interval: float = Field(5.0, gt=0)
     stale_after: float = Field(60.0, gt=0)
     job_retention: float = Field(3600.0, gt=0)
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR)$")
+    # "text" (human-readable lines) or "json" (one JSON object per line).
+    log_format: str = Field("text", pattern=r"^(text|json)$")
+
+    # Access control and exposure (see README "Security").
+    # Token hashes, `<name>:<read|submit|admin>:sha256:<hex>`, comma or newline separated.
+    auth_tokens: SecretStr | None = None
+    auth_tokens_file: Path | None = None
+    # Serve without tokens on a non-loopback address (otherwise the gateway refuses to start).
+    allow_anonymous: bool = False
+    # TLS for the gRPC and HTTP ports: PEM certificate chain and key (both or neither).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # URLs a request may name (arena images): private, loopback and link-local hosts are
+    # refused unless this is set; the providers' own hosts are always allowed.
+    allow_private_urls: bool = False
+    # Optional allow-lists of model ids (comma separated); empty: any well-formed id.
+    fal_models: str = ""
+    openai_models: str = ""
+    # Per caller (token, or peer address when anonymous): requests per second (token bucket
+    # with `rate_limit_burst` capacity) and concurrent WatchJob / event streams.
+    rate_limit_per_second: float = Field(20.0, gt=0)
+    rate_limit_burst: int = Field(60, ge=1)
+    max_streams_per_caller: int = Field(100, ge=1)
+    grpc_max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # HTTP: seconds to receive a request's body, and an idle keep-alive connection's life.
+    http_read_timeout: float = Field(30.0, gt=0)
+    http_idle_timeout: float = Field(60.0, gt=0)
+    # Signs the per-task webhook URLs handed to fal; required when PUBLIC_HTTP_URL is set.
+    webhook_secret: SecretStr | None = None
+    # fal's public keys for webhook signatures, and how far a webhook's timestamp may drift.
+    fal_jwks_url: str = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+    fal_webhook_tolerance: float = Field(300.0, gt=0)
 
     @field_validator("grpc_addr", "http_addr")
     @classmethod
     def _addr(cls, value: str) -> str:
         return _check_addr(value)
 
-    @field_validator("fal_queue_url", "openai_base_url")
+    @model_validator(mode="after")
+    def _pairs(self) -> Self:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE go together")
+        if self.public_http_url and self.webhook_secret is None:
+            raise ValueError("WEBHOOK_SECRET is required when PUBLIC_HTTP_URL is set")
+        return self
+
+    @field_validator("fal_queue_url", "openai_base_url", "fal_jwks_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
@@ -137,6 +179,7 @@ class Settings(BaseSettings):
     _kinds: KindRegistry = PrivateAttr(default_factory=lambda: BUILTIN_KINDS)
     _kind_options: dict[str, KindOptions] = PrivateAttr(default_factory=dict)
     _pool_options: dict[str, PoolOptions] = PrivateAttr(default_factory=dict)
+    _tokens: Tokens = PrivateAttr(default_factory=Tokens)
 
     @classmethod
     def from_env(cls, *, kinds: KindRegistry = BUILTIN_KINDS, **overrides: Any) -> Self:
@@ -161,8 +204,15 @@ class Settings(BaseSettings):
                 pools[pool] = PoolOptions(**_read_group(pool, {"concurrency": limit}, per_kind))
             except ValidationError as exc:
                 problems += _problems(exc, pool)
+        tokens = Tokens()
+        if not problems:
+            try:
+                tokens = _read_tokens(settings)
+            except (OSError, ValueError) as exc:
+                problems.append(f"AUTH_TOKENS: {exc}")
         if problems:
             raise SettingsError(f"invalid settings: {'; '.join(problems)}")
+        settings._tokens = tokens
         settings._kinds = kinds
         settings._kind_options = options
         settings._pool_options = pools
@@ -219,9 +269,18 @@ class Settings(BaseSettings):
             half_open_probes=self.breaker_half_open_probes,
         )
 
+    @property
+    def tokens(self) -> Tokens:
+        return self._tokens
+
     def secrets(self) -> list[str]:
         """Secret values, for scrubbing them out of provider error messages."""
-        return [s.get_secret_value() for s in (self.fal_key, self.openai_api_key) if s]
+        values = (self.fal_key, self.openai_api_key, self.webhook_secret)
+        return [s.get_secret_value() for s in values if s]
+
+    def allowed_models(self, provider: str) -> frozenset[str]:
+        raw = {"fal": self.fal_models, "openai": self.openai_models}.get(provider, "")
+        return frozenset(m.strip() for m in raw.split(",") if m.strip())
 
 
 def _defaults(retry: RetryDefaults) -> dict[str, Any]:
@@ -258,7 +317,16 @@ def _read_group(
 
 def _problems(exc: ValidationError, group: str = "") -> list[str]:
     prefix = f"{group}_" if group else ""
-    return [
-        f"{prefix.upper()}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-        for err in exc.errors()
-    ]
+    problems = []
+    for err in exc.errors():
+        message = str(err["msg"]).removeprefix("Value error, ")
+        where = ".".join(str(p) for p in err["loc"]).upper()
+        problems.append(f"{prefix.upper()}{where}: {message}" if where else message)
+    return problems
+
+
+def _read_tokens(settings: Settings) -> Tokens:
+    text = settings.auth_tokens.get_secret_value() if settings.auth_tokens else ""
+    if settings.auth_tokens_file is not None:
+        text += "\n" + settings.auth_tokens_file.read_text(encoding="utf-8")
+    return Tokens.parse(text)

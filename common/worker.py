@@ -20,7 +20,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from common.broker import Broker, BrokerError, Consumer, Incoming, Outgoing, Reject
 from common.domain.changes import StaleTask
 from common.domain.messages import BadMessage, TaskMessage
-from common.lifecycle import bind_task
+from common.logs import bind_task
 from common.resilience import Backoff
 
 log = logging.getLogger(__name__)

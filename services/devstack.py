@@ -23,7 +23,8 @@ import grpc
 from orchestrator.v1 import jobs_pb2 as pb
 from orchestrator.v1 import jobs_pb2_grpc as pb_grpc
 
-from common.lifecycle import run_loop, setup_logging, stop_on_signals
+from common.lifecycle import run_loop, stop_on_signals
+from common.logs import setup_logging
 from common.service import open_infra
 from common.settings import Settings, SettingsError
 from services.gateway.service import running_gateway
@@ -95,7 +96,7 @@ async def main(args: argparse.Namespace) -> int:
             run_simulator(SimulatorConfig(latency=args.latency, seed=0), port=args.simulator_port)
         )
         settings = _settings(sim.url)
-        setup_logging(settings.log_level, "devstack")
+        setup_logging(settings.log_level, "devstack", settings.log_format)
         infra = await stack.enter_async_context(open_infra(settings))
         gateway = await stack.enter_async_context(running_gateway(infra))
         await stack.enter_async_context(running_video_worker(infra))

@@ -45,7 +45,7 @@ from common.domain.events import EventDraft
 from common.domain.messages import MessageKind, Send, TaskMessage
 from common.domain.records import TaskRecord
 from common.domain.states import TaskStatus
-from common.lifecycle import bind_task
+from common.logs import bind_task
 from common.resilience import (
     Backoff,
     CircuitBreaker,

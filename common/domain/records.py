@@ -31,6 +31,8 @@ class TaskRecord:
     last_error: str
     error_class: str
     recoverable: bool
+    # The worker process running the current attempt's provider call, while one runs.
+    worker: str | None
     holds_slot: bool
     poll_chain: int
     deadline_at: float | None
@@ -48,6 +50,7 @@ class JobRecord:
     kind: str
     status: str
     priority: int
+    owner: str
     idempotency_key: str | None
     params: dict[str, Any]
     meta: dict[str, Any]

@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def _sqlite_engine(url: URL, *, immediate: bool, pool_size: int) -> AsyncEngine:
+def _sqlite_engine(
+    url: URL, *, immediate: bool, pool_size: int, foreign_keys: bool = True
+) -> AsyncEngine:
     engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=60)
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -44,7 +46,7 @@ def _sqlite_engine(url: URL, *, immediate: bool, pool_size: int) -> AsyncEngine:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -90,9 +92,22 @@ class Database:
             yield session
 
     async def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision; safe to call from many processes."""
-        async with self.write_engine.begin() as conn:
-            await conn.run_sync(upgrade_to_head)
+        """Bring the schema to the newest Alembic revision; safe to call from many processes.
+
+        On SQLite the migration runs on a connection of its own with foreign keys off: a schema
+        change there rebuilds the table (copy, drop, rename), and dropping a parent table with
+        foreign keys on would cascade-delete its children.
+        """
+        if not self.is_sqlite:
+            async with self.write_engine.begin() as conn:
+                await conn.run_sync(upgrade_to_head)
+            return
+        engine = _sqlite_engine(self.url, immediate=True, pool_size=1, foreign_keys=False)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(upgrade_to_head)
+        finally:
+            await engine.dispose()
 
     async def close(self) -> None:
         await self.write_engine.dispose()

@@ -43,6 +43,8 @@ class NewJob:
     plural: str = "tasks"
     # What the job knows from the start (usually nothing; see Job.meta).
     meta: dict[str, Any] = field(default_factory=dict)
+    # Whose job it is (the token's name; "" when the service is anonymous).
+    owner: str = ""
 
 
 async def create_job(session: AsyncSession, tx: ChangeSet, job: NewJob) -> tuple[str, bool]:
@@ -54,7 +56,9 @@ async def create_job(session: AsyncSession, tx: ChangeSet, job: NewJob) -> tuple
     if job.idempotency_key:
         found = (
             await session.execute(
-                select(Job.id, Job.request_hash).where(Job.idempotency_key == job.idempotency_key)
+                select(Job.id, Job.request_hash).where(
+                    Job.owner == job.owner, Job.idempotency_key == job.idempotency_key
+                )
             )
         ).one_or_none()
         if found is not None:
@@ -70,6 +74,7 @@ async def create_job(session: AsyncSession, tx: ChangeSet, job: NewJob) -> tuple
             kind=job.kind,
             status=JobStatus.QUEUED,
             priority=job.priority,
+            owner=job.owner,
             idempotency_key=job.idempotency_key,
             request_hash=job.request_hash,
             params=job.params,

@@ -61,9 +61,13 @@ async def list_jobs(
     kind: str | None = None,
     statuses: Sequence[str] = (),
     before: tuple[float, str] | None = None,
+    owner: str | None = None,
 ) -> list[JobRecord]:
-    """Newest first; `before` is the (created_at, id) of the last job of the previous page."""
+    """Newest first; `before` is the (created_at, id) of the last job of the previous page;
+    `owner`: only that owner's jobs (None: everyone's)."""
     stmt = select(*JOB_COLUMNS).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    if owner is not None:
+        stmt = stmt.where(Job.owner == owner)
     if kind:
         stmt = stmt.where(Job.kind == kind)
     if statuses:

@@ -49,7 +49,11 @@ class Job(Base):
     kind: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(24))
     priority: Mapped[int] = mapped_column(Integer, default=0)
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    # The token name that started the job ("" when the service is anonymous): other owners'
+    # callers do not see it.
+    owner: Mapped[str] = mapped_column(String(64), default="", server_default=text("''"))
+    # Unique per owner: one owner's key never finds (or reveals) another's job.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     # sha256 of the normalised request: the same idempotency key with another request is refused.
     request_hash: Mapped[str] = mapped_column(String(64))
     # What was asked (validated request fields).
@@ -72,7 +76,9 @@ class Job(Base):
     finished_at: Mapped[float | None] = mapped_column(Double)
 
     __table_args__ = (
+        UniqueConstraint("owner", "idempotency_key"),
         Index("ix_jobs_created", "created_at", "id"),
+        Index("ix_jobs_owner_created", "owner", "created_at", "id"),
         Index("ix_jobs_finished", "finished_at"),
     )
 
@@ -101,6 +107,9 @@ class Task(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     error_class: Mapped[str] = mapped_column(String(24), default="")
     recoverable: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The worker process running the current attempt's provider call (see Worker): a task
+    # caught mid-call is taken over only once that worker's lease has expired.
+    worker: Mapped[str | None] = mapped_column(String(64))
     # True while this task holds one of its provider's concurrency slots.
     holds_slot: Mapped[bool] = mapped_column(Boolean, default=False)
     # Poll messages carry the chain they belong to; re-issuing a poll starts a new chain and the
@@ -136,6 +145,21 @@ class Event(Base):
     created_at: Mapped[float] = mapped_column(Double)
 
     __table_args__ = (UniqueConstraint("job_id", "seq"),)
+
+
+class Worker(Base):
+    """A worker process's lease, renewed by its heartbeat. A worker whose lease expired is
+    presumed dead: its in-flight tasks may be taken over at once instead of after their
+    deadline (a live worker renews long before, so two live workers never run one attempt)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    queue: Mapped[str] = mapped_column(String(100))
+    started_at: Mapped[float] = mapped_column(Double)
+    lease_until: Mapped[float] = mapped_column(Double)
+
+    __table_args__ = (Index("ix_workers_lease", "lease_until"),)
 
 
 class ProviderSlots(Base):

@@ -7,6 +7,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from common.auth import ANONYMOUS, Caller, Role
 from common.domain.changes import ChangeSet
 from common.domain.kinds import STORY_SET, VIDEO_SEGMENT
 from common.domain.records import JobRecord
@@ -25,6 +27,7 @@ from common.store import jobs as job_store
 from common.store import queries
 from common.store.jobs import NewJob
 from common.store.tables import Event
+from services.gateway.fields import UrlPolicy, check_job_id
 from services.gateway.outbox import Outbox
 from services.gateway.progress import FALLBACK_READ_SECONDS, ProgressHub
 from services.gateway.requests import (
@@ -43,7 +46,6 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 500
 EVENT_BATCH = 500
 DEFAULT_HEARTBEAT = 15
-MAX_JOB_ID = 64
 
 
 @dataclass(frozen=True)
@@ -59,12 +61,8 @@ class RetryOutcome:
     view: JobView
 
 
-def check_job_id(job_id: str) -> str:
-    if not job_id:
-        raise InvalidArgument("job_id", "required")
-    if len(job_id) > MAX_JOB_ID:
-        raise InvalidArgument("job_id", f"at most {MAX_JOB_ID} characters")
-    return job_id
+MAX_PAGE_TOKEN = 256
+MAX_CURSOR = 2**53  # JSON-safe integer range
 
 
 class JobsCore:
@@ -92,20 +90,31 @@ class JobsCore:
             story_max_retries=s.max_retries(STORY_SET.name),
             default_video_model=s.fal_model,
             default_story_model=s.openai_model,
+            urls=UrlPolicy.trusting(
+                [s.fal_queue_url, s.openai_base_url], allow_private=s.allow_private_urls
+            ),
+            fal_models=s.allowed_models("fal"),
+            openai_models=s.allowed_models("openai"),
         )
 
     # Start ------------------------------------------------------------------------------
 
-    async def start_video(self, request: VideoJobRequest) -> tuple[JobView, bool]:
-        return await self._start(plan_video_job(self.new_id(), request, self.limits))
+    async def start_video(
+        self, request: VideoJobRequest, caller: Caller = ANONYMOUS
+    ) -> tuple[JobView, bool]:
+        caller.require(Role.SUBMIT, "starting a job")
+        plan = plan_video_job(self.new_id(), request, self.limits, owner=caller.name)
+        return await self._start(plan, caller)
 
-    async def start_story(self, request: StoryJobRequest) -> tuple[JobView, bool]:
-        plan = plan_story_job(
-            self.new_id(), request, self.limits, str(self.infra.settings.output_root)
-        )
-        return await self._start(plan)
+    async def start_story(
+        self, request: StoryJobRequest, caller: Caller = ANONYMOUS
+    ) -> tuple[JobView, bool]:
+        caller.require(Role.SUBMIT, "starting a job")
+        root = str(self.infra.settings.output_root)
+        plan = plan_story_job(self.new_id(), request, self.limits, root, owner=caller.name)
+        return await self._start(plan, caller)
 
-    async def _start(self, plan: NewJob) -> tuple[JobView, bool]:
+    async def _start(self, plan: NewJob, caller: Caller) -> tuple[JobView, bool]:
         def create(session: AsyncSession, cs: ChangeSet) -> Awaitable[tuple[str, bool]]:
             return job_store.create_job(session, cs, plan)
 
@@ -118,23 +127,39 @@ class JobsCore:
             job_id, created = await self.committer.exclusive(create)
         if created:
             self.outbox.publish_job(job_id)
-            log.info("job %s created (%s, %d tasks)", job_id, plan.kind, len(plan.tasks))
-        return await self.get(job_id, with_tasks=False), created
+            log.info(
+                "job %s created (%s, %d tasks)",
+                job_id,
+                plan.kind,
+                len(plan.tasks),
+                extra={"event": "start", "job_id": job_id, "owner": plan.owner, **plan.params},
+            )
+        return await self.get(job_id, caller, with_tasks=False), created
 
     # Read -------------------------------------------------------------------------------
 
-    async def get(self, job_id: str, *, with_tasks: bool = True) -> JobView:
+    async def get(
+        self, job_id: str, caller: Caller = ANONYMOUS, *, with_tasks: bool = True
+    ) -> JobView:
         check_job_id(job_id)
         # Shielded like every read of a caller that may hang up: see _read.
-        return await self.hub.background.shield(self._load(job_id, with_tasks))
+        return await self.hub.background.shield(self._load(job_id, caller, with_tasks))
 
-    async def _load(self, job_id: str, with_tasks: bool) -> JobView:
+    async def _load(self, job_id: str, caller: Caller, with_tasks: bool) -> JobView:
         async with self.infra.db.read() as session:
-            return await load_view(session, job_id, self.kinds, with_tasks=with_tasks)
+            view = await load_view(session, job_id, self.kinds, with_tasks=with_tasks)
+        if not caller.owns(view.job.owner):
+            raise NotFound(f"job_id: no job {job_id!r}")  # another owner's job does not exist
+        return view
+
+    async def _owned(self, job_id: str, caller: Caller) -> None:
+        """NotFound unless `caller` may see the job (read without its tasks)."""
+        await self.get(job_id, caller, with_tasks=False)
 
     async def list(
         self,
         *,
+        caller: Caller = ANONYMOUS,
         page_size: int = 0,
         page_token: str = "",
         kind: str | None = None,
@@ -144,9 +169,10 @@ class JobsCore:
         if not 1 <= size <= MAX_PAGE:
             raise InvalidArgument("page_size", f"must be between 1 and {MAX_PAGE}, got {size}")
         before = _decode_token(page_token) if page_token else None
+        owner = None if caller.sees_everything else caller.name
         async with self.infra.db.read() as session:
             found = await queries.list_jobs(
-                session, limit=size + 1, kind=kind, statuses=statuses, before=before
+                session, limit=size + 1, kind=kind, statuses=statuses, before=before, owner=owner
             )
             views = await load_views(session, found[:size], self.kinds)
         token = _encode_token(found[size - 1]) if len(found) > size else ""
@@ -154,13 +180,16 @@ class JobsCore:
 
     # Retry and cancel -------------------------------------------------------------------
 
-    async def retry_failed(self, job_id: str, max_retries: int = 0) -> RetryOutcome:
+    async def retry_failed(
+        self, job_id: str, max_retries: int = 0, caller: Caller = ANONYMOUS
+    ) -> RetryOutcome:
         check_job_id(job_id)
         if not 0 <= max_retries <= MAX_RETRIES:
             raise InvalidArgument(
                 "max_retries", f"must be between 0 and {MAX_RETRIES}, got {max_retries}"
             )
-        view = await self.get(job_id, with_tasks=False)
+        caller.require(Role.SUBMIT, "RetryFailed")
+        view = await self.get(job_id, caller, with_tasks=False)
         retries = max_retries or (
             self.limits.story_max_retries if view.is_story else self.limits.video_max_retries
         )
@@ -172,21 +201,26 @@ class JobsCore:
             message = f"re-queued {len(retried)} tasks: {', '.join(map(str, retried))}"
         else:
             message = f"nothing to retry: all {view.total_tasks} tasks succeeded"
-        return RetryOutcome(retried, message, await self.get(job_id, with_tasks=False))
+        view = await self.get(job_id, caller, with_tasks=False)
+        return RetryOutcome(retried, message, view)
 
-    async def cancel(self, job_id: str) -> JobView:
+    async def cancel(self, job_id: str, caller: Caller = ANONYMOUS) -> JobView:
         check_job_id(job_id)
+        caller.require(Role.SUBMIT, "CancelJob")
+        await self._owned(job_id, caller)
         await self.committer.exclusive(
             lambda session, cs: job_store.cancel_job(session, cs, job_id)
         )
-        return await self.get(job_id)
+        return await self.get(job_id, caller)
 
-    async def wait_finished(self, job_id: str, max_wait: float) -> JobView:
+    async def wait_finished(
+        self, job_id: str, max_wait: float, caller: Caller = ANONYMOUS
+    ) -> JobView:
         """The job once it reached a terminal status, or as it is after `max_wait` seconds."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_wait
-        view = await self.get(job_id, with_tasks=False)
-        with self.hub.watching(job_id, view.job.last_seq, view.status) as feed:
+        view = await self.get(job_id, caller, with_tasks=False)
+        with self.hub.watching(job_id, view.job.last_seq, view.status, view.job.owner) as feed:
             while (remaining := deadline - loop.time()) > 0:
                 changed = feed.changed
                 if feed.status is None or feed.status.terminal:
@@ -196,12 +230,18 @@ class JobsCore:
                         await changed.wait()
                 except TimeoutError:
                     feed.poke()
-        return await self.get(job_id)
+        return await self.get(job_id, caller)
 
     # Watch ------------------------------------------------------------------------------
 
     async def watch(
-        self, job_id: str, *, after: int = 0, follow: bool = False, heartbeat: int = 0
+        self,
+        job_id: str,
+        *,
+        caller: Caller = ANONYMOUS,
+        after: int = 0,
+        follow: bool = False,
+        heartbeat: int = 0,
     ) -> AsyncIterator[Sequence[Event] | Heartbeat]:
         """The job's events after `after`, then live ones, in batches; heartbeats while idle.
 
@@ -212,37 +252,42 @@ class JobsCore:
         interval = heartbeat or DEFAULT_HEARTBEAT
         if not 1 <= interval <= 300:
             raise InvalidArgument("heartbeat_seconds", f"must be between 1 and 300, got {interval}")
-        if after < 0:
-            raise InvalidArgument("after_cursor", f"must be >= 0, got {after}")
+        if not 0 <= after <= MAX_CURSOR:
+            raise InvalidArgument("after_cursor", f"must be between 0 and {MAX_CURSOR}")
         feed = self.hub.feed(job_id)
-        if feed is not None and feed.status is not None and after <= feed.last_seq:
-            last_seq, status = feed.last_seq, feed.status  # watched already: no read needed
+        if (
+            feed is not None
+            and feed.status is not None
+            and after <= feed.last_seq
+            and caller.owns(feed.owner)
+        ):
+            # Watched already: no read needed.
+            last_seq, status, owner = feed.last_seq, feed.status, feed.owner
         else:  # (a feed may lag a cursor another gateway handed out: ask the store)
             async with self.infra.db.read() as session:
                 job = await queries.get_job(session, job_id)
-            if job is None:
+            if job is None or not caller.owns(job.owner):
                 raise NotFound(f"job_id: no job {job_id!r}")
-            last_seq, status = job.last_seq, JobStatus(job.status)
+            last_seq, status, owner = job.last_seq, JobStatus(job.status), job.owner
         if after > last_seq:
             raise InvalidArgument(
                 "after_cursor", f"{after} is beyond the job's newest event (cursor {last_seq})"
             )
         return self._stream(
-            job_id, last_seq, status, cursor=after, follow=follow, interval=interval
+            job_id, (last_seq, status, owner), cursor=after, follow=follow, interval=interval
         )
 
     async def _stream(
         self,
         job_id: str,
-        last_seq: int,
-        status: JobStatus,
+        head: tuple[int, JobStatus, str],
         *,
         cursor: int,
         follow: bool,
         interval: int,
     ) -> AsyncIterator[Sequence[Event] | Heartbeat]:
         loop = asyncio.get_running_loop()
-        with self.hub.watching(job_id, last_seq, status) as feed:
+        with self.hub.watching(job_id, *head) as feed:
             next_beat = loop.time() + interval
             while True:
                 changed = feed.changed  # taken before reading, so no wake-up is missed
@@ -280,9 +325,21 @@ def _encode_token(job: JobRecord) -> str:
 
 
 def _decode_token(token: str) -> tuple[float, str]:
+    """A token `_encode_token` made, or InvalidArgument (whatever the bytes)."""
+    bad = InvalidArgument("page_token", "not a token from ListJobs")
+    if len(token) > MAX_PAGE_TOKEN:
+        raise bad
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        created_at, job_id = json.loads(raw)
-        return float(created_at), str(job_id)
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise InvalidArgument("page_token", f"not a token from ListJobs ({exc})") from None
+        decoded = json.loads(raw, parse_constant=_refuse)
+    except (binascii.Error, ValueError, RecursionError):
+        raise bad from None
+    match decoded:
+        case [float() | int() as created_at, str() as job_id] if not isinstance(created_at, bool):
+            if math.isfinite(created_at) and abs(created_at) < MAX_CURSOR and len(job_id) <= 64:
+                return float(created_at), job_id
+    raise bad
+
+
+def _refuse(constant: str) -> float:
+    raise ValueError(f"{constant} is not JSON")

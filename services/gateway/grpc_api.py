@@ -1,6 +1,7 @@
 """The gRPC edge: `orchestrator.v1.JobService` on top of `JobsCore`.
 
-Domain errors become gRPC statuses here and only here; their messages name the field.
+Domain errors become gRPC statuses here and only here; their messages name the field. Who the
+caller is, the limits and unexpected errors are the guard's (grpc_guard.py), around every call.
 """
 
 from __future__ import annotations
@@ -14,26 +15,14 @@ import grpc
 from orchestrator.v1 import jobs_pb2 as pb
 from orchestrator.v1 import jobs_pb2_grpc as pb_grpc
 
-from common.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    OrchestratorError,
-)
+from common.errors import InvalidArgument, OrchestratorError
 from services.gateway import proto_convert as convert
 from services.gateway.core import Heartbeat, JobsCore
+from services.gateway.grpc_guard import current_caller, status_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
-
-STATUS_OF: list[tuple[type[OrchestratorError], grpc.StatusCode]] = [
-    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
-    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-]
 
 
 # Watchers of one job receive the same Event objects from its feed: convert each once.
@@ -54,15 +43,15 @@ class JobService(pb_grpc.JobServiceServicer):
         try:
             return await self.core.hub.background.shield(call())
         except OrchestratorError as exc:
-            code = next(c for kind, c in STATUS_OF if isinstance(exc, kind))
-            await context.abort(code, str(exc))
+            await context.abort(status_of(exc), str(exc))
         raise AssertionError("unreachable")  # context.abort raises
 
     async def StartVideoJob(
         self, request: pb.StartVideoJobRequest, context: Context
     ) -> pb.StartJobResponse:
+        caller = current_caller()
         view, created = await self._answer(
-            context, lambda: self.core.start_video(convert.video_request(request))
+            context, lambda: self.core.start_video(convert.video_request(request), caller)
         )
         return pb.StartJobResponse(
             job_id=view.job.id, created=created, job=convert.job_message(view)
@@ -71,25 +60,32 @@ class JobService(pb_grpc.JobServiceServicer):
     async def StartStoryJob(
         self, request: pb.StartStoryJobRequest, context: Context
     ) -> pb.StartJobResponse:
+        caller = current_caller()
         view, created = await self._answer(
-            context, lambda: self.core.start_story(convert.story_request(request))
+            context, lambda: self.core.start_story(convert.story_request(request), caller)
         )
         return pb.StartJobResponse(
             job_id=view.job.id, created=created, job=convert.job_message(view)
         )
 
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:
+        caller = current_caller()
         view = await self._answer(
-            context, lambda: self.core.get(request.job_id, with_tasks=not request.omit_tasks)
+            context,
+            lambda: self.core.get(request.job_id, caller, with_tasks=not request.omit_tasks),
         )
         return convert.job_message(view)
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
-        kind = convert.JOB_KIND_NAME.get(request.kind) if request.kind else None
-        statuses = [convert.JOB_STATUS_NAME[s] for s in request.statuses if s]
+        caller = current_caller()
+        try:
+            kind, statuses = convert.list_filters(request)
+        except InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         views, token = await self._answer(
             context,
             lambda: self.core.list(
+                caller=caller,
                 page_size=request.page_size,
                 page_token=request.page_token,
                 kind=kind,
@@ -103,10 +99,12 @@ class JobService(pb_grpc.JobServiceServicer):
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: Context
     ) -> AsyncIterator[pb.WatchJobResponse]:
+        caller = current_caller()
         stream = await self._answer(
             context,
             lambda: self.core.watch(
                 request.job_id,
+                caller=caller,
                 after=request.after_cursor,
                 follow=request.follow,
                 heartbeat=request.heartbeat_seconds,
@@ -121,8 +119,9 @@ class JobService(pb_grpc.JobServiceServicer):
     async def RetryFailed(
         self, request: pb.RetryFailedRequest, context: Context
     ) -> pb.RetryFailedResponse:
+        caller = current_caller()
         outcome = await self._answer(
-            context, lambda: self.core.retry_failed(request.job_id, request.max_retries)
+            context, lambda: self.core.retry_failed(request.job_id, request.max_retries, caller)
         )
         return pb.RetryFailedResponse(
             retried_count=len(outcome.retried),
@@ -132,5 +131,6 @@ class JobService(pb_grpc.JobServiceServicer):
         )
 
     async def CancelJob(self, request: pb.CancelJobRequest, context: Context) -> pb.Job:
-        view = await self._answer(context, lambda: self.core.cancel(request.job_id))
+        caller = current_caller()
+        view = await self._answer(context, lambda: self.core.cancel(request.job_id, caller))
         return convert.job_message(view)

@@ -3,23 +3,27 @@
 Routes:
   POST /api/generate-video        seed video API: {"action": "start" | "status", ...}
   POST /webhooks/fal              fal's completion call-back: triggers an early poll
-  GET  /healthz                   200 while serving, 503 while draining
+  GET  /healthz                   200 while serving, 503 while draining (no token needed)
   GET  /metrics                   Prometheus text format
+  (and the story routes of seed_story.py)
+
+Every route goes through the HTTP guard (http_guard.py): tokens, rate, body limits, errors.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Any
 
 from aiohttp import web
 
 from common.domain.messages import MessageKind, Send, TaskMessage
-from common.errors import InvalidArgument, NotFound, OrchestratorError
+from common.errors import InvalidArgument, OrchestratorError
 from common.service import Infra
 from common.store import queries
 from services.gateway.core import JobsCore
+from services.gateway.http_guard import HttpGuard, caller_of, error_response, parse_json
+from services.gateway.http_models import VideoStart, video_action
 from services.gateway.requests import VideoJobRequest
 from services.gateway.seed_shapes import seed_field_error, seed_status
 from services.gateway.seed_story import add_story_routes
@@ -31,60 +35,51 @@ JSON_LIMIT = 1 << 20
 # The seed's start action took only the arena URL and generated this many segments.
 SEED_DEFAULT_SEGMENTS = 5
 WEBHOOK_MEMORY = 10_000
+OPEN_PATHS = ("/healthz", "/webhooks/")
 
 
-def error_response(exc: OrchestratorError) -> web.Response:
-    status = 404 if isinstance(exc, NotFound) else 400
-    body: dict[str, Any] = {"error": str(exc)}
+def seed_error(exc: OrchestratorError) -> web.Response:
+    """The seed video API's error shape: its own field names."""
     if isinstance(exc, InvalidArgument):
-        body = seed_field_error(exc)
-    return web.json_response(body, status=status)
-
-
-async def read_json(request: web.Request) -> dict[str, Any]:
-    try:
-        data = await request.json()
-    except ValueError:
-        raise InvalidArgument("body", "must be a JSON object") from None
-    if not isinstance(data, dict):
-        raise InvalidArgument("body", "must be a JSON object")
-    return data
+        return error_response(exc, seed_field_error(exc))
+    return error_response(exc)
 
 
 class HttpApi:
-    def __init__(self, infra: Infra, core: JobsCore) -> None:
+    def __init__(self, infra: Infra, core: JobsCore, guard: HttpGuard) -> None:
         self.infra = infra
         self.core = core
+        self.guard = guard
         self.serving = True
         # Request ids whose webhook already triggered a poll: fal may call back more than once.
         self._seen_webhooks: OrderedDict[str, None] = OrderedDict()
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=JSON_LIMIT)
+        app = web.Application(client_max_size=JSON_LIMIT, middlewares=[self.guard.middleware])
         app.router.add_post("/api/generate-video", self.generate_video)
         app.router.add_post(WEBHOOK_PATH, self.fal_webhook)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
-        add_story_routes(app, self.core)
+        add_story_routes(app, self.core, self.guard)
         return app
 
     async def generate_video(self, request: web.Request) -> web.Response:
+        caller = caller_of(request)
         try:
-            body = await read_json(request)
-            action = body.get("action")
-            if action == "start":
+            action = video_action(parse_json(await self.guard.read_body(request)))
+            if isinstance(action, VideoStart):
+                segments = action.totalSegments
+                if segments is None:
+                    segments = 0 if action.segmentPrompts else SEED_DEFAULT_SEGMENTS
                 view, _ = await self.core.start_video(
                     VideoJobRequest(
-                        battle_arena_url=str(body.get("battleArenaUrl") or ""),
-                        total_segments=_int(
-                            body,
-                            "totalSegments",
-                            0 if body.get("segmentPrompts") else SEED_DEFAULT_SEGMENTS,
-                        ),
-                        prompt=str(body.get("prompt") or ""),
-                        segment_prompts=[str(p) for p in body.get("segmentPrompts") or []],
-                        idempotency_key=str(body.get("idempotencyKey") or ""),
-                    )
+                        battle_arena_url=action.battleArenaUrl,
+                        total_segments=segments,
+                        prompt=action.prompt,
+                        segment_prompts=list(action.segmentPrompts or []),
+                        idempotency_key=action.idempotencyKey,
+                    ),
+                    caller,
                 )
                 return web.json_response(
                     {
@@ -93,12 +88,10 @@ class HttpApi:
                         "message": f"Video generation started for {view.total_segments} segments",
                     }
                 )
-            if action == "status":
-                view = await self.core.get(str(body.get("sessionId") or ""), with_tasks=False)
-                return web.json_response(seed_status(view))
-            raise InvalidArgument("action", "must be 'start' or 'status'")
+            view = await self.core.get(action.sessionId, caller, with_tasks=False)
+            return web.json_response(seed_status(view))
         except OrchestratorError as exc:
-            return error_response(exc)
+            return seed_error(exc)
 
     async def fal_webhook(self, request: web.Request) -> web.Response:
         """fal says a request finished: poll it now instead of at the next interval.
@@ -107,7 +100,7 @@ class HttpApi:
         status call and nothing else.
         """
         try:
-            request_id = request_id_of(await read_json(request))
+            request_id = request_id_of(parse_json(await self.guard.read_body(request)))
         except (InvalidArgument, BadWebhook) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         if request_id in self._seen_webhooks:
@@ -143,12 +136,3 @@ class HttpApi:
         lines.append("# TYPE orchestrator_watched_jobs gauge")
         lines.append(f"orchestrator_watched_jobs {self.core.hub.watched_jobs}")
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
-
-
-def _int(body: dict[str, Any], key: str, default: int) -> int:
-    value = body.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgument(key, f"must be an integer, got {value!r}")
-    return value

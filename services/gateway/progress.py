@@ -45,9 +45,17 @@ class JobFeed:
     """
 
     def __init__(
-        self, job_id: str, last_seq: int, status: JobStatus, read: Reader, background: Background
+        self,
+        job_id: str,
+        last_seq: int,
+        status: JobStatus,
+        owner: str,
+        *,
+        read: Reader,
+        background: Background,
     ) -> None:
         self.job_id = job_id
+        self.owner = owner
         self.start = max(0, last_seq - BUFFER)
         self.events: list[Event] = []
         self.last_seq = last_seq
@@ -128,13 +136,15 @@ class ProgressHub:
         return self._feeds.get(job_id)
 
     @contextmanager
-    def watching(self, job_id: str, last_seq: int, status: JobStatus) -> Iterator[JobFeed]:
-        """The job's feed for the duration of a watch; `last_seq`/`status` as the caller read
-        them (used when this watcher is the first)."""
+    def watching(
+        self, job_id: str, last_seq: int, status: JobStatus, owner: str
+    ) -> Iterator[JobFeed]:
+        """The job's feed for the duration of a watch; `last_seq`/`status`/`owner` as the
+        caller read them (used when this watcher is the first)."""
         feed = self._feeds.get(job_id)
         if feed is None:
             feed = self._feeds[job_id] = JobFeed(
-                job_id, last_seq, status, self.read, self.background
+                job_id, last_seq, status, owner, read=self.read, background=self.background
             )
             feed.poke()  # the buffered tail, and events written since the caller's read
         self._watchers[job_id] = self._watchers.get(job_id, 0) + 1

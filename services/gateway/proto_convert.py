@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, cast
 
-from google.protobuf import json_format
-from google.protobuf.struct_pb2 import Struct
+from google.protobuf.struct_pb2 import Struct, Value
 from google.protobuf.timestamp_pb2 import Timestamp
 from orchestrator.v1 import jobs_pb2 as pb
 
 from common.domain.events import EventType
 from common.domain.records import TaskRecord
 from common.domain.states import JobKind, JobStatus, TaskStatus
+from common.errors import InvalidArgument
 from common.store.tables import Event
 from services.gateway.core import Heartbeat
+from services.gateway.fields import MAX_MODEL_ARGS_DEPTH
 from services.gateway.requests import StoryJobRequest, VideoJobRequest
 from services.gateway.views import JobView
 
@@ -51,6 +53,60 @@ def struct(data: dict[str, Any]) -> Struct:
     return s
 
 
+def list_filters(r: pb.ListJobsRequest) -> tuple[str | None, list[str]]:
+    """The kind and statuses a ListJobs request filters on; unknown enum numbers (proto3
+    keeps them) are InvalidArgument, never ignored."""
+    kind = None
+    if r.kind:
+        if r.kind not in JOB_KIND_NAME:
+            raise InvalidArgument("kind", f"unknown JobKind {r.kind}")
+        kind = JOB_KIND_NAME[r.kind]
+    if len(r.statuses) > len(JOB_STATUS_NAME):
+        raise InvalidArgument("statuses", f"at most {len(JOB_STATUS_NAME)} values")
+    statuses = []
+    for i, value in enumerate(r.statuses):
+        if value not in JOB_STATUS_NAME:
+            raise InvalidArgument(f"statuses[{i}]", f"unknown JobStatus {value}")
+        statuses.append(JOB_STATUS_NAME[value])
+    return kind, statuses
+
+
+def model_arguments(r: pb.StartVideoJobRequest) -> dict[str, Any]:
+    """The Struct as plain JSON values; a NaN or infinite number is InvalidArgument (JSON has
+    none, and json_format would quietly turn them into strings)."""
+    if not r.HasField("model_arguments"):
+        return {}
+    return _struct(r.model_arguments, "model_arguments", 1)
+
+
+def _struct(struct: Struct, where: str, depth: int) -> dict[str, Any]:
+    return {key: _value(value, f"{where}.{key}", depth) for key, value in struct.fields.items()}
+
+
+def _value(value: Value, where: str, depth: int) -> Any:
+    if depth > MAX_MODEL_ARGS_DEPTH:
+        raise InvalidArgument(
+            "model_arguments", f"nested deeper than {MAX_MODEL_ARGS_DEPTH} levels"
+        )
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        if not math.isfinite(value.number_value):
+            raise InvalidArgument(where, "numbers must be finite (no NaN or Infinity)")
+        number = value.number_value
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if kind == "struct_value":
+        return _struct(value.struct_value, where, depth + 1)
+    if kind == "list_value":
+        return [
+            _value(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value.list_value.values)
+        ]
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    return None
+
+
 def video_request(r: pb.StartVideoJobRequest) -> VideoJobRequest:
     return VideoJobRequest(
         battle_arena_url=r.battle_arena_url,
@@ -60,9 +116,7 @@ def video_request(r: pb.StartVideoJobRequest) -> VideoJobRequest:
         model=r.model,
         idempotency_key=r.idempotency_key,
         priority=r.priority,
-        model_arguments=json_format.MessageToDict(r.model_arguments)
-        if r.HasField("model_arguments")
-        else {},
+        model_arguments=model_arguments(r),
         max_retries=r.max_retries,
     )
 

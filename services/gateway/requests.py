@@ -1,8 +1,8 @@
 """Start requests as the gateway's edges hand them over, validated into job plans.
 
 gRPC and the seed-compatible HTTP API both build a `VideoJobRequest` / `StoryJobRequest` and call
-`plan_video_job` / `plan_story_job`. Validation happens before anything is written; a bad field
-raises InvalidArgument naming it.
+`plan_video_job` / `plan_story_job`. Validation (by the shared checks in `fields`) happens
+before anything is written; a bad field raises InvalidArgument naming it.
 """
 
 from __future__ import annotations
@@ -10,10 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from common.domain.kinds import STORY_PLAN, STORY_SET, VIDEO_SEGMENT
 from common.domain.records import StoryParams, VideoParams
@@ -21,18 +19,22 @@ from common.domain.states import JobKind, TaskStatus
 from common.errors import InvalidArgument
 from common.paths import resolve_output_dir
 from common.store.jobs import NewJob, NewTask
+from services.gateway.fields import (
+    UrlPolicy,
+    check_fal_model,
+    check_key,
+    check_model_arguments,
+    check_openai_model,
+    check_text,
+    check_url,
+)
 
-MAX_URL = 2048
 MAX_PROMPT = 2000
 MAX_IDEA = 4000
-MAX_KEY = 200
-MAX_MODEL_ARGS_BYTES = 16_384
 MAX_RETRIES = 10
 DEFAULT_SEGMENTS_PER_SET = 10
 MAX_SEGMENTS_PER_SET = 50
 DEFAULT_VIDEO_PROMPT = "An epic battle unfolds in the arena"
-_MODEL_ID = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)+$")
-_OPENAI_MODEL = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 # Priority as in the proto: 0 unspecified (normal), 1 low, 2 normal, 3 high.
 PRIORITIES = range(4)
 NORMAL = 2
@@ -46,6 +48,9 @@ class Limits:
     story_max_retries: int
     default_video_model: str
     default_story_model: str
+    urls: UrlPolicy = field(default_factory=UrlPolicy)
+    fal_models: frozenset[str] = frozenset()
+    openai_models: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -74,17 +79,17 @@ class StoryJobRequest:
     max_retries: int = 0
 
 
-def _check_range(name: str, value: int, low: int, high: int) -> None:
+def check_range(name: str, value: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise InvalidArgument(name, f"must be between {low} and {high}, got {value}")
+    return value
 
 
 def _common(idempotency_key: str, priority: int, max_retries: int) -> None:
-    if len(idempotency_key) > MAX_KEY:
-        raise InvalidArgument("idempotency_key", f"at most {MAX_KEY} characters")
+    check_key(idempotency_key)
     if priority not in PRIORITIES:
-        raise InvalidArgument("priority", f"unknown priority {priority}")
-    _check_range("max_retries", max_retries, 0, MAX_RETRIES)
+        raise InvalidArgument("priority", f"unknown priority {priority} (0..3)")
+    check_range("max_retries", max_retries, 0, MAX_RETRIES)
 
 
 def _fingerprint(kind: JobKind, request: Any) -> str:
@@ -93,48 +98,29 @@ def _fingerprint(kind: JobKind, request: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def check_url(url: str) -> None:
-    if not url:
-        raise InvalidArgument(
-            "battle_arena_url", "required: an http or https URL of the arena image"
-        )
-    if len(url) > MAX_URL:
-        raise InvalidArgument("battle_arena_url", f"at most {MAX_URL} characters")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidArgument("battle_arena_url", f"must be an http or https URL, got {url!r}")
-
-
-def plan_video_job(job_id: str, r: VideoJobRequest, limits: Limits) -> NewJob:
-    check_url(r.battle_arena_url)
+def plan_video_job(job_id: str, r: VideoJobRequest, limits: Limits, owner: str = "") -> NewJob:
+    arena = check_url("battle_arena_url", r.battle_arena_url, limits.urls)
     _common(r.idempotency_key, r.priority, r.max_retries)
     if r.segment_prompts:
         n = len(r.segment_prompts)
-        _check_range("segment_prompts", n, 1, limits.max_video_segments)
+        check_range("segment_prompts", n, 1, limits.max_video_segments)
         if r.total_segments not in (0, n):
             raise InvalidArgument(
                 "total_segments", f"is {r.total_segments} but {n} segment_prompts were given"
             )
         for i, p in enumerate(r.segment_prompts):
-            if not p.strip() or len(p) > MAX_PROMPT:
-                raise InvalidArgument(
-                    f"segment_prompts[{i}]", f"must be 1..{MAX_PROMPT} non-blank characters"
-                )
+            check_text(f"segment_prompts[{i}]", p, max_chars=MAX_PROMPT, required=True, blank=False)
         prompts = list(r.segment_prompts)
     else:
         n = r.total_segments
-        _check_range("total_segments", n, 1, limits.max_video_segments)
-        if len(r.prompt) > MAX_PROMPT:
-            raise InvalidArgument("prompt", f"at most {MAX_PROMPT} characters")
+        check_range("total_segments", n, 1, limits.max_video_segments)
+        check_text("prompt", r.prompt, max_chars=MAX_PROMPT)
         base = r.prompt.strip() or DEFAULT_VIDEO_PROMPT
         prompts = [f"{base} (segment {i} of {n})" for i in range(1, n + 1)]
-    model = r.model or limits.default_video_model
-    if not _MODEL_ID.match(model):
-        raise InvalidArgument("model", f"not a fal model id like 'owner/app/...': {model!r}")
-    if len(json.dumps(r.model_arguments)) > MAX_MODEL_ARGS_BYTES:
-        raise InvalidArgument("model_arguments", f"at most {MAX_MODEL_ARGS_BYTES} bytes of JSON")
+    model = check_fal_model(r.model or limits.default_video_model, limits.fal_models)
+    arguments = check_model_arguments(r.model_arguments)
     for reserved in ("prompt", "image_url"):
-        if reserved in r.model_arguments:
+        if reserved in arguments:
             raise InvalidArgument(
                 "model_arguments", f"{reserved!r} is set by the orchestrator per segment"
             )
@@ -142,10 +128,7 @@ def plan_video_job(job_id: str, r: VideoJobRequest, limits: Limits) -> NewJob:
         NewTask(
             index=i,
             kind=VIDEO_SEGMENT.name,
-            payload={
-                "model": model,
-                "arguments": {**r.model_arguments, "prompt": p, "image_url": r.battle_arena_url},
-            },
+            payload={"model": model, "arguments": {**arguments, "prompt": p, "image_url": arena}},
         )
         for i, p in enumerate(prompts, start=1)
     ]
@@ -155,26 +138,24 @@ def plan_video_job(job_id: str, r: VideoJobRequest, limits: Limits) -> NewJob:
         priority=r.priority or NORMAL,
         idempotency_key=r.idempotency_key or None,
         request_hash=_fingerprint(JobKind.VIDEO, r),
-        params=VideoParams(r.battle_arena_url, model, n).to_json(),
+        params=VideoParams(arena, model, n).to_json(),
         max_attempts=1 + (r.max_retries or limits.video_max_retries),
         tasks=tasks,
         plural=VIDEO_SEGMENT.plural,
+        owner=owner,
     )
 
 
-def plan_story_job(job_id: str, r: StoryJobRequest, limits: Limits, output_root: str) -> NewJob:
+def plan_story_job(
+    job_id: str, r: StoryJobRequest, limits: Limits, output_root: str, owner: str = ""
+) -> NewJob:
+    check_text("idea", r.idea, max_chars=MAX_IDEA, required=True, blank=False)
     idea = r.idea.strip()
-    if not idea:
-        raise InvalidArgument("idea", "required: the story idea")
-    if len(idea) > MAX_IDEA:
-        raise InvalidArgument("idea", f"at most {MAX_IDEA} characters")
-    _check_range("total_segments", r.total_segments, 1, limits.max_story_segments)
+    check_range("total_segments", r.total_segments, 1, limits.max_story_segments)
     per_set = r.segments_per_set or DEFAULT_SEGMENTS_PER_SET
-    _check_range("segments_per_set", per_set, 1, MAX_SEGMENTS_PER_SET)
+    check_range("segments_per_set", per_set, 1, MAX_SEGMENTS_PER_SET)
     _common(r.idempotency_key, r.priority, r.max_retries)
-    model = r.model or limits.default_story_model
-    if not _OPENAI_MODEL.match(model):
-        raise InvalidArgument("model", f"not an OpenAI model name: {model!r}")
+    model = check_openai_model(r.model or limits.default_story_model, limits.openai_models)
     directory = r.output_directory or job_id
     # Checked even when nothing is saved: a request that names a folder escaping the output
     # root is wrong either way.
@@ -210,4 +191,5 @@ def plan_story_job(job_id: str, r: StoryJobRequest, limits: Limits, output_root:
         max_attempts=1 + (r.max_retries or limits.story_max_retries),
         tasks=tasks,
         plural=STORY_SET.plural,
+        owner=owner,
     )

@@ -20,20 +20,21 @@ from aiohttp import web
 from common.domain.states import JobKind, TaskStatus
 from common.errors import InvalidArgument, NotFound, OrchestratorError
 from services.gateway.core import JobsCore
+from services.gateway.http_guard import (
+    HttpGuard,
+    caller_of,
+    error_body,
+    error_response,
+    parse_json,
+)
+from services.gateway.http_models import StoryRetry, StoryStart, parse
 from services.gateway.requests import StoryJobRequest
 from services.gateway.seed_shapes import SEED_STATUS
 from services.gateway.views import JobView
 
-SEED_WAIT_LIMIT = 600.0
-DEFAULT_WAIT = 300.0
-
 
 def _error(exc: OrchestratorError) -> web.Response:
-    status = 404 if isinstance(exc, NotFound) else 400
-    body: dict[str, Any] = {"success": False, "error": str(exc)}
-    if isinstance(exc, InvalidArgument):
-        body["field"] = exc.field
-    return web.json_response(body, status=status)
+    return error_response(exc, {"success": False, **error_body(exc)})
 
 
 def story_result(view: JobView) -> dict[str, Any]:
@@ -81,78 +82,40 @@ def _answer(view: JobView) -> web.Response:
     return web.json_response(story_result(view), status=200 if view.status.terminal else 202)
 
 
-def _wait_seconds(body: dict[str, Any]) -> float | None:
-    """None: answer at once; else how long to wait for the result."""
-    if body.get("wait", True) is False:
-        return None
-    value = body.get("timeout_seconds", DEFAULT_WAIT)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not 0 < value <= SEED_WAIT_LIMIT
-    ):
-        raise InvalidArgument("timeout_seconds", f"must be a number in (0, {SEED_WAIT_LIMIT:.0f}]")
-    return float(value)
-
-
-def _bool(body: dict[str, Any], key: str) -> bool:
-    value = body.get(key, False)
-    if not isinstance(value, bool):
-        raise InvalidArgument(key, f"must be true or false, got {value!r}")
-    return value
-
-
-def _int(body: dict[str, Any], key: str, default: int) -> int:
-    value = body.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgument(key, f"must be an integer, got {value!r}")
-    return value
-
-
-async def _json(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidArgument("body", "must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise InvalidArgument("body", "must be a JSON object")
-    return body
-
-
-def add_story_routes(app: web.Application, core: JobsCore) -> None:
+def add_story_routes(app: web.Application, core: JobsCore, guard: HttpGuard) -> None:
     async def generate(request: web.Request) -> web.Response:
+        caller = caller_of(request)
         try:
-            body = await _json(request)
-            wait = _wait_seconds(body)
+            body = parse(StoryStart, parse_json(await guard.read_body(request)))
             view, _ = await core.start_story(
                 StoryJobRequest(
-                    idea=str(body.get("idea") or ""),
-                    total_segments=_int(body, "total_segments", 0),
-                    segments_per_set=_int(body, "segments_per_set", 0),
-                    save_to_files=_bool(body, "save_to_files"),
-                    output_directory=str(body.get("output_directory") or ""),
-                    model=str(body.get("model") or ""),
-                    idempotency_key=str(body.get("idempotency_key") or ""),
-                )
+                    idea=body.idea,
+                    total_segments=body.total_segments,
+                    segments_per_set=body.segments_per_set,
+                    save_to_files=body.save_to_files,
+                    output_directory=body.output_directory,
+                    model=body.model,
+                    idempotency_key=body.idempotency_key,
+                ),
+                caller,
             )
-            if wait is not None:
-                view = await core.wait_finished(view.job.id, wait)
+            if body.wait_seconds is not None:
+                view = await core.wait_finished(view.job.id, body.wait_seconds, caller)
             return _answer(view)
         except OrchestratorError as exc:
             return _error(exc)
 
     async def retry(request: web.Request) -> web.Response:
+        caller = caller_of(request)
         try:
-            body = await _json(request)
-            wait = _wait_seconds(body)
-            job_id = str(body.get("job_id") or "")
-            view = await core.get(job_id, with_tasks=False)
+            body = parse(StoryRetry, parse_json(await guard.read_body(request)))
+            view = await core.get(body.job_id, caller, with_tasks=False)
             if view.job.kind != JobKind.STORY:
-                raise InvalidArgument("job_id", f"job {job_id} is not a story job")
-            outcome = await core.retry_failed(job_id, _int(body, "max_retries", 0))
-            view = await core.get(job_id)
-            if wait is not None and outcome.retried:
-                view = await core.wait_finished(job_id, wait)
+                raise InvalidArgument("job_id", f"job {body.job_id} is not a story job")
+            outcome = await core.retry_failed(body.job_id, body.max_retries, caller)
+            view = await core.get(body.job_id, caller)
+            if body.wait_seconds is not None and outcome.retried:
+                view = await core.wait_finished(body.job_id, body.wait_seconds, caller)
             answer = story_result(view)
             answer["retried_sets"] = [i for i in outcome.retried if i != 0]
             answer["message"] = outcome.message
@@ -162,7 +125,7 @@ def add_story_routes(app: web.Application, core: JobsCore) -> None:
 
     async def show(request: web.Request) -> web.Response:
         try:
-            view = await core.get(request.match_info["job_id"])
+            view = await core.get(request.match_info["job_id"], caller_of(request))
             if view.job.kind != JobKind.STORY:
                 raise NotFound(f"job_id: {view.job.id} is not a story job")
             return _answer(view)

@@ -8,7 +8,9 @@ handed (its deadlines cover whatever it cannot).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,14 +24,18 @@ from orchestrator.v1 import jobs_pb2, jobs_pb2_grpc
 
 from common.lifecycle import Background
 from common.service import Infra, open_infra
-from common.settings import Settings
+from common.settings import Settings, SettingsError
 from services.gateway.core import JobsCore
 from services.gateway.grpc_api import JobService
-from services.gateway.http_api import HttpApi
+from services.gateway.grpc_guard import Guard
+from services.gateway.http_api import OPEN_PATHS, HttpApi
+from services.gateway.http_guard import HttpGuard
+from services.gateway.limits import CallerLimits
 from services.gateway.outbox import Outbox
 from services.gateway.progress import ProgressHub, read_events
 
 log = logging.getLogger(__name__)
+MAX_STREAMS_PER_CONNECTION = 1000
 
 SERVICE_NAME = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 # Long enough for unary calls to finish; watchers are told to reconnect after it.
@@ -49,9 +55,60 @@ def _split(addr: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings) -> None:
+    """Without tokens, serve on loopback only, unless ALLOW_ANONYMOUS says otherwise."""
+    exposed = [
+        addr for addr in (settings.grpc_addr, settings.http_addr) if not _loopback(_split(addr)[0])
+    ]
+    if settings.tokens.enabled:
+        roles = sorted({e.role.name.lower() for e in settings.tokens.entries})
+        log.info(
+            "authentication on: %d tokens (%s)",
+            len(settings.tokens.entries),
+            ", ".join(roles),
+            extra={"event": "session"},
+        )
+    elif exposed and not settings.allow_anonymous:
+        raise SettingsError(
+            f"refusing to serve without authentication on {', '.join(exposed)}: configure"
+            " AUTH_TOKENS (or AUTH_TOKENS_FILE), bind to 127.0.0.1, or set ALLOW_ANONYMOUS=true"
+        )
+    else:
+        log.warning(
+            "authentication OFF: anyone who reaches %s can start paid generations",
+            ", ".join(exposed) or "this machine's loopback ports",
+            extra={"event": "warning"},
+        )
+
+
+def _tls(settings: Settings) -> tuple[grpc.ServerCredentials | None, ssl.SSLContext | None]:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None, None
+    cert, key = settings.tls_cert_file.read_bytes(), settings.tls_key_file.read_bytes()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    return grpc.ssl_server_credentials([(key, cert)]), context
+
+
 @asynccontextmanager
 async def running_gateway(infra: Infra) -> AsyncIterator[Gateway]:
     settings = infra.settings
+    check_exposure(settings)
+    credentials, ssl_context = _tls(settings)
+    limits = CallerLimits(
+        rate=settings.rate_limit_per_second,
+        burst=settings.rate_limit_burst,
+        max_streams=settings.max_streams_per_caller,
+    )
     background = Background()
     hub = ProgressHub(partial(read_events, infra.db), background)
     subscription = await infra.broker.subscribe(hub.on_note)
@@ -60,12 +117,15 @@ async def running_gateway(infra: Infra) -> AsyncIterator[Gateway]:
     outbox_task = asyncio.create_task(outbox.run(), name="outbox")
 
     server = grpc.aio.server(
+        interceptors=[Guard(settings.tokens, limits)],
         options=[
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.keepalive_permit_without_calls", 1),
-        ]
+            ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
+            ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+        ],
     )
     jobs_pb2_grpc.add_JobServiceServicer_to_server(JobService(core), server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -78,16 +138,28 @@ async def running_gateway(infra: Infra) -> AsyncIterator[Gateway]:
         ],
         server,
     )
-    grpc_port = server.add_insecure_port(settings.grpc_addr)
+    if credentials is not None:
+        grpc_port = server.add_secure_port(settings.grpc_addr, credentials)
+    else:
+        grpc_port = server.add_insecure_port(settings.grpc_addr)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    http = HttpApi(infra, core)
-    runner = web.AppRunner(http.app(), access_log=None)
+    guard = HttpGuard(
+        settings.tokens,
+        limits,
+        open_paths=OPEN_PATHS,
+        read_timeout=settings.http_read_timeout,
+    )
+    http = HttpApi(infra, core, guard)
+    # keepalive_timeout also bounds a connection that never completes its first request.
+    runner = web.AppRunner(
+        http.app(), access_log=None, keepalive_timeout=settings.http_idle_timeout
+    )
     await runner.setup()
     host, port = _split(settings.http_addr)
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     http_port = runner.addresses[0][1]
     log.info("gateway serving gRPC on %s:%d, HTTP on %s:%d", host, grpc_port, host, http_port)

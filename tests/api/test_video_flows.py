@@ -88,6 +88,7 @@ async def test_webhook_triggers_the_poll_and_duplicates_are_ignored(
         fal_poll_interval=60,
         http_addr=f"127.0.0.1:{port}",
         public_http_url=f"http://127.0.0.1:{port}",
+        webhook_secret="test-webhook-secret",
     )
     async with inproc_stack(settings) as stack:
         started = time.monotonic()

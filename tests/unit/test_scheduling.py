@@ -68,8 +68,11 @@ def test_the_outcome_message_names_what_is_not_done_up_to_twenty() -> None:
 
 def _record(live: LiveTask) -> TaskRecord:
     return TaskRecord(
-        live.id, live.job_id, live.index, live.kind, live.status, live.priority, live.attempt,
-        3, {}, None, None, None, "", "", False, live.holds_slot, 0, None, None, NOW,
+        id=live.id, job_id=live.job_id, index=live.index, kind=live.kind, status=live.status,
+        priority=live.priority, attempt=live.attempt, max_attempts=3, payload={},
+        request_id=None, handle=None, result=None, last_error="", error_class="",
+        recoverable=False, worker=None, holds_slot=live.holds_slot, poll_chain=0,
+        deadline_at=None, next_attempt_at=None, updated_at=NOW,
     )  # fmt: skip
 
 
