@@ -30,6 +30,11 @@ Clock = Callable[[], float]
 # upload calls), and fal's public webhook keys.
 Endpoint = Literal["submit", "status", "result", "cancel", "chat", "upload_token", "upload", "jwks"]
 ALL_ENDPOINTS: tuple[Endpoint, ...] = get_args(Endpoint)
+Provider = Literal["fal", "openai"]
+PROVIDER_ENDPOINTS: dict[Provider, tuple[Endpoint, ...]] = {
+    "fal": ("submit", "status", "result", "cancel", "upload_token", "upload", "jwks"),
+    "openai": ("chat",),
+}
 
 # Answer with an error status after holding the call for `hang_seconds`.
 TIMEOUT = "timeout"
@@ -126,6 +131,36 @@ class Outage(_Model):
         return str(self.status)
 
 
+class Storm(_Model):
+    """A 429 storm: from `start` for `duration` seconds every call to `provider` (or to
+    `endpoints`; neither: every endpoint) answers 429 with `Retry-After: retry_after`."""
+
+    provider: Provider | None = None
+    endpoints: list[Endpoint] | None = Field(default=None, min_length=1)
+    start: float = Field(default=0.0, ge=0.0, description="seconds from when it is configured")
+    duration: float = Field(gt=0.0)
+    retry_after: float = Field(default=1.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Storm:
+        if self.provider is not None and self.endpoints is not None:
+            raise ValueError("give provider or endpoints, not both")
+        return self
+
+    @property
+    def covers(self) -> frozenset[Endpoint]:
+        if self.provider is not None:
+            return frozenset(PROVIDER_ENDPOINTS[self.provider])
+        return frozenset(self.endpoints or ALL_ENDPOINTS)
+
+
+class RateBudget(_Model):
+    """OpenAI per-model limits; the defaults are a generous paid tier (gpt-4o-mini, tier 5)."""
+
+    requests_per_minute: int = Field(default=30_000, ge=1)
+    tokens_per_minute: int = Field(default=150_000_000, ge=1)
+
+
 class Rule(_Model):
     """A deterministic fault for calls whose body contains `match`.
 
@@ -174,6 +209,10 @@ class SimulatorConfig(_Model):
     faults: list[FaultGroup] = Field(default_factory=list)
     outages: list[Outage] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
+    storms: list[Storm] = Field(default_factory=list)
+    # Budgets per model over a one-minute window; a model without an entry gets the default.
+    openai_rate_limit: RateBudget = Field(default_factory=RateBudget)
+    openai_model_rate_limits: dict[str, RateBudget] = Field(default_factory=dict)
 
     @field_validator("public_base_url")
     @classmethod

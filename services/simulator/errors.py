@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -115,24 +116,33 @@ def openai_error(
     message: str | None = None,
     code: str | None = None,
     param: str | None = None,
+    error_type: str | None = None,
     retry_after: float | None = None,
     request_id: str,
+    headers: Mapping[str, str] | None = None,
 ) -> web.Response:
-    """An OpenAI API error; `code` (e.g. insufficient_quota) also picks its type and message."""
+    """An OpenAI API error; `code` (e.g. insufficient_quota) also picks its type and message.
+
+    `error_type` overrides the type (a rate limit's is "requests" or "tokens"); `headers` are
+    added (the `x-ratelimit-*` ones)."""
     default_type, default_code, default_message = _OPENAI_DEFAULTS.get(
         status,
         ("server_error" if status >= 500 else "invalid_request_error", None, reason(status)),
     )
-    error_type = default_type
+    chosen_type = default_type
     if code is not None and code in _OPENAI_BY_CODE:
-        error_type, default_message = _OPENAI_BY_CODE[code]
+        chosen_type, default_message = _OPENAI_BY_CODE[code]
     body = {
         "error": {
             "message": message or default_message,
-            "type": error_type,
+            "type": error_type or chosen_type,
             "param": param,
             "code": code if code is not None else default_code,
         }
     }
-    headers = {"x-request-id": request_id, **_retry_headers(status, retry_after, with_ms=True)}
-    return web.json_response(body, status=status, headers=headers)
+    all_headers = {
+        **(headers or {}),
+        "x-request-id": request_id,
+        **_retry_headers(status, retry_after, with_ms=True),
+    }
+    return web.json_response(body, status=status, headers=all_headers)

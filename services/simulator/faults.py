@@ -1,6 +1,7 @@
 """Fault decisions: one engine for every endpoint, decided before a call is processed.
 
-Precedence: an active outage, then the first matching rule, then the random rates. Every
+Precedence: an active outage, then an active 429 storm, then the first matching rule, then the
+random rates. Every
 random draw comes from the simulator's seeded RNG, so a run with the same seed and the same
 call sequence injects the same faults.
 """
@@ -11,9 +12,17 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-from services.simulator.config import Clock, Endpoint, FaultGroup, Outage, Rule, applies_to
+from services.simulator.config import (
+    Clock,
+    Endpoint,
+    FaultGroup,
+    Outage,
+    Rule,
+    Storm,
+    applies_to,
+)
 
-FaultSource = Literal["outage", "rule", "rate"]
+FaultSource = Literal["outage", "storm", "rule", "rate"]
 
 
 @dataclass(frozen=True)
@@ -28,8 +37,8 @@ class Fault:
 
     @property
     def label(self) -> str:
-        """How stats name it: the kind, or "outage" for a call refused by an outage window."""
-        return "outage" if self.source == "outage" else self.kind
+        """How stats name it: the kind, or "outage" / "storm" for a call refused by a window."""
+        return self.source if self.source in ("outage", "storm") else self.kind
 
     @property
     def status(self) -> int | None:
@@ -52,6 +61,7 @@ class FaultEngine:
         self._clock = clock
         self._groups: list[FaultGroup] = []
         self._windows: list[_Window] = []
+        self._storms: list[tuple[float, float, Storm]] = []
         self._rules: list[Rule] = []
         self._fired: list[int] = []
 
@@ -62,6 +72,11 @@ class FaultEngine:
         """Anchor outages now: their `start` is relative to the moment they are configured."""
         now = self._clock()
         self._windows = [_Window(now + o.start, now + o.start + o.duration, o) for o in outages]
+
+    def set_storms(self, storms: list[Storm]) -> None:
+        """Anchor 429 storms now, like outages."""
+        now = self._clock()
+        self._storms = [(now + s.start, now + s.start + s.duration, s) for s in storms]
 
     def set_rules(self, rules: list[Rule]) -> None:
         """Replace the rules; their `times` budgets start afresh."""
@@ -74,7 +89,12 @@ class FaultEngine:
 
     def decide(self, endpoint: Endpoint, match_text: str) -> Fault | None:
         """The fault for one call, or None to answer it normally."""
-        return self._outage(endpoint) or self._rule(endpoint, match_text) or self._random(endpoint)
+        return (
+            self._outage(endpoint)
+            or self._storm(endpoint)
+            or self._rule(endpoint, match_text)
+            or self._random(endpoint)
+        )
 
     def _outage(self, endpoint: Endpoint) -> Fault | None:
         now = self._clock()
@@ -82,6 +102,13 @@ class FaultEngine:
             outage = window.outage
             if window.starts_at <= now < window.ends_at and endpoint in outage.endpoints:
                 return Fault(outage.kind, "outage", outage.retry_after, ingress=outage.ingress)
+        return None
+
+    def _storm(self, endpoint: Endpoint) -> Fault | None:
+        now = self._clock()
+        for starts_at, ends_at, storm in self._storms:
+            if starts_at <= now < ends_at and endpoint in storm.covers:
+                return Fault("429", "storm", storm.retry_after)
         return None
 
     def _rule(self, endpoint: Endpoint, match_text: str) -> Fault | None:

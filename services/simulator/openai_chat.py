@@ -2,6 +2,8 @@
 
 The completion is a pure function of the model and the messages (its RNG is seeded from a
 sha256 of them), so a retried call returns the same script and tests can compare outputs.
+Every success and every 429 carries OpenAI's `x-ratelimit-*` headers; a call over its model's
+budget (see rate_limits.py) is a 429 `rate_limit_exceeded` with `retry-after`/`retry-after-ms`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from services.simulator.endpoint import CALL, STATE, answer_fault, authorized, e
 from services.simulator.errors import openai_error
 from services.simulator.faults import Fault
 from services.simulator.prose import Prose
+from services.simulator.rate_limits import RateLimiter, Refusal, go_duration
 from services.simulator.schema_fill import SchemaError, SchemaFiller
 from services.simulator.stats import ChatExcerpt, message_text
 
@@ -115,12 +118,17 @@ def complete(body: dict[str, Any], fault: Fault | None) -> Completion:
     return Completion(content, "stop")
 
 
+def token_counts(body: dict[str, Any], completion: Completion) -> tuple[int, int]:
+    """Rough (prompt, completion) token counts: four characters a token."""
+    prompt_tokens = sum(len(message_text(m.get("content"))) // 4 + 4 for m in body["messages"])
+    return prompt_tokens, max(1, len(completion.content) // 4)
+
+
 def completion_body(
     body: dict[str, Any], completion: Completion, completion_id: str
 ) -> dict[str, Any]:
     """The chat.completion object around an answer, with rough token counts."""
-    prompt_tokens = sum(len(message_text(m.get("content"))) // 4 + 4 for m in body["messages"])
-    completion_tokens = max(1, len(completion.content) // 4)
+    prompt_tokens, completion_tokens = token_counts(body, completion)
     return {
         "id": f"chatcmpl-{completion_id}",
         "object": "chat.completion",
@@ -151,6 +159,26 @@ def completion_body(
     }
 
 
+def over_budget(refusal: Refusal, model: str, limits: RateLimiter, request_id: str) -> web.Response:
+    """OpenAI's 429 for a call over its model's requests or tokens per minute."""
+    short = "RPM" if refusal.resource == "requests" else "TPM"
+    message = (
+        f"Rate limit reached for {model} in organization org-simulator on "
+        f"{refusal.resource} per min ({short}): Limit {refusal.limit}, Used {refusal.used}, "
+        f"Requested {refusal.requested}. Please try again in {go_duration(refusal.wait)}. "
+        "Visit https://platform.openai.com/account/rate-limits to learn more."
+    )
+    return openai_error(
+        429,
+        message=message,
+        error_type=refusal.resource,
+        code="rate_limit_exceeded",
+        retry_after=refusal.wait,
+        request_id=request_id,
+        headers=limits.headers(model),
+    )
+
+
 @endpoint("chat")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
@@ -164,10 +192,19 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     except ValueError:
         body = None
     request[CALL].chat = ChatExcerpt.of(body)
+    named = body.get("model") if isinstance(body, dict) else None
+    model = named if isinstance(named, str) else ""
+    limits = state.rate_limits
 
     def render(status: int, fault: Fault) -> web.StreamResponse:
+        # An injected 429 with a Retry-After (a storm, say) has no request left until then.
+        headers = limits.headers(model, throttled_for=fault.retry_after) if status == 429 else {}
         return openai_error(
-            status, code=fault.code, retry_after=fault.retry_after, request_id=request_id
+            status,
+            code=fault.code,
+            retry_after=fault.retry_after,
+            request_id=request_id,
+            headers=headers,
         )
 
     fault = state.decide_fault("chat", body_text)
@@ -181,10 +218,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return openai_error(
             400, message=str(exc), param=exc.param, code=exc.code, request_id=request_id
         )
+    refusal = limits.admit(model, sum(token_counts(valid, completion)))
+    if refusal is not None:
+        state.stats.over_budget[refusal.resource] += 1
+        return over_budget(refusal, model, limits, request_id)
     await state.pause(state.config.chat_latency)
     if fault and fault.kind == SLOW_RESPONSE:
         await state.pause(state.config.hang_seconds)
     headers = {
+        **limits.headers(model),
         "x-request-id": request_id,
         "openai-processing-ms": str(round((time.monotonic() - started) * 1000)),
     }

@@ -14,6 +14,7 @@ from services.simulator.cdn_store import CdnStore
 from services.simulator.config import Clock, Endpoint, SimulatorConfig
 from services.simulator.fal_queue import FalQueue
 from services.simulator.faults import Fault, FaultEngine
+from services.simulator.rate_limits import RateLimiter
 from services.simulator.stats import Stats
 from services.simulator.webhook_signing import WebhookSigner
 from services.simulator.webhooks import WebhookSender
@@ -39,6 +40,7 @@ class SimulatorState:
         self.webhooks = WebhookSender(lambda: self.config, lambda: self.stats, self.signer)
         self.queue.on_complete = self.webhooks.dispatch
         self.cdn = CdnStore(config.upload_store_bytes)
+        self.rate_limits = RateLimiter(self.clock)
         # Signs CDN tokens; kept across resets, as issued tokens stay valid at fal.
         self.cdn_secret = secrets.token_bytes(32)
         # Set when the server shuts down: every held (hanging) answer wakes up at once.
@@ -48,8 +50,9 @@ class SimulatorState:
     def configure(self, **changes: Any) -> SimulatorConfig:
         """Merge and validate top-level config changes (pydantic.ValidationError if invalid).
 
-        Runtime state follows only what changed: new `outages` are anchored now, new `rules`
-        get fresh `times` budgets, a new `seed` reseeds the RNG.
+        Runtime state follows only what changed: new `outages` and `storms` are anchored now,
+        new `rules` get fresh `times` budgets, new rate budgets start full, a new `seed` reseeds
+        the RNG.
         """
         config = self.config.merged(changes)
         self.config = config
@@ -113,6 +116,10 @@ class SimulatorState:
             self.faults.set_outages(config.outages)
         if "rules" in changed:
             self.faults.set_rules(config.rules)
+        if "storms" in changed:
+            self.faults.set_storms(config.storms)
+        if changed & {"openai_rate_limit", "openai_model_rate_limits"}:
+            self.rate_limits.configure(config.openai_rate_limit, config.openai_model_rate_limits)
         if "upload_store_bytes" in changed:
             self.cdn.limit = config.upload_store_bytes
         if "max_concurrency" in changed:

@@ -69,6 +69,9 @@ class Stats:
         self.webhooks_sent = 0
         self.webhook_failures = 0
         self.chat_calls = 0
+        # Every 429 answered, whatever its cause; and the chat calls refused by a budget.
+        self.rate_limited: Counter[str] = Counter()
+        self.over_budget: Counter[str] = Counter()
         self.call_log: deque[dict[str, Any]] = deque(maxlen=log_limit)
         self.chat_log: deque[dict[str, Any]] = deque(maxlen=log_limit)
 
@@ -102,6 +105,8 @@ class Stats:
     ) -> None:
         """Account how a call was answered; `status` None means the connection was dropped."""
         self.responses[endpoint][RESET_KEY if status is None else str(status)] += 1
+        if status == 429:
+            self.rate_limited[endpoint] += 1
         self.call_log.append(
             {
                 "t": t,
@@ -140,6 +145,8 @@ class Stats:
             "webhooks_sent": self.webhooks_sent,
             "webhook_failures": self.webhook_failures,
             "chat_calls": self.chat_calls,
+            "rate_limited": dict(self.rate_limited),
+            "over_budget": dict(self.over_budget),
         }
         if with_logs:
             data["call_log"] = list(self.call_log)

@@ -23,6 +23,8 @@ STATS_KEYS = {
     "webhooks_sent",
     "webhook_failures",
     "chat_calls",
+    "rate_limited",
+    "over_budget",
     "rules_fired",
     "uploads",
     "chat_log",
