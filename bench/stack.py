@@ -104,6 +104,7 @@ def _service_env(
         "GRPC_ADDR": f"127.0.0.1:{free_port()}",
         "HTTP_ADDR": f"127.0.0.1:{free_port()}",
         "FAL_QUEUE_URL": sim_url,
+        "FAL_JWKS_URL": f"{sim_url}/.well-known/jwks.json",
         "OUTPUT_ROOT": str(ctx.workdir / "output"),
         "LOG_LEVEL": ctx.options.log_level,
         **overrides,

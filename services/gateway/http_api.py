@@ -3,6 +3,8 @@
 Routes:
   POST /api/generate-video        seed video API: {"action": "start" | "status", ...}
   POST /webhooks/fal              fal's completion call-back: triggers an early poll
+  POST /api/uploads               an arena image (raw body, Content-Type image/png|jpeg|webp,
+                                  ?file_name=...) put on fal's CDN: {"url": ...}
   GET  /healthz                   200 while serving, 503 while draining (no token needed)
   GET  /metrics                   Prometheus text format
   (and the story routes of seed_story.py)
@@ -17,21 +19,33 @@ from collections import OrderedDict
 
 from aiohttp import web
 
+from common.auth import Role
 from common.domain.messages import MessageKind, Send, TaskMessage
 from common.errors import InvalidArgument, OrchestratorError
+from common.resilience import ProviderError
 from common.service import Infra
 from common.store import queries
+from common.webhook_urls import verify_target
 from services.gateway.core import JobsCore
+from services.gateway.fields import check_text
 from services.gateway.http_guard import HttpGuard, caller_of, error_response, parse_json
 from services.gateway.http_models import VideoStart, video_action
 from services.gateway.requests import VideoJobRequest
 from services.gateway.seed_shapes import seed_field_error, seed_status
 from services.gateway.seed_story import add_story_routes
-from services.video_worker.fal_webhook import WEBHOOK_PATH, BadWebhook, request_id_of
+from services.video_worker.fal_upload import (
+    CONTENT_TYPES,
+    MAX_FILE_NAME,
+    MAX_UPLOAD_BYTES,
+    FalUploader,
+    InvalidUpload,
+)
+from services.video_worker.fal_webhook import WEBHOOK_PATH, BadWebhook, FalWebhookVerifier
 
 log = logging.getLogger(__name__)
 
 JSON_LIMIT = 1 << 20
+BODY_LIMIT = MAX_UPLOAD_BYTES + (1 << 16)  # the largest body of any route (an upload)
 # The seed's start action took only the arena URL and generated this many segments.
 SEED_DEFAULT_SEGMENTS = 5
 WEBHOOK_MEMORY = 10_000
@@ -46,17 +60,27 @@ def seed_error(exc: OrchestratorError) -> web.Response:
 
 
 class HttpApi:
-    def __init__(self, infra: Infra, core: JobsCore, guard: HttpGuard) -> None:
+    def __init__(
+        self,
+        infra: Infra,
+        core: JobsCore,
+        guard: HttpGuard,
+        webhooks: FalWebhookVerifier,
+        uploader: FalUploader,
+    ) -> None:
         self.infra = infra
         self.core = core
         self.guard = guard
+        self.webhooks = webhooks
+        self.uploader = uploader
         self.serving = True
         # Request ids whose webhook already triggered a poll: fal may call back more than once.
         self._seen_webhooks: OrderedDict[str, None] = OrderedDict()
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=JSON_LIMIT, middlewares=[self.guard.middleware])
+        app = web.Application(client_max_size=BODY_LIMIT, middlewares=[self.guard.middleware])
         app.router.add_post("/api/generate-video", self.generate_video)
+        app.router.add_post("/api/uploads", self.upload)
         app.router.add_post(WEBHOOK_PATH, self.fal_webhook)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
@@ -66,7 +90,7 @@ class HttpApi:
     async def generate_video(self, request: web.Request) -> web.Response:
         caller = caller_of(request)
         try:
-            action = video_action(parse_json(await self.guard.read_body(request)))
+            action = video_action(parse_json(await self.guard.read_body(request, limit=JSON_LIMIT)))
             if isinstance(action, VideoStart):
                 segments = action.totalSegments
                 if segments is None:
@@ -93,21 +117,58 @@ class HttpApi:
         except OrchestratorError as exc:
             return seed_error(exc)
 
+    async def upload(self, request: web.Request) -> web.Response:
+        """Put an arena image on fal's CDN (through fal-client's storage upload), so a client
+        with a local file needs no provider key."""
+        caller_of(request).require(Role.SUBMIT, "uploading an image")
+        content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type not in CONTENT_TYPES:
+            raise InvalidArgument(
+                "Content-Type", f"must be one of {', '.join(sorted(CONTENT_TYPES))}"
+            )
+        file_name = request.query.get("file_name", "arena")
+        check_text("file_name", file_name, max_chars=MAX_FILE_NAME, required=True)
+        data = await self.guard.read_body(request, limit=MAX_UPLOAD_BYTES)
+        try:
+            url = await self.uploader.upload(data, content_type, file_name)
+        except InvalidUpload as exc:
+            raise InvalidArgument("body", exc.message) from None
+        except ProviderError as exc:
+            log.warning("upload to fal failed: %s", exc, extra={"event": "warning"})
+            status = 503 if exc.retryable else 502
+            return web.json_response({"error": "the image store refused the upload"}, status=status)
+        log.info("uploaded %s (%d bytes)", file_name, len(data), extra={"event": "session"})
+        return web.json_response({"url": url})
+
     async def fal_webhook(self, request: web.Request) -> web.Response:
         """fal says a request finished: poll it now instead of at the next interval.
 
-        The call-back only triggers a poll (the worker asks fal itself), so a forged one costs a
-        status call and nothing else.
+        Two proofs before anything happens: the URL's signed task and attempt (we made the URL),
+        and fal's ED25519 signature over the body (fal sent it). An unverified call is 401 and
+        changes nothing; in particular it never takes the request id's duplicate slot, so the
+        real call-back is not dropped after a forged one. A verified one only triggers a poll:
+        the worker asks fal for the result itself.
         """
+        secret = self.infra.settings.webhook_secret
+        target = verify_target(secret.get_secret_value(), dict(request.query)) if secret else None
+        if target is None:
+            return web.json_response(
+                {"error": "webhook URL: not signed by this service"}, status=401
+            )
+        body = await self.guard.read_body(request, limit=JSON_LIMIT)
         try:
-            request_id = request_id_of(parse_json(await self.guard.read_body(request)))
-        except (InvalidArgument, BadWebhook) as exc:
-            return web.json_response({"error": str(exc)}, status=400)
+            request_id = await self.webhooks.verify(request.headers, body)
+        except BadWebhook as exc:
+            log.warning("refused a fal webhook: %s", exc, extra={"event": "warning"})
+            return web.json_response({"error": str(exc)}, status=401)
+        except ProviderError as exc:  # fal's keys could not be fetched: let fal deliver again
+            log.warning("cannot verify fal webhooks now: %s", exc, extra={"event": "warning"})
+            return web.json_response({"error": "cannot verify now; try again"}, status=503)
         if request_id in self._seen_webhooks:
             return web.json_response({"status": "duplicate"})
         async with self.infra.db.read() as session:
             task = await queries.task_by_request_id(session, request_id)
-        if task is None or task.status != "running":
+        if task is None or task.id != target.task_id or task.status != "running":
             return web.json_response({"status": "ignored"})
         self._remember(request_id)
         poll = TaskMessage(task.id, task.job_id, MessageKind.POLL, task.attempt, once=True)

@@ -71,7 +71,8 @@ def error_response(exc: OrchestratorError, body: dict[str, Any] | None = None) -
 
 
 def caller_of(request: web.Request) -> Caller:
-    return request.get(CALLER, ANONYMOUS)
+    caller: Caller = request.get(CALLER, ANONYMOUS)
+    return caller
 
 
 class HttpGuard:
@@ -107,17 +108,22 @@ class HttpGuard:
             error_id = report_unexpected(exc, f"{request.method} {request.path}")
             return web.json_response({"error": f"internal error (id {error_id})"}, status=500)
 
-    async def read_body(self, request: web.Request) -> bytes:
-        """The request's body within the size limit and the read timeout."""
+    async def read_body(self, request: web.Request, *, limit: int) -> bytes:
+        """The request's body, at most `limit` bytes, within the read timeout."""
+        if request.content_length is not None and request.content_length > limit:
+            raise InvalidArgument("body", f"at most {limit} bytes")
         try:
             async with asyncio.timeout(self.read_timeout):
-                return await request.read()
+                body = await request.read()
         except TimeoutError:
             raise InvalidArgument("body", f"not received within {self.read_timeout:g}s") from None
         except web.HTTPRequestEntityTooLarge:
             raise
         except (ValueError, OSError) as exc:  # a Content-Encoding that lies, a broken stream
             raise InvalidArgument("body", f"could not be read ({_plain(exc)})") from None
+        if len(body) > limit:
+            raise InvalidArgument("body", f"at most {limit} bytes")
+        return body
 
 
 def parse_json(body: bytes) -> dict[str, Any]:

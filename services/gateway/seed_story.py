@@ -32,6 +32,8 @@ from services.gateway.requests import StoryJobRequest
 from services.gateway.seed_shapes import SEED_STATUS
 from services.gateway.views import JobView
 
+JSON_LIMIT = 1 << 20
+
 
 def _error(exc: OrchestratorError) -> web.Response:
     return error_response(exc, {"success": False, **error_body(exc)})
@@ -86,7 +88,7 @@ def add_story_routes(app: web.Application, core: JobsCore, guard: HttpGuard) -> 
     async def generate(request: web.Request) -> web.Response:
         caller = caller_of(request)
         try:
-            body = parse(StoryStart, parse_json(await guard.read_body(request)))
+            body = parse(StoryStart, parse_json(await guard.read_body(request, limit=JSON_LIMIT)))
             view, _ = await core.start_story(
                 StoryJobRequest(
                     idea=body.idea,
@@ -108,7 +110,7 @@ def add_story_routes(app: web.Application, core: JobsCore, guard: HttpGuard) -> 
     async def retry(request: web.Request) -> web.Response:
         caller = caller_of(request)
         try:
-            body = parse(StoryRetry, parse_json(await guard.read_body(request)))
+            body = parse(StoryRetry, parse_json(await guard.read_body(request, limit=JSON_LIMIT)))
             view = await core.get(body.job_id, caller, with_tasks=False)
             if view.job.kind != JobKind.STORY:
                 raise InvalidArgument("job_id", f"job {body.job_id} is not a story job")

@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import ssl
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -33,6 +33,9 @@ from services.gateway.http_guard import HttpGuard
 from services.gateway.limits import CallerLimits
 from services.gateway.outbox import Outbox
 from services.gateway.progress import ProgressHub, read_events
+from services.video_worker.fal_transport import route_url
+from services.video_worker.fal_upload import FalUploader
+from services.video_worker.fal_webhook import FalWebhookVerifier
 
 log = logging.getLogger(__name__)
 MAX_STREAMS_PER_CONNECTION = 1000
@@ -99,23 +102,10 @@ def _tls(settings: Settings) -> tuple[grpc.ServerCredentials | None, ssl.SSLCont
     return grpc.ssl_server_credentials([(key, cert)]), context
 
 
-@asynccontextmanager
-async def running_gateway(infra: Infra) -> AsyncIterator[Gateway]:
-    settings = infra.settings
-    check_exposure(settings)
-    credentials, ssl_context = _tls(settings)
-    limits = CallerLimits(
-        rate=settings.rate_limit_per_second,
-        burst=settings.rate_limit_burst,
-        max_streams=settings.max_streams_per_caller,
-    )
-    background = Background()
-    hub = ProgressHub(partial(read_events, infra.db), background)
-    subscription = await infra.broker.subscribe(hub.on_note)
-    outbox = Outbox(infra)
-    core = JobsCore(infra, outbox, hub)
-    outbox_task = asyncio.create_task(outbox.run(), name="outbox")
-
+async def _grpc_server(
+    settings: Settings, core: JobsCore, limits: CallerLimits
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:  # type: ignore[name-defined]
+    """The started gRPC server (JobService, health, reflection) and its port."""
     server = grpc.aio.server(
         interceptors=[Guard(settings.tokens, limits)],
         options=[
@@ -138,52 +128,84 @@ async def running_gateway(infra: Infra) -> AsyncIterator[Gateway]:
         ],
         server,
     )
+    credentials, _ = _tls(settings)
     if credentials is not None:
-        grpc_port = server.add_secure_port(settings.grpc_addr, credentials)
+        port = server.add_secure_port(settings.grpc_addr, credentials)
     else:
-        grpc_port = server.add_insecure_port(settings.grpc_addr)
+        port = server.add_insecure_port(settings.grpc_addr)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, health_servicer, port
 
-    guard = HttpGuard(
-        settings.tokens,
-        limits,
-        open_paths=OPEN_PATHS,
-        read_timeout=settings.http_read_timeout,
+
+@asynccontextmanager
+async def running_gateway(infra: Infra) -> AsyncIterator[Gateway]:
+    settings = infra.settings
+    limits = CallerLimits(
+        rate=settings.rate_limit_per_second,
+        burst=settings.rate_limit_burst,
+        max_streams=settings.max_streams_per_caller,
     )
-    http = HttpApi(infra, core, guard)
-    # keepalive_timeout also bounds a connection that never completes its first request.
-    runner = web.AppRunner(
-        http.app(), access_log=None, keepalive_timeout=settings.http_idle_timeout
-    )
-    await runner.setup()
-    host, port = _split(settings.http_addr)
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
-    await site.start()
-    http_port = runner.addresses[0][1]
-    log.info("gateway serving gRPC on %s:%d, HTTP on %s:%d", host, grpc_port, host, http_port)
-    try:
-        yield Gateway(core=core, outbox=outbox, grpc_port=grpc_port, http_port=http_port)
-    finally:
-        log.info("gateway draining")
-        http.serving = False
-        for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await server.stop(min(GRPC_GRACE_SECONDS, settings.drain_seconds))
-        await runner.cleanup()
-        await background.drain(within=settings.drain_seconds)
-        outbox.stop()
-        try:
-            async with asyncio.timeout(settings.drain_seconds):
-                await outbox_task
-        except TimeoutError:
-            log.warning(
-                "outbox did not finish within %.0fs; the sweeper will", settings.drain_seconds
+    async with AsyncExitStack() as stack:
+        webhooks = await stack.enter_async_context(
+            FalWebhookVerifier(
+                # fal's keys come from the simulator when FAL_QUEUE_URL points at one.
+                route_url(settings.fal_jwks_url, settings.fal_queue_url),
+                tolerance=settings.fal_webhook_tolerance,
             )
-        await subscription.close()
+        )
+        uploader = await stack.enter_async_context(
+            FalUploader(
+                key=settings.fal_key.get_secret_value() if settings.fal_key else None,
+                queue_url=settings.fal_queue_url,
+                timeout=settings.fal_timeout,
+                secrets=settings.secrets(),
+            )
+        )
+        background = Background()
+        hub = ProgressHub(partial(read_events, infra.db), background)
+        subscription = await infra.broker.subscribe(hub.on_note)
+        stack.push_async_callback(subscription.close)
+        outbox = Outbox(infra)
+        core = JobsCore(infra, outbox, hub)
+        outbox_task = asyncio.create_task(outbox.run(), name="outbox")
+        server, health_servicer, grpc_port = await _grpc_server(settings, core, limits)
+
+        guard = HttpGuard(
+            settings.tokens, limits, open_paths=OPEN_PATHS, read_timeout=settings.http_read_timeout
+        )
+        http = HttpApi(infra, core, guard, webhooks, uploader)
+        # keepalive_timeout also bounds a connection that never completes its first request.
+        runner = web.AppRunner(
+            http.app(), access_log=None, keepalive_timeout=settings.http_idle_timeout
+        )
+        await runner.setup()
+        host, port = _split(settings.http_addr)
+        await web.TCPSite(runner, host, port, ssl_context=_tls(settings)[1]).start()
+        http_port = runner.addresses[0][1]
+        log.info("gateway serving gRPC on %s:%d, HTTP on %s:%d", host, grpc_port, host, http_port)
+        try:
+            yield Gateway(core=core, outbox=outbox, grpc_port=grpc_port, http_port=http_port)
+        finally:
+            log.info("gateway draining", extra={"event": "session"})
+            http.serving = False
+            for name in ("", SERVICE_NAME):
+                await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await server.stop(min(GRPC_GRACE_SECONDS, settings.drain_seconds))
+            await runner.cleanup()
+            await background.drain(within=settings.drain_seconds)
+            outbox.stop()
+            try:
+                async with asyncio.timeout(settings.drain_seconds):
+                    await outbox_task
+            except TimeoutError:
+                log.warning(
+                    "outbox did not finish within %.0fs; the sweeper will", settings.drain_seconds
+                )
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
+    check_exposure(settings)  # before connecting anything
     async with open_infra(settings) as infra, running_gateway(infra):
         await stop.wait()

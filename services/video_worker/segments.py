@@ -18,6 +18,7 @@ from common.attempts.kind import (
 )
 from common.domain.kinds import VIDEO_SEGMENT
 from common.domain.records import TaskRecord
+from common.webhook_urls import webhook_url
 from services.video_worker.ports import (
     GenerationFailed,
     Phase,
@@ -33,18 +34,25 @@ LOW_PRIORITY = 1  # the proto's PRIORITY_LOW: fal's "low" queue priority
 class VideoSegments(KindHandler):
     spec = VIDEO_SEGMENT
 
-    def __init__(self, provider: VideoProvider, *, webhook_url: str | None = None) -> None:
+    def __init__(
+        self, provider: VideoProvider, *, webhook_base: str | None = None, webhook_secret: str = ""
+    ) -> None:
         self.provider = provider
-        # Where the provider should call back when a request finishes; None: poll only.
-        self.webhook_url = webhook_url
+        # Where the provider should call back when a request finishes (None: poll only); each
+        # submit's URL names its task and attempt, signed with `webhook_secret`.
+        self.webhook_base = webhook_base
+        self.webhook_secret = webhook_secret
 
     async def submit(self, work: Work, calls: ProviderCalls) -> Submitted:
         task = work.task
+        webhook = None
+        if self.webhook_base:
+            webhook = webhook_url(self.webhook_base, self.webhook_secret, task.id, task.attempt)
         request = await calls(
             lambda: self.provider.submit(
                 task.payload["model"],
                 task.payload["arguments"],
-                webhook_url=self.webhook_url,
+                webhook_url=webhook,
                 low_priority=task.priority == LOW_PRIORITY,
             )
         )

@@ -30,6 +30,7 @@ async def running_video_worker(infra: Infra) -> AsyncIterator[AttemptRunner]:
     async with infra.db.write() as session:
         await ensure_slots(session, pool, limit)
     webhook = f"{s.public_http_url.rstrip('/')}{WEBHOOK_PATH}" if s.public_http_url else None
+    secret = s.webhook_secret.get_secret_value() if s.webhook_secret else ""
     async with FalVideoProvider(
         key=s.fal_key.get_secret_value() if s.fal_key else None,
         queue_url=s.fal_queue_url,
@@ -40,7 +41,7 @@ async def running_video_worker(infra: Infra) -> AsyncIterator[AttemptRunner]:
             infra.committer,
             [
                 Registration(
-                    VideoSegments(provider, webhook_url=webhook),
+                    VideoSegments(provider, webhook_base=webhook, webhook_secret=secret),
                     s.retry_policy(VIDEO_SEGMENT.name),
                     AttemptOptions(
                         call_timeout=s.fal_timeout,

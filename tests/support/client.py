@@ -22,12 +22,18 @@ async def job_service(address: str) -> AsyncIterator[Stub]:
 
 
 async def watch_to_end(
-    stub: Stub, job_id: str, *, after: int = 0, timeout: float = 60.0
+    stub: Stub,
+    job_id: str,
+    *,
+    after: int = 0,
+    timeout: float = 60.0,
+    metadata: tuple[tuple[str, str], ...] = (),
 ) -> list[pb.JobEvent]:
     """Every event of the job after `after`, until the server ends the stream (job finished)."""
     events: list[pb.JobEvent] = []
+    request = pb.WatchJobRequest(job_id=job_id, after_cursor=after)
     async with asyncio.timeout(timeout):
-        async for item in stub.WatchJob(pb.WatchJobRequest(job_id=job_id, after_cursor=after)):
+        async for item in stub.WatchJob(request, metadata=metadata):
             events.extend(item.events)
     return events
 

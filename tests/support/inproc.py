@@ -37,6 +37,7 @@ def stack_settings(tmp_path: Path, sim: SimulatorHandle, **overrides: object) ->
         "grpc_addr": "127.0.0.1:0",
         "http_addr": "127.0.0.1:0",
         "fal_queue_url": sim.url,
+        "fal_jwks_url": f"{sim.url}/.well-known/jwks.json",
         "fal_key": FAL_KEY,
         "openai_base_url": f"{sim.url}/v1",
         "openai_api_key": OPENAI_KEY,

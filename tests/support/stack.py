@@ -36,6 +36,7 @@ def base_env(
         "GRPC_ADDR": f"127.0.0.1:{free_port()}",
         "HTTP_ADDR": f"127.0.0.1:{free_port()}",
         "FAL_QUEUE_URL": sim.url,
+        "FAL_JWKS_URL": f"{sim.url}/.well-known/jwks.json",
         "FAL_KEY": FAL_KEY,
         "OPENAI_BASE_URL": f"{sim.url}/v1",
         "OPENAI_API_KEY": OPENAI_KEY,
