@@ -9,6 +9,7 @@ Authorization: Bearer <token>                          (when a token is given)
 from __future__ import annotations
 
 import asyncio
+import ssl
 from pathlib import Path
 
 import httpx
@@ -39,12 +40,14 @@ async def upload_image(
     *,
     http_url: str = DEFAULT_HTTP_URL,
     token: str | None = None,
+    ca_file: str | Path | None = None,
     http_timeout: float = 60.0,
 ) -> str:
     """Send the file to the gateway; the URL it is now served at.
 
     Raises ValueError for a file that is missing or not a PNG/JPEG/WebP, and `UploadError` when
-    the gateway refuses (4xx, `refused`) or fails (5xx or unreachable).
+    the gateway refuses (4xx, `refused`) or fails (5xx or unreachable). `ca_file` is the CA
+    to trust for an https `http_url` signed by a private CA.
     """
     file = Path(path)
     media_type = content_type(file)
@@ -57,7 +60,11 @@ async def upload_image(
         headers["Authorization"] = f"Bearer {token}"
     url = http_url.rstrip("/") + UPLOAD_PATH
     try:
-        async with httpx.AsyncClient(timeout=http_timeout) as http:
+        verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
+    except OSError as exc:
+        raise ValueError(f"cannot read {ca_file}: {exc.strerror}") from None
+    try:
+        async with httpx.AsyncClient(timeout=http_timeout, verify=verify) as http:
             response = await http.post(
                 url, params={"file_name": file.name}, content=body, headers=headers
             )

@@ -242,7 +242,7 @@ async def _arena_url(g: Globals, arena: str, path: Path | None) -> str:
     """The arena's URL: as given, or where the gateway serves the uploaded file."""
     if path is None:
         return arena
-    url = await upload_image(path, http_url=g.http_url, token=g.token)
+    url = await upload_image(path, http_url=g.http_url, token=g.token, ca_file=g.ca_file)
     if not g.json:
         g.err.print(f"uploaded {path.name} → {url}", markup=False)
     return url

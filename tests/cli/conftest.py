@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -81,6 +82,20 @@ def assert_events_once_in_order(events: list[dict[str, Any]]) -> None:
     """Cursors 1, 2, ... N: in order, none missing, none twice (int64 prints as a string)."""
     cursors = [int(e["cursor"]) for e in events]
     assert cursors == list(range(1, len(cursors) + 1)), cursors
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate and key for the name `orchestrator.test` (made by openssl)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "server.pem", folder / "server.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=orchestrator.test",
+         "-addext", "subjectAltName=DNS:orchestrator.test"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
 
 
 @pytest.fixture

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from orchestrator.v1 import jobs_pb2 as pb
 
+from common.auth import Role, hash_entry
 from services.simulator.app import SimulatorHandle
 from tests.cli.conftest import run_cli
 from tests.cli.proxy import running_proxy
-from tests.support.inproc import InProcStack
+from tests.support.inproc import InProcStack, inproc_stack, stack_settings
 from tests.support.procs import free_port
 
 ARENA = "https://example.com/arena.png"
@@ -106,3 +108,40 @@ async def test_get_shows_tasks(inproc: InProcStack) -> None:
     )
     shown = await run_cli(*target(inproc), "get", started.job_id)
     assert shown.code == 0 and started.job_id in shown.stdout and "Segment" in shown.stdout
+
+
+async def test_real_gateway_tokens_and_tls_from_the_command_line(
+    tmp_path: Path, sim: SimulatorHandle, certificate: tuple[Path, Path]
+) -> None:
+    cert, key = certificate
+    submit, read = "submit-token-0123456789", "read-token-0123456789"
+    tokens = ",".join(
+        [hash_entry("alice", Role.SUBMIT, submit), hash_entry("bob", Role.READ, read)]
+    )
+    settings = stack_settings(
+        tmp_path, sim, auth_tokens=tokens, tls_cert_file=cert, tls_key_file=key
+    )
+    async with inproc_stack(settings) as stack:
+        tls = {
+            "ORCHESTRATOR_TARGET": f"127.0.0.1:{stack.gateway.grpc_port}",
+            "ORCHESTRATOR_CA_FILE": str(cert),
+            "ORCHESTRATOR_SERVER_NAME": "orchestrator.test",
+        }
+        alice = await run_cli(
+            "--json", "video", "--arena", ARENA, "-n", "1",
+            env={**tls, "ORCHESTRATOR_TOKEN": submit},
+        )  # fmt: skip
+        bob = await run_cli(
+            "video", "--arena", ARENA, "--no-watch", env={**tls, "ORCHESTRATOR_TOKEN": read}
+        )
+        nobody = await run_cli("list", env=tls)
+        plaintext = await run_cli(
+            "--target", tls["ORCHESTRATOR_TARGET"], "--timeout", "2", "health",
+            env={"ORCHESTRATOR_TOKEN": submit},
+        )  # fmt: skip
+
+    assert alice.code == 0, alice.stderr
+    assert alice.events_and_summary()[1]["status"] == "COMPLETED"
+    assert bob.code == 7 and "PERMISSION_DENIED" in bob.stderr and read not in bob.stderr
+    assert nobody.code == 7 and "UNAUTHENTICATED" in nobody.stderr
+    assert plaintext.code == 6 and submit not in plaintext.stderr

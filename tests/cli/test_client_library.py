@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import grpc
 import pytest
 from orchestrator.v1 import jobs_pb2 as pb
 
+from common.auth import Role, hash_entry
 from common.resilience.backoff import Backoff
 from orchestrator_client import (
     FailedPrecondition,
@@ -194,20 +194,6 @@ async def test_unreachable_gateway_is_unavailable() -> None:
                 pass
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for the name `orchestrator.test` (made by openssl)."""
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "server.pem", folder / "server.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=orchestrator.test",
-         "-addext", "subjectAltName=DNS:orchestrator.test"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
 async def test_tls_with_a_private_ca_and_server_name_override(
     stack: InProcStack, certificate: tuple[Path, Path]
 ) -> None:
@@ -223,3 +209,34 @@ async def test_tls_with_a_private_ca_and_server_name_override(
         async with JobsClient(proxy.address, backoff=FAST, start_attempts=1) as plaintext:
             with pytest.raises(Unavailable):
                 await plaintext.list()
+
+
+async def test_real_gateway_with_tls_and_tokens(
+    tmp_path: Path, sim: SimulatorHandle, certificate: tuple[Path, Path]
+) -> None:
+    cert, key = certificate
+    submit, read = "submit-token-0123456789", "read-token-0123456789"
+    tokens = ",".join(
+        [hash_entry("alice", Role.SUBMIT, submit), hash_entry("bob", Role.READ, read)]
+    )
+    settings = stack_settings(
+        tmp_path, sim, auth_tokens=tokens, tls_cert_file=cert, tls_key_file=key
+    )
+    async with inproc_stack(settings) as stack:
+        address = f"127.0.0.1:{stack.gateway.grpc_port}"
+        tls = {"tls": True, "ca_file": cert, "server_name": "orchestrator.test"}
+        async with JobsClient(address, token=submit, **tls) as alice:
+            started = await alice.start_video(battle_arena_url=ARENA, total_segments=1)
+            events = [e async for e in alice.watch(started.job_id)]
+            assert events[-1].job_status == pb.JOB_STATUS_COMPLETED
+        async with JobsClient(address, token=read, **tls) as bob:
+            with pytest.raises(PermissionDenied):
+                await bob.start_video(battle_arena_url=ARENA, total_segments=1)
+            with pytest.raises(NotFound):  # alice's job is not bob's to see
+                await bob.get(started.job_id)
+        async with JobsClient(address, **tls) as anonymous:
+            with pytest.raises(Unauthenticated):
+                await anonymous.list()
+        async with JobsClient(address, token=submit, backoff=FAST, start_attempts=1) as plain:
+            with pytest.raises(Unavailable):
+                await plain.list()
