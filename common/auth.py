@@ -95,7 +95,7 @@ class Tokens:
         for position, raw in enumerate(re.split(r"[\s,]+", text.strip()), start=1):
             if not raw or raw.startswith("#"):
                 continue
-            match = _ENTRY.match(raw)
+            match = _ENTRY.fullmatch(raw)
             if match is None or match["role"].upper() not in Role.__members__:
                 raise ValueError(
                     f"entry {position} is not <name>:<read|submit|admin>:sha256:<64 hex digits>"

@@ -51,7 +51,7 @@ class Topology:
         if not self.prefix:
             raise ValueError("Topology.prefix must not be empty")
         if len(set(self.queues)) != len(self.queues) or not all(
-            _QUEUE_NAME.match(q) for q in self.queues
+            _QUEUE_NAME.fullmatch(q) for q in self.queues
         ):
             raise ValueError(f"Topology.queues must be unique plain names, got {self.queues}")
         tiers = self.delay_tiers_ms

@@ -75,13 +75,13 @@ def check_text(
 def check_job_id(value: str, name: str = "job_id") -> str:
     if not value:
         raise InvalidArgument(name, "required")
-    if not _JOB_ID.match(value):
+    if not _JOB_ID.fullmatch(value):
         raise InvalidArgument(name, f"1..{MAX_JOB_ID} letters, digits and '-' (a job id)")
     return value
 
 
 def check_key(value: str, name: str = "idempotency_key") -> str:
-    if value and not _KEY.match(value):
+    if value and not _KEY.fullmatch(value):
         raise InvalidArgument(name, f"1..{MAX_KEY} printable ASCII characters without spaces")
     return value
 
@@ -91,7 +91,7 @@ def check_fal_model(value: str, allowed: frozenset[str], name: str = "model") ->
     well_formed = (
         len(value) <= MAX_MODEL_ID
         and 2 <= len(segments) <= 6
-        and all(_FAL_SEGMENT.match(s) and s not in (".", "..") for s in segments)
+        and all(_FAL_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments)
     )
     if not well_formed:
         raise InvalidArgument(
@@ -105,7 +105,7 @@ def check_fal_model(value: str, allowed: frozenset[str], name: str = "model") ->
 
 
 def check_openai_model(value: str, allowed: frozenset[str], name: str = "model") -> str:
-    if not _OPENAI_MODEL.match(value):
+    if not _OPENAI_MODEL.fullmatch(value):
         raise InvalidArgument(name, "not an OpenAI model name (1..100 of [A-Za-z0-9._:-])")
     if allowed and value not in allowed:
         raise InvalidArgument(name, f"{value!r} is not one of the models this service allows")
@@ -181,7 +181,7 @@ def _private_host(host: str) -> str:
     lowered = host.lower().rstrip(".")
     if lowered == "localhost" or lowered.endswith(_LOCAL_NAMES):
         return "local-network"
-    if _NUMERIC_HOST.match(lowered):
+    if _NUMERIC_HOST.fullmatch(lowered):
         return "non-canonical numeric"
     return ""
 

@@ -128,6 +128,8 @@ class HttpApi:
             )
         file_name = request.query.get("file_name", "arena")
         check_text("file_name", file_name, max_chars=MAX_FILE_NAME, required=True)
+        if "/" in file_name or "\\" in file_name or file_name in (".", ".."):
+            raise InvalidArgument("file_name", "a plain file name, without a path")
         data = await self.guard.read_body(request, limit=MAX_UPLOAD_BYTES)
         try:
             url = await self.uploader.upload(data, content_type, file_name)

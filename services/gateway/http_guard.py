@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from common.auth import ANONYMOUS, Caller, Tokens
 from common.errors import (
@@ -119,8 +121,11 @@ class HttpGuard:
             raise InvalidArgument("body", f"not received within {self.read_timeout:g}s") from None
         except web.HTTPRequestEntityTooLarge:
             raise
-        except (ValueError, OSError) as exc:  # a Content-Encoding that lies, a broken stream
-            raise InvalidArgument("body", f"could not be read ({_plain(exc)})") from None
+        except (ValueError, OSError, RequestPayloadError, HttpProcessingError):
+            # A Content-Encoding that lies, a chunked body cut short, a broken stream.
+            raise InvalidArgument(
+                "body", "could not be read (check its Content-Encoding and length)"
+            ) from None
         if len(body) > limit:
             raise InvalidArgument("body", f"at most {limit} bytes")
         return body
@@ -153,9 +158,3 @@ def _depth(value: Any, level: int = 1) -> int:
     if isinstance(value, list):
         return max((_depth(v, level + 1) for v in value), default=level)
     return level
-
-
-def _plain(exc: Exception) -> str:
-    """A short reason without internals (no exception class names)."""
-    text = str(exc).splitlines()[0] if str(exc) else "malformed"
-    return text[:120]
