@@ -249,6 +249,9 @@ def state_text(row: TaskRow) -> Text:
 
 
 def _error_cell(row: TaskRow) -> str:
+    """The error's class and its end: for "POST /long/model/path -> 503: ..." the answer is
+    what a narrow cell should keep (the summary shows the whole text)."""
     if not row.last_error:
         return ""
-    return f"{row.error_class}: {row.last_error}" if row.error_class else row.last_error
+    text = row.last_error.rsplit(" -> ", 1)[-1]
+    return f"{row.error_class}: {text}" if row.error_class else text
