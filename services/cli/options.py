@@ -93,7 +93,7 @@ class Globals:
         try:
             return asyncio.run(self._guarded(work))
         except KeyboardInterrupt:
-            self.error("interrupted", ExitCode.INTERRUPTED, "INTERRUPTED")
+            self.error("stopped; the job itself goes on", ExitCode.INTERRUPTED, "INTERRUPTED")
             return ExitCode.INTERRUPTED
 
     async def _guarded(self, work: Callable[[JobsClient], Awaitable[ExitCode]]) -> ExitCode:
