@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(130.0, ge=0)
     sweep_interval: float = Field(5.0, gt=0)
     stale_after: float = Field(60.0, gt=0)
+    # A worker renews its lease every third of this; a task mid-call whose worker's lease ran
+    # out is taken over at once (instead of after STALE_AFTER + the call timeout).
+    worker_lease_seconds: float = Field(6.0, ge=1, le=300)
     job_retention: float = Field(3600.0, gt=0)
     log_level: str = Field("INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR)$")
     # "text" (human-readable lines) or "json" (one JSON object per line).

@@ -45,6 +45,7 @@ from common.domain.events import EventDraft
 from common.domain.messages import MessageKind, Send, TaskMessage
 from common.domain.records import TaskRecord
 from common.domain.states import TaskStatus
+from common.leases import WorkerLease
 from common.logs import bind_task
 from common.resilience import (
     Backoff,
@@ -62,6 +63,8 @@ log = logging.getLogger(__name__)
 
 # Committing a request id is retried in-process before giving up: losing it means paying again.
 COMMIT_RETRIES = Backoff(initial=0.5, multiplier=2.0, cap=2.0, max_retries=2)
+# Looking again at a worker's lease a little after it would have run out.
+LEASE_MARGIN = 0.5
 
 
 @dataclass(frozen=True)
@@ -91,9 +94,12 @@ class AttemptRunner:
         registrations: Sequence[Registration],
         *,
         breakers: BreakerEvents,
+        lease: WorkerLease | None = None,
     ) -> None:
         self.committer = committer
         self.breakers = breakers
+        # This worker's lease (None: tasks caught mid-call wait for their deadline).
+        self.lease = lease
         self.kinds = {r.handler.spec.name: r for r in registrations}
 
     async def handle(self, message: TaskMessage, *, redelivered: bool) -> None:
@@ -106,7 +112,7 @@ class AttemptRunner:
         bind_task(task.job_id, task.index)
         step = _Step(self, registration, task, message)
         if message.kind is MessageKind.RUN:
-            await step.run()
+            await step.run(redelivered=redelivered)
         elif message.kind is MessageKind.POLL:
             await step.poll()
         else:
@@ -148,15 +154,15 @@ class _Step:
 
     # RUN ------------------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, *, redelivered: bool = False) -> None:
         task, spec = self.task, self.spec
         status = TaskStatus(task.status)
         if spec.polled and status is TaskStatus.RUNNING:
             await self._resume()
             return
         lost = status is TaskStatus(spec.in_flight_status)
-        if lost and not (self.message.reissued or self._overdue()):
-            raise StaleTask("another delivery of this message is working on it")
+        if lost and not await self._worker_lost(redelivered):
+            return
         if not lost and status not in (TaskStatus.QUEUED, TaskStatus.RETRYING):
             raise StaleTask(f"task is {status.value}")
         work = await self._work(task)
@@ -167,17 +173,20 @@ class _Step:
                 defer(cs, task, self.message, exc.retry_in, spec.provider)
             return
         calls = self._calls(permit)
+        worker = self.runner.lease.id if self.runner.lease is not None else None
         try:
             async with self.committer.transaction() as cs:
                 deadline = cs.now + self.options.call_timeout + cs.timings.stale_after
                 if lost:
-                    cs.note(task, progress(task, self._lost_text()), deadline_at=deadline)
+                    event = progress(task, self._lost_text())
+                    cs.note(task, event, deadline_at=deadline, worker=worker)
                 else:
                     verb = "submitting" if spec.polled else "running"
                     cs.start(
                         task,
                         message=f"{verb} attempt {task.attempt} of {task.max_attempts}",
                         deadline_at=deadline,
+                        worker=worker,
                     )
         except BaseException:
             calls.release()
@@ -197,6 +206,26 @@ class _Step:
             await self._submitted(work, outcome)
         else:
             await self._succeeded(work, outcome)
+
+    async def _worker_lost(self, redelivered: bool) -> bool:
+        """The task is mid-call: True when its worker is gone and the call must be made again,
+        False when this message was put off to look again later; StaleTask when the call is
+        another delivery's (or this worker's) work in progress."""
+        message, task, lease = self.message, self.task, self.runner.lease
+        if message.reissued or self._overdue():
+            return True  # silent past its deadline: the sweeper's (or our) verdict
+        if not (redelivered or message.recheck) or lease is None:
+            raise StaleTask("another delivery of this message is working on it")
+        if task.worker == lease.id:
+            raise StaleTask("this worker is making that call")
+        remaining = await lease.remaining(task.worker)
+        if remaining <= 0:
+            return True  # its worker died: take over now
+        # Its worker still holds its lease (only its connection dropped, say): look again
+        # once that lease would have run out, without a redelivery to tell us so.
+        again = Send(replace(message, recheck=True), task.kind, task.priority)
+        await self.committer.send_now(replace(again, delay=remaining + LEASE_MARGIN))
+        return False
 
     def _lost_text(self) -> str:
         task = self.task

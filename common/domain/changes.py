@@ -176,12 +176,14 @@ class ChangeSet:
             TaskChange(Seen.of(task), new, message, None, failure, details or {}, values)
         )
 
-    def start(self, task: TaskRecord, *, message: str, deadline_at: float) -> None:
+    def start(self, task: TaskRecord, *, message: str, deadline_at: float, **values: Any) -> None:
         """The kind's in-flight status with a provider slot (kept if the task holds one, none
         needed if the kind has no pool), else WAITING; read `applied[task.id]` after the commit
-        to know which."""
+        to know which. `values`: more columns, written only if the attempt starts."""
         self.ops.append(
-            TaskChange(Seen.of(task), None, message, start=Start(deadline_at=deadline_at))
+            TaskChange(
+                Seen.of(task), None, message, values=values, start=Start(deadline_at=deadline_at)
+            )
         )
 
     def note(self, task: TaskRecord, event: EventDraft | None = None, **values: Any) -> None:

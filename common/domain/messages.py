@@ -36,6 +36,8 @@ class TaskMessage:
     reissued: bool = False
     # A one-off poll (e.g. triggered by a webhook) that does not reschedule itself.
     once: bool = False
+    # Put off to look again whether the worker that was making the task's call is alive.
+    recheck: bool = False
     # The provider state the previous poll saw ("queued:3", "in_progress"), so progress events
     # are written only when it changes, without a database write per poll.
     seen: str = ""
@@ -55,6 +57,7 @@ class TaskMessage:
                 chain=int(data.get("chain", 0)),
                 reissued=bool(data.get("reissued", False)),
                 once=bool(data.get("once", False)),
+                recheck=bool(data.get("recheck", False)),
                 seen=str(data.get("seen", "")),
             )
         except (ValueError, KeyError, TypeError) as exc:

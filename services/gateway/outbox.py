@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from common.domain.changes import ChangeSet
 from common.routing import outgoing_all
 from common.service import Infra
-from common.store import sweeps
+from common.store import leases, sweeps
 
 log = logging.getLogger(__name__)
 
@@ -143,4 +143,7 @@ class Outbox:
                 break
         if deleted:
             log.info("deleted %d finished jobs older than the retention", deleted)
+        await self.committer.exclusive(
+            lambda session, cs: leases.expire_older_than(session, cutoff)
+        )
         return deleted

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from common.attempts.runner import AttemptOptions, AttemptRunner, Registration
 from common.domain.kinds import STORY_SET
+from common.leases import WorkerLease
 from common.service import Infra, open_infra
 from common.settings import Settings
 from common.worker import start_consumer
@@ -23,12 +24,15 @@ log = logging.getLogger(__name__)
 async def running_story_worker(infra: Infra) -> AsyncIterator[AttemptRunner]:
     """Consume story tasks; on exit, stop taking messages and drain within the bound."""
     s = infra.settings
-    async with OpenAIStoryProvider(
-        api_key=s.openai_api_key.get_secret_value() if s.openai_api_key else "",
-        base_url=s.openai_base_url,
-        timeout=s.openai_timeout,
-        secrets=s.secrets(),
-    ) as provider:
+    async with (
+        OpenAIStoryProvider(
+            api_key=s.openai_api_key.get_secret_value() if s.openai_api_key else "",
+            base_url=s.openai_base_url,
+            timeout=s.openai_timeout,
+            secrets=s.secrets(),
+        ) as provider,
+        WorkerLease(infra.db, STORY_SET.queue, seconds=s.worker_lease_seconds) as lease,
+    ):
         files = StoryFiles(s.output_root)
         options = AttemptOptions(call_timeout=s.openai_timeout)
         runner = AttemptRunner(
@@ -40,6 +44,7 @@ async def running_story_worker(infra: Infra) -> AsyncIterator[AttemptRunner]:
                 for kind in (StoryPlans, StorySets)
             ],
             breakers=infra.breakers,
+            lease=lease,
         )
         async with start_consumer(
             infra.broker,

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from common.attempts.runner import AttemptOptions, AttemptRunner, Registration
 from common.domain.kinds import VIDEO_SEGMENT
+from common.leases import WorkerLease
 from common.service import Infra, open_infra
 from common.settings import Settings
 from common.store.slots import ensure_slots
@@ -31,12 +32,15 @@ async def running_video_worker(infra: Infra) -> AsyncIterator[AttemptRunner]:
         await ensure_slots(session, pool, limit)
     webhook = f"{s.public_http_url.rstrip('/')}{WEBHOOK_PATH}" if s.public_http_url else None
     secret = s.webhook_secret.get_secret_value() if s.webhook_secret else ""
-    async with FalVideoProvider(
-        key=s.fal_key.get_secret_value() if s.fal_key else None,
-        queue_url=s.fal_queue_url,
-        timeout=s.fal_timeout,
-        secrets=s.secrets(),
-    ) as provider:
+    async with (
+        FalVideoProvider(
+            key=s.fal_key.get_secret_value() if s.fal_key else None,
+            queue_url=s.fal_queue_url,
+            timeout=s.fal_timeout,
+            secrets=s.secrets(),
+        ) as provider,
+        WorkerLease(infra.db, VIDEO_SEGMENT.queue, seconds=s.worker_lease_seconds) as lease,
+    ):
         runner = AttemptRunner(
             infra.committer,
             [
@@ -51,6 +55,7 @@ async def running_video_worker(infra: Infra) -> AsyncIterator[AttemptRunner]:
                 )
             ],
             breakers=infra.breakers,
+            lease=lease,
         )
         async with start_consumer(
             infra.broker,

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from common.domain.changes import StaleTask
 from common.domain.events import EventType
 from common.domain.records import TaskRecord
 from common.domain.states import JobStatus
-from common.store import jobs
 from tests.lifecycle.cases import CASES
 from tests.support.lifecycle import KindCase, Lifecycle, lifecycle, run_message
 
@@ -141,11 +141,8 @@ async def test_a_call_lost_with_its_worker_is_reported_and_made_again(
 ) -> None:
     async with lifecycle(tmp_path, case) as h:
         # The job is recorded but not published: this test plays the dead worker itself.
-        job = case.job("lost", 1)
-        await h.committer.exclusive(lambda s, cs: jobs.create_job(s, cs, job))
-        (task,) = await h.tasks("lost")
-        cs = await h.change(lambda cs: cs.start(task, message="go", deadline_at=time.time() - 1))
-        task = cs.after(task)
+        (task,) = await h.record_only(1, "lost")
+        task = await h.mid_call(task, worker="dead", deadline=time.time() - 1)
         assert _in_flight(case, task)  # ...and then its worker died mid-call
         await h.send(task, run_message(task, reissued=True))  # the sweeper's re-issue
         finished = await h.finished("lost")
@@ -215,3 +212,53 @@ async def test_cancel_of_a_running_request_reaches_the_provider(
         await h.until(acknowledged)
         assert h.fake.cancelled == [running.request_id]
         assert (await h.job(job_id)).status == JobStatus.CANCELLED
+
+
+@each_kind
+async def test_a_redelivered_call_whose_worker_is_dead_is_taken_over_at_once(
+    tmp_path: Path, case: KindCase
+) -> None:
+    async with lifecycle(tmp_path, case) as h:
+        (task,) = await h.record_only(1, "dead")
+        # Mid-call, well within its deadline, but its worker's lease ran out: it died.
+        task = await h.mid_call(task, worker="dead-worker", deadline=time.time() + 600)
+        await h.lease("dead-worker", until=time.time() - 1)
+        assert h.runner is not None
+        await h.runner.handle(run_message(task), redelivered=True)  # RabbitMQ's redelivery
+        job = await h.finished("dead")
+        assert job.status == JobStatus.COMPLETED
+        assert h.fake.paid == 1
+        texts = [e.message for e in await h.events("dead")]
+        assert any("lost" in t or "stopped mid" in t for t in texts), texts
+
+
+@each_kind
+async def test_a_redelivered_call_whose_worker_is_alive_is_left_to_it(
+    tmp_path: Path, case: KindCase
+) -> None:
+    async with lifecycle(tmp_path, case) as h:
+        (task,) = await h.record_only(1, "alive")
+        task = await h.mid_call(task, worker="busy-worker", deadline=time.time() + 600)
+        await h.lease("busy-worker", until=time.time() + 1.0)
+        assert h.runner is not None
+        started = time.monotonic()
+        await h.runner.handle(run_message(task), redelivered=True)
+        # Not run while the lease holds; looked at again once it would have run out, and then
+        # (nobody renewed it: the worker is gone after all) taken over.
+        assert h.fake.paid == 0
+        job = await h.finished("alive")
+        assert job.status == JobStatus.COMPLETED and h.fake.paid == 1
+        assert time.monotonic() - started >= 1.0
+
+
+@each_kind
+async def test_a_plain_duplicate_of_a_call_under_way_is_dropped_whatever_the_lease(
+    tmp_path: Path, case: KindCase
+) -> None:
+    async with lifecycle(tmp_path, case) as h:
+        (task,) = await h.record_only(1, "dup")
+        task = await h.mid_call(task, worker="gone-worker", deadline=time.time() + 600)
+        assert h.runner is not None
+        with pytest.raises(StaleTask):  # not redelivered: a copy, e.g. a publisher's retry
+            await h.runner.handle(run_message(task), redelivered=False)
+        assert h.fake.paid == 0

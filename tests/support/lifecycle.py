@@ -26,10 +26,11 @@ from common.domain.changes import ChangeSet, StaleTask
 from common.domain.kinds import KindRegistry, TaskKindSpec
 from common.domain.messages import MessageKind, Send, TaskMessage
 from common.domain.records import JobRecord, TaskRecord
+from common.leases import WorkerLease
 from common.routing import outgoing_all
 from common.service import Infra, open_infra
 from common.settings import Settings
-from common.store import jobs, queries, sweeps
+from common.store import jobs, leases, queries, sweeps
 from common.store.jobs import NewJob
 from common.store.records import load_tasks
 from common.store.slots import ensure_slots
@@ -74,6 +75,7 @@ class Lifecycle:
         self.committer = infra.committer
         self._changed = asyncio.Event()
         self._jobs = 0
+        self.runner: AttemptRunner | None = None
 
     def on_note(self, _note: ProgressNote) -> None:
         changed, self._changed = self._changed, asyncio.Event()
@@ -113,6 +115,23 @@ class Lifecycle:
 
     async def send(self, task: TaskRecord, message: TaskMessage) -> None:
         await self.committer.send_now(Send(message, task.kind, task.priority))
+
+    async def record_only(self, n: int = 1, job_id: str = "quiet") -> list[TaskRecord]:
+        """A job recorded but not published: the test plays the broker (and dead workers)."""
+        job = self.case.job(job_id, n)
+        await self.committer.exclusive(lambda s, cs: jobs.create_job(s, cs, job))
+        return await self.tasks(job_id)
+
+    async def mid_call(self, task: TaskRecord, *, worker: str, deadline: float) -> TaskRecord:
+        """`task` as a worker named `worker` leaves it mid-call (in flight, with a deadline)."""
+        cs = await self.change(
+            lambda cs: cs.start(task, message="go", deadline_at=deadline, worker=worker)
+        )
+        return cs.after(task)
+
+    async def lease(self, worker: str, until: float) -> None:
+        async with self.infra.db.write() as session:
+            await leases.renew(session, worker, self.case.spec.queue, now=until - 60, until=until)
 
     # Looking --------------------------------------------------------------------------------
 
@@ -180,12 +199,15 @@ async def lifecycle(
     }
     config = Settings.from_env(kinds=case.kinds, **values)
     fake = case.provider()
-    async with open_infra(config) as infra:
+    async with open_infra(config) as infra, contextlib.AsyncExitStack() as stack:
         if case.spec.slot_pool is not None:
             async with infra.db.write() as session:
                 await ensure_slots(
                     session, case.spec.slot_pool, config.pool_limit(case.spec.slot_pool)
                 )
+        lease = await stack.enter_async_context(
+            WorkerLease(infra.db, case.spec.queue, seconds=config.worker_lease_seconds)
+        )
         runner = AttemptRunner(
             infra.committer,
             [
@@ -196,8 +218,10 @@ async def lifecycle(
                 )
             ],
             breakers=infra.breakers,
+            lease=lease,
         )
         harness = Lifecycle(infra, case, fake)
+        harness.runner = runner
         subscription = await infra.broker.subscribe(harness.on_note)
         try:
             async with start_consumer(
