@@ -92,8 +92,9 @@ async def test_refused_start_is_not_retried_and_names_the_field(proxy: Proxy) ->
 
 
 async def test_watch_resumes_after_broken_streams_missing_nothing(
-    stack: InProcStack, proxy: Proxy
+    stack: InProcStack, proxy: Proxy, sim: SimulatorHandle
 ) -> None:
+    sim.configure(latency=1.0)  # a job long enough for its events to come in several responses
     proxy.faults.break_watches_after = [1, 2, 0, 1]
     reconnects: list[Reconnect] = []
     async with JobsClient(proxy.address, backoff=FAST) as client:
