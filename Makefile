@@ -6,7 +6,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: install protos run test lint fmt bench bench-smoke clean
+.PHONY: install protos run test chaos soak lint fmt bench bench-smoke clean
 
 # The editable install maps the generated `orchestrator` package (gen/orchestrator), so the
 # protos are generated before the project itself is installed a second time.
@@ -32,6 +32,14 @@ run: install
 
 test: install
 	$(PY) -m pytest
+
+# The chaos suite alone (real processes, SIGKILLs, a private RabbitMQ node it stops and starts).
+chaos: install
+	$(PY) -m pytest -m chaos -s tests/chaos
+
+# The soak test alone (a few minutes of load with faults; memory sampled).
+soak: install
+	$(PY) -m pytest -s tests/soak
 
 lint: install
 	$(VENV)/bin/ruff check .
