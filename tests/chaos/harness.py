@@ -83,7 +83,7 @@ class Chaos:
         """Start (or restart) the process `label` ("gateway", "video_worker#2", ...)."""
         process = self.processes.get(label)
         if process is None:
-            module = label.split("#")[0]
+            module = label.split("#", maxsplit=1)[0]
             own = {**self.env, **env}
             if module == "gateway":
                 own.setdefault("GRPC_ADDR", f"127.0.0.1:{free_port()}")

@@ -38,4 +38,4 @@ async def test_two_of_each_on_one_database(
             await chaos.start("gateway#2")
         result = await audit(chaos, ids, watchers)
     assert result.statuses == {"completed": len(ids)}
-    print(f"chaos two of each on {any_database.split(':')[0]}: {result}")
+    print(f"chaos two of each on {any_database.split(':', maxsplit=1)[0]}: {result}")
