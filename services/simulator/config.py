@@ -53,8 +53,13 @@ TRUNCATE = "truncate"
 INVALID_JSON = "invalid_json"
 # Submit only: accept and run the request, then fail it (result 422, webhook ERROR).
 GENERATION_FAILED = "generation_failed"
+# A 401 whose message quotes the credentials the caller sent, as some providers' do: whatever
+# the client does with the message must not leak the key.
+ECHO_KEY = "echo_key"
 
-NAMED_KINDS = frozenset({TIMEOUT, RESET, SLOW_RESPONSE, TRUNCATE, INVALID_JSON, GENERATION_FAILED})
+NAMED_KINDS = frozenset(
+    {TIMEOUT, RESET, SLOW_RESPONSE, TRUNCATE, INVALID_JSON, GENERATION_FAILED, ECHO_KEY}
+)
 # Kinds that only make sense on one endpoint.
 ENDPOINT_ONLY_KINDS: dict[str, Endpoint] = {
     TRUNCATE: "chat",

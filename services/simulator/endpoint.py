@@ -7,13 +7,15 @@ import hmac
 import logging
 import socket
 import struct
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 from pydantic import SecretStr
 
-from services.simulator.config import RESET, TIMEOUT, Endpoint
+from services.simulator.config import ECHO_KEY, RESET, TIMEOUT, Endpoint
+from services.simulator.errors import fal_error, openai_error
 from services.simulator.faults import Fault
 from services.simulator.state import SimulatorState
 from services.simulator.stats import ChatExcerpt
@@ -102,6 +104,16 @@ async def answer_fault(
     if fault.kind == TIMEOUT:
         await state.pause(state.config.hang_seconds)
         return error(504, fault)
+    if fault.kind == ECHO_KEY:
+        presented = request.headers.get("Authorization", "")
+        if request.path.startswith("/v1/"):
+            return openai_error(
+                401,
+                message=f"Incorrect API key provided: {presented}.",
+                code="invalid_api_key",
+                request_id=str(uuid.uuid4()),
+            )
+        return fal_error(401, f"Invalid credentials: {presented}")
     if fault.status is not None:
         return error(fault.status, fault)
     return None
