@@ -97,13 +97,15 @@ async def test_keys_and_tokens_never_leave(
             refused = await http.get("/metrics", headers={"Authorization": f"Bearer {WRONG_TOKEN}"})
             answers.append(refused.text)
         logs = "\n".join("\n".join(p.lines) for p in stack.processes.values())
-    async with open_database(stack.env["DATABASE_URL"], migrate=False) as db:
-        async with db.read() as session:
-            rows = []
-            for table in ("jobs", "tasks", "events", "workers"):
-                found = await session.execute(text(f"SELECT * FROM {table}"))
-                rows += [json.dumps(list(r), default=str) for r in found]
-            failed = await session.scalar(select(Task.id).where(Task.status == "failed").limit(1))
+    async with (
+        open_database(stack.env["DATABASE_URL"], migrate=False) as db,
+        db.read() as session,
+    ):
+        rows = []
+        for table in ("jobs", "tasks", "events", "workers"):
+            found = await session.execute(text(f"SELECT * FROM {table}"))
+            rows += [json.dumps(list(r), default=str) for r in found]
+        failed = await session.scalar(select(Task.id).where(Task.status == "failed").limit(1))
     files = [p.read_text() for p in (tmp_path / "output").rglob("*") if p.is_file()]
     assert failed, "the echoing providers should have failed some tasks"
     # The providers did quote the keys: what reached us was masked.

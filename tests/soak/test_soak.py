@@ -104,15 +104,17 @@ async def test_soak(
             async with asyncio.timeout(120):
                 await asyncio.gather(*watchers)
         sampler.cancel()
-        async with open_database(stack.env["DATABASE_URL"], migrate=False) as db:
-            async with db.read() as session:
-                stuck = (
-                    await session.scalars(
-                        select(Task.id).where(
-                            Task.status.not_in(["succeeded", "failed", "cancelled", "skipped"])
-                        )
+        async with (
+            open_database(stack.env["DATABASE_URL"], migrate=False) as db,
+            db.read() as session,
+        ):
+            stuck = (
+                await session.scalars(
+                    select(Task.id).where(
+                        Task.status.not_in(["succeeded", "failed", "cancelled", "skipped"])
                     )
-                ).all()
+                )
+            ).all()
     assert not stuck, f"{len(stuck)} tasks never finished"
     report = []
     for name, points in samples.items():
