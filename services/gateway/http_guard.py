@@ -1,8 +1,11 @@
 """What every HTTP request passes through: the same rules as the gRPC guard (grpc_guard.py).
 
-* Every route but the open ones (health, and provider webhooks, which prove themselves with a
-  signature) needs `Authorization: Bearer <token>` when tokens are configured: 401 without a
-  valid one. The caller is `request[CALLER]`; role checks happen where the action is known.
+* Every route but the open ones (health, the web page's login and assets, and provider
+  webhooks, which prove themselves with a signature) needs `Authorization: Bearer <token>` when
+  tokens are configured: 401 without a valid one. The web pages may carry the token in the
+  HttpOnly cookie `COOKIE` instead; the JSON API never accepts the cookie (so no other site can
+  make a browser call it), and the pages' forms carry a CSRF token. The caller is
+  `request[CALLER]`; role checks happen where the action is known.
 * A caller's request rate is charged (429 with Retry-After beyond it).
 * Bodies are read with a size limit and a timeout; undecodable bodies are 400.
 * Domain errors become their status with a JSON body; anything unexpected is a 500 with an
@@ -48,6 +51,15 @@ HTTP_STATUS: list[tuple[type[OrchestratorError], int]] = [
 ]
 MAX_JSON_DEPTH = 32
 CALLER = web.RequestKey("caller", Caller)
+COOKIE = "orchestrator_token"
+# Routes of the JSON API (and metrics): bearer header only, never the web page's cookie.
+API_PREFIXES = (
+    "/api/",
+    "/generate-movie-auto",
+    "/retry-failed-story-sets",
+    "/story-jobs/",
+    "/metrics",
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -95,7 +107,7 @@ class HttpGuard:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             if not request.path.startswith(self.open_paths):
-                caller = self.tokens.identify(request.headers.get("Authorization"))
+                caller = self.tokens.identify(_credentials(request))
                 request[CALLER] = caller
                 key = caller.name if not caller.anonymous else f"peer:{request.remote}"
                 self.limits.take(key)
@@ -129,6 +141,14 @@ class HttpGuard:
         if len(body) > limit:
             raise InvalidArgument("body", f"at most {limit} bytes")
         return body
+
+
+def _credentials(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if header is not None or request.path.startswith(API_PREFIXES):
+        return header
+    cookie = request.cookies.get(COOKIE)
+    return f"Bearer {cookie}" if cookie else None
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
