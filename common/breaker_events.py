@@ -13,9 +13,16 @@ import logging
 import time
 from collections.abc import Callable
 
+from common import metrics
 from common.domain.changes import ChangeSet
 from common.domain.events import EventDraft, EventType
-from common.resilience import BreakerConfig, BreakerRegistry, BreakerState, BreakerTransition
+from common.resilience import (
+    BreakerConfig,
+    BreakerRegistry,
+    BreakerState,
+    BreakerTransition,
+    CircuitBreaker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +32,7 @@ class BreakerEvents:
         self, config: BreakerConfig, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.transitions: list[BreakerTransition] = []
+        self._seen: set[str] = set()
         self.registry = BreakerRegistry(config, clock=clock, on_transition=self._on_transition)
 
     def _on_transition(self, transition: BreakerTransition) -> None:
@@ -34,11 +42,23 @@ class BreakerEvents:
             transition.old,
             transition.new,
             transition.reason,
+            extra={"event": "warning", "breaker": transition.name, "state": transition.new},
         )
+        metrics.breaker_transitions.labels(transition.name, transition.new).inc()
+        for state in BreakerState:
+            value = 1 if state is transition.new else 0
+            metrics.breaker_state.labels(transition.name, state).set(value)
         self.transitions.append(transition)
 
     def _put_back(self, taken: list[BreakerTransition]) -> None:
         self.transitions[:0] = taken
+
+    def breaker(self, name: str) -> CircuitBreaker:
+        """The breaker of provider `name` (created CLOSED, and shown so, on first use)."""
+        if name not in self._seen:
+            self._seen.add(name)
+            metrics.breaker_state.labels(name, BreakerState.CLOSED).set(1)
+        return self.registry.get(name)
 
     @property
     def pending(self) -> bool:

@@ -30,8 +30,9 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from common import metrics
 from common.broker import Broker, ProgressNote
-from common.domain.changes import ChangeSet, StaleTask, StoreTimings
+from common.domain.changes import ChangeSet, JobHead, StaleTask, StoreTimings
 from common.domain.kinds import BUILTIN_KINDS, KindRegistry
 from common.domain.messages import Send
 from common.resilience import Backoff
@@ -217,7 +218,10 @@ class GroupCommitter:
         retry = 0
         while True:
             try:
+                started = time.perf_counter()
                 result, notes, sends = await self._write(batch)
+                metrics.commit_seconds.observe(time.perf_counter() - started)
+                metrics.commit_batch_size.observe(len(batch))
                 break
             except Exception as exc:
                 retry += 1
@@ -244,12 +248,32 @@ class GroupCommitter:
             # has a deadline after which the sweeper re-issues it (provider cancels are best
             # effort).
             log.warning("publishing %d owed messages failed: %s", len(owed), exc)
+        now = self.clock()
         for item in batch:
             if item.cs.error is not None:
                 _abort(item.cs)
                 _settle(item.done, error=item.cs.error)
             else:
+                for head in item.cs.finished:
+                    _log_finished(head, now)
                 _settle(item.done, result=result)
+
+
+def _log_finished(head: JobHead, now: float) -> None:
+    seconds = now - head.created_at if head.created_at else None
+    log.info(
+        "job %s finished %s%s",
+        head.id,
+        head.status,
+        f" after {seconds:.1f}s" if seconds is not None else "",
+        extra={
+            "event": "job_done",
+            "job_id": head.id,
+            "task_index": None,
+            "status": head.status,
+            "total_seconds": round(seconds, 3) if seconds is not None else None,
+        },
+    )
 
 
 class _StaleWork(Exception):

@@ -85,6 +85,12 @@ commit_seconds = Histogram(
     "Time of one group-commit transaction.",
     buckets=COMMIT_BUCKETS,
 )
+jobs = Gauge(f"{PREFIX}_jobs", "Jobs per kind and status.", ["kind", "status"])
+tasks = Gauge(f"{PREFIX}_tasks", "Tasks per kind and status.", ["kind", "status"])
+slots_in_use = Gauge(
+    f"{PREFIX}_provider_slots_in_use", "Provider slots held by tasks, per pool.", ["pool"]
+)
+slots_limit = Gauge(f"{PREFIX}_provider_slots_limit", "Provider slots per pool.", ["pool"])
 watchers = Gauge(
     f"{PREFIX}_watchers",
     "Clients following a job's events, by transport.",

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     # Listening addresses.
     grpc_addr: str = "127.0.0.1:50051"
     http_addr: str = "127.0.0.1:8080"
+    # A worker's Prometheus endpoint (HOST:PORT); empty: none. The gateway serves /metrics on
+    # its HTTP port.
+    metrics_addr: str = ""
     # Base URL at which providers reach this HTTP port (fal webhooks); empty: no webhooks.
     public_http_url: str = ""
 
@@ -163,6 +166,11 @@ class Settings(BaseSettings):
     @classmethod
     def _addr(cls, value: str) -> str:
         return _check_addr(value)
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _optional_addr(cls, value: str) -> str:
+        return _check_addr(value) if value else value
 
     @model_validator(mode="after")
     def _pairs(self) -> Self:

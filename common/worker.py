@@ -17,6 +17,7 @@ from typing import Protocol
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from common import metrics
 from common.broker import Broker, BrokerError, Consumer, Incoming, Outgoing, Reject
 from common.domain.changes import StaleTask
 from common.domain.messages import BadMessage, TaskMessage
@@ -59,17 +60,21 @@ class Dispatcher:
             message = TaskMessage.decode(incoming.body)
         except BadMessage as exc:
             log.error("dead-lettering a message that is not a task message: %s", exc)  # noqa: TRY400
+            metrics.messages_handled.labels(self.queue, "dead_letter").inc()
             raise Reject("not a task message") from None
         bind_task(message.job_id, None)
         try:
             await self.handler.handle(message, redelivered=incoming.redelivered)
+            metrics.messages_handled.labels(self.queue, "done").inc()
         except StaleTask as exc:
+            metrics.messages_handled.labels(self.queue, "stale").inc()
             log.debug("dropped stale message: %s", exc)
         except asyncio.CancelledError:
             raise
         except OUTAGES as exc:
             # The database or the broker is away: not this message's fault, so it is put back
             # for as long as the outage lasts instead of counting towards the dead-letter queue.
+            metrics.messages_handled.labels(self.queue, "outage").inc()
             outages = int(str(incoming.headers.get(OUTAGE_HEADER, 0))) + 1
             delay = OUTAGE_BACKOFF.ceiling(outages)
             log.warning(
@@ -84,6 +89,8 @@ class Dispatcher:
 
     async def _put_back(self, incoming: Incoming, message: TaskMessage) -> None:
         crashes = int(str(incoming.headers.get(CRASH_HEADER, 0))) + 1
+        outcome = "dead_letter" if crashes >= MAX_CRASHES else "crash"
+        metrics.messages_handled.labels(self.queue, outcome).inc()
         if crashes >= MAX_CRASHES:
             log.exception("task %s failed %d times; dead-lettering", message.task_id, crashes)
             raise Reject("handler kept failing") from None

@@ -20,15 +20,20 @@ a `PermanentError` fails the task.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+from common import metrics
 from common.domain.changes import ChangeSet
 from common.domain.kinds import TaskKindSpec
 from common.domain.records import TaskRecord
 from common.resilience import (
     CircuitBreaker,
+    CircuitOpenError,
+    ErrorClass,
     Permit,
     ProviderError,
     call_with_breaker,
@@ -36,6 +41,7 @@ from common.resilience import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -101,15 +107,43 @@ class ProviderCalls:
         self.provider = provider
         self._permit = permit
 
-    async def __call__(self, fn: Callable[[], Awaitable[T]]) -> T:
+    async def __call__(self, endpoint: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """`await fn()`, a call of the provider's `endpoint` ("submit", "status", "chat"...),
+        counted and timed in the metrics and logged."""
         permit, self._permit = self._permit, None
-        if permit is None:
-            return await call_with_breaker(
-                self.breaker, fn, timeout=self.timeout, provider=self.provider
+        started = time.perf_counter()
+        outcome, code = "ok", None
+        try:
+            if permit is None:
+                return await call_with_breaker(
+                    self.breaker, fn, timeout=self.timeout, provider=self.provider
+                )
+            return await call_with_permit(
+                self.breaker, permit, fn, timeout=self.timeout, provider=self.provider
             )
-        return await call_with_permit(
-            self.breaker, permit, fn, timeout=self.timeout, provider=self.provider
-        )
+        except ProviderError as exc:
+            outcome, code = ("transient" if exc.retryable else "permanent"), exc.status_code
+            if exc.error_class is ErrorClass.TIMEOUT:
+                outcome = "timeout"
+            raise
+        except CircuitOpenError:
+            outcome = "circuit_open"
+            raise
+        except BaseException:
+            outcome = "cancelled"
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            metrics.record_call(self.provider, endpoint, outcome, code, seconds)
+            log.debug(
+                "%s %s: %s%s in %.3fs",
+                self.provider,
+                endpoint,
+                outcome,
+                f" ({code})" if code else "",
+                seconds,
+                extra={"event": "call", "provider": self.provider, "endpoint": endpoint},
+            )
 
     def release(self) -> None:
         """Give back a permit no call used."""

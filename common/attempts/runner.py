@@ -28,6 +28,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from common import metrics
 from common.attempts.kind import (
     KindHandler,
     Pending,
@@ -109,7 +110,7 @@ class AttemptRunner:
         registration = self.kinds.get(task.kind)
         if registration is None:
             raise LookupError(f"this worker runs no {task.kind} tasks")
-        bind_task(task.job_id, task.index)
+        bind_task(task.job_id, task.index, task.attempt)
         step = _Step(self, registration, task, message)
         if message.kind is MessageKind.RUN:
             await step.run(redelivered=redelivered)
@@ -137,7 +138,7 @@ class _Step:
         self.spec = registration.handler.spec
         self.policy = registration.policy
         self.options = registration.options
-        self.breaker: CircuitBreaker = runner.breakers.registry.get(self.spec.provider)
+        self.breaker: CircuitBreaker = runner.breakers.breaker(self.spec.provider)
         self.task = task
         self.message = message
 
@@ -171,6 +172,13 @@ class _Step:
         except CircuitOpenError as exc:
             async with self.committer.transaction() as cs:
                 defer(cs, task, self.message, exc.retry_in, spec.provider)
+            metrics.task_deferrals.labels(spec.name, "circuit_open").inc()
+            log.info(
+                "%s circuit open; deferred %.1fs",
+                spec.provider,
+                exc.retry_in,
+                extra={"event": "wait", "retry_in": round(exc.retry_in, 3)},
+            )
             return
         calls = self._calls(permit)
         worker = self.runner.lease.id if self.runner.lease is not None else None
@@ -191,7 +199,7 @@ class _Step:
         except BaseException:
             calls.release()
             raise
-        if cs.applied.get(task.id) is TaskStatus.WAITING:
+        if not self._started(cs, lost=lost):
             calls.release()
             return
         work = replace(work, task=cs.after(task))
@@ -206,6 +214,26 @@ class _Step:
             await self._submitted(work, outcome)
         else:
             await self._succeeded(work, outcome)
+
+    def _started(self, cs: ChangeSet, *, lost: bool) -> bool:
+        """Log (and count) how the attempt began; False when it waits for a slot instead."""
+        task, spec = self.task, self.spec
+        if cs.applied.get(task.id) is TaskStatus.WAITING:
+            metrics.task_deferrals.labels(spec.name, "slot").inc()
+            log.info("waiting for a %s slot", spec.slot_pool, extra={"event": "wait"})
+            return False
+        if lost:
+            metrics.lost_submits.labels(spec.name).inc()
+            log.warning(self._lost_text(), extra={"event": "warning"})
+        else:
+            log.info(
+                "%s attempt %d of %d",
+                "submitting" if spec.polled else "running",
+                task.attempt,
+                task.max_attempts,
+                extra={"event": "submit", "kind": spec.name, "provider": spec.provider},
+            )
+        return True
 
     async def _worker_lost(self, redelivered: bool) -> bool:
         """The task is mid-call: True when its worker is gone and the call must be made again,
@@ -284,6 +312,12 @@ class _Step:
             submitted = replace(task, request_id=request.request_id, handle=request.handle)
             await self._cancel_request(replace(work, task=submitted))
             raise
+        log.info(
+            "submitted to %s as request %s",
+            self.spec.provider,
+            request.request_id,
+            extra={"event": "submit", "request_id": request.request_id},
+        )
         if inline:
             running = cs.after(task)
             first = self._poll_message(running.poll_chain)
@@ -320,16 +354,28 @@ class _Step:
         except CircuitOpenError as exc:
             if not message.once:
                 await self._repoll(seen=message.seen, delay=exc.retry_in)
+            log.info("status check put off: circuit open", extra={"event": "wait"})
             return
         except ProviderError as exc:
             if exc.retryable:
                 # The status call failed, not the request: check again later.
+                log.info(
+                    "status check failed (%s); checking again later",
+                    exc.error_class,
+                    extra={"event": "status_check", "error": exc.message},
+                )
                 if not message.once:
                     delay = max(self.options.poll_interval, exc.retry_after or 0.0)
                     await self._repoll(seen=message.seen, delay=delay)
                 return
             await self._failed(work, exc)
             return
+        log.info(
+            "status of request %s: %s",
+            work.task.request_id,
+            outcome.text if isinstance(outcome, Pending) else "done",
+            extra={"event": "status_check", "request_id": work.task.request_id},
+        )
         if isinstance(outcome, Pending):
             if not message.once:
                 await self._repoll(seen=outcome.seen, text=outcome.text)
@@ -381,6 +427,8 @@ class _Step:
                         send_run=True,
                     )
                 )
+        metrics.task_outcomes.labels(self.spec.name, TaskStatus.SUCCEEDED).inc()
+        log.info(outcome.message, extra={"event": "success", **outcome.details})
         await self.handler.after_commit(work, cs)
 
     async def _failed(self, work: Work, error: ProviderError) -> None:
@@ -404,7 +452,28 @@ class _Step:
                             failure=failure,
                         )
                     )
-        log.info("attempt %d failed: %s", task.attempt, decision.reason)
+        if isinstance(decision, GiveUp):
+            metrics.task_outcomes.labels(self.spec.name, TaskStatus.FAILED).inc()
+            log.warning(
+                "attempt %d failed for good: %s",
+                task.attempt,
+                decision.reason,
+                extra={"event": "fatal", "error_class": error.error_class, "error": error.message},
+            )
+        else:
+            metrics.task_retries.labels(self.spec.name, error.error_class).inc()
+            log.info(
+                "attempt %d failed: %s; retrying in %.2fs",
+                task.attempt,
+                decision.reason,
+                decision.delay,
+                extra={
+                    "event": "retry",
+                    "retry_in": round(decision.delay, 3),
+                    "error_class": error.error_class,
+                    "error": error.message,
+                },
+            )
         await self.handler.after_commit(work, cs)
 
     # CANCEL ---------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ class LiveJob:
     open_tasks: int
     last_seq: int
     cancel_requested: bool
+    created_at: float = 0.0
     events: list[EventDraft] = field(default_factory=list)
     open_delta: int = 0
     values: dict[str, Any] = field(default_factory=dict)
@@ -360,7 +361,9 @@ class BatchState:
             values = {**job.values, "last_seq": last, "open_tasks": open_tasks}
             values["updated_at"] = self.now
             writes.append(JobWrite(job.id, values, first, list(job.events)))
-            head = JobHead(job.id, job.kind, job.status, open_tasks, last, cancelled)
+            head = JobHead(
+                job.id, job.kind, job.status, open_tasks, last, cancelled, job.created_at
+            )
             if job.events:
                 self.notes[job.id] = last
             for cs in job.change_sets:

@@ -122,6 +122,7 @@ class JobHead:
     open_tasks: int
     last_seq: int
     cancel_requested: bool
+    created_at: float = 0.0
 
 
 @dataclass(frozen=True)

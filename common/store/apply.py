@@ -121,6 +121,7 @@ class Batch:
                         r.open_tasks,
                         r.last_seq,
                         r.cancel_requested,
+                        r.created_at,
                     )
                 )
 

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from common.domain.records import JobRecord, TaskRecord
 from common.domain.states import TaskStatus
 from common.store.records import JOB_COLUMNS, TASK_COLUMNS, load_job
-from common.store.tables import Event, Job, Task
+from common.store.tables import Event, Job, ProviderSlots, Task
 
 
 async def get_job(session: AsyncSession, job_id: str) -> JobRecord | None:
@@ -100,11 +100,19 @@ async def task_by_request_id(session: AsyncSession, request_id: str) -> TaskReco
     return None if row is None else TaskRecord.of(row)
 
 
-async def count_by_status(session: AsyncSession, table: str) -> dict[str, int]:
-    """Rows of `jobs` or `tasks` per status (for /metrics)."""
-    column = {"jobs": Job.status, "tasks": Task.status}[table]
-    rows = await session.execute(select(column, func.count()).group_by(column))
-    counts: dict[str, int] = defaultdict(int)
-    for status, n in rows.all():
-        counts[status] += n
+async def count_by_status(session: AsyncSession, table: str) -> dict[tuple[str, str], int]:
+    """Rows of `jobs` or `tasks` per (kind, status) (for /metrics)."""
+    kind, status = {"jobs": (Job.kind, Job.status), "tasks": (Task.kind, Task.status)}[table]
+    rows = await session.execute(select(kind, status, func.count()).group_by(kind, status))
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for row_kind, row_status, n in rows.all():
+        counts[(row_kind, row_status)] += n
     return dict(counts)
+
+
+async def slot_pools(session: AsyncSession) -> dict[str, tuple[int, int]]:
+    """Pool -> (slots in use, limit)."""
+    rows = await session.execute(
+        select(ProviderSlots.name, ProviderSlots.in_flight, ProviderSlots.capacity)
+    )
+    return {name: (used, limit) for name, used, limit in rows.all()}

@@ -15,6 +15,7 @@ import grpc
 from orchestrator.v1 import jobs_pb2 as pb
 from orchestrator.v1 import jobs_pb2_grpc as pb_grpc
 
+from common import metrics
 from common.errors import InvalidArgument, OrchestratorError
 from services.gateway import proto_convert as convert
 from services.gateway.core import Heartbeat, JobsCore
@@ -110,11 +111,16 @@ class JobService(pb_grpc.JobServiceServicer):
                 heartbeat=request.heartbeat_seconds,
             ),
         )
-        async for item in stream:
-            if isinstance(item, Heartbeat):
-                yield convert.heartbeat_message(item)
-            else:
-                yield pb.WatchJobResponse(events=[_event_message(e) for e in item])
+        watching = metrics.watchers.labels("grpc")
+        watching.inc()
+        try:
+            async for item in stream:
+                if isinstance(item, Heartbeat):
+                    yield convert.heartbeat_message(item)
+                else:
+                    yield pb.WatchJobResponse(events=[_event_message(e) for e in item])
+        finally:
+            watching.dec()
 
     async def RetryFailed(
         self, request: pb.RetryFailedRequest, context: Context

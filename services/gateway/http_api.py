@@ -19,6 +19,7 @@ from collections import OrderedDict
 
 from aiohttp import web
 
+from common import metrics
 from common.auth import Role
 from common.domain.messages import MessageKind, Send, TaskMessage
 from common.errors import InvalidArgument, OrchestratorError
@@ -189,13 +190,17 @@ class HttpApi:
         )
 
     async def metrics(self, _request: web.Request) -> web.Response:
+        """The process's metrics, with the state store's counts read at scrape time."""
         async with self.infra.db.read() as session:
             jobs = await queries.count_by_status(session, "jobs")
             tasks = await queries.count_by_status(session, "tasks")
-        lines = ["# TYPE orchestrator_jobs gauge"]
-        lines += [f'orchestrator_jobs{{status="{s}"}} {n}' for s, n in sorted(jobs.items())]
-        lines.append("# TYPE orchestrator_tasks gauge")
-        lines += [f'orchestrator_tasks{{status="{s}"}} {n}' for s, n in sorted(tasks.items())]
-        lines.append("# TYPE orchestrator_watched_jobs gauge")
-        lines.append(f"orchestrator_watched_jobs {self.core.hub.watched_jobs}")
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+            pools = await queries.slot_pools(session)
+        for gauge, counts in ((metrics.jobs, jobs), (metrics.tasks, tasks)):
+            gauge.clear()
+            for (kind, status), n in counts.items():
+                gauge.labels(kind, status).set(n)
+        for pool, (used, limit) in pools.items():
+            metrics.slots_in_use.labels(pool).set(used)
+            metrics.slots_limit.labels(pool).set(limit)
+        body, content_type = metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type})

@@ -56,7 +56,8 @@ class _StoryKind(KindHandler):
         self, calls: ProviderCalls, params: StoryParams, user: str, name: str, schema: Any
     ) -> dict[str, Any]:
         return await calls(
-            lambda: self.provider.complete_json(params.model, script.SYSTEM, user, name, schema)
+            "chat",
+            lambda: self.provider.complete_json(params.model, script.SYSTEM, user, name, schema),
         )
 
     async def after_commit(self, work: Work, cs: ChangeSet) -> None:

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from common.attempts.runner import AttemptOptions, AttemptRunner, Registration
 from common.domain.kinds import STORY_SET
 from common.leases import WorkerLease
+from common.metrics_server import serving_metrics
 from common.service import Infra, open_infra
 from common.settings import Settings
 from common.worker import start_consumer
@@ -58,5 +59,9 @@ async def running_story_worker(infra: Infra) -> AsyncIterator[AttemptRunner]:
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
-    async with open_infra(settings) as infra, running_story_worker(infra):
+    async with (
+        serving_metrics(settings.metrics_addr, settings.tokens),
+        open_infra(settings) as infra,
+        running_story_worker(infra),
+    ):
         await stop.wait()

@@ -49,12 +49,13 @@ class VideoSegments(KindHandler):
         if self.webhook_base:
             webhook = webhook_url(self.webhook_base, self.webhook_secret, task.id, task.attempt)
         request = await calls(
+            "submit",
             lambda: self.provider.submit(
                 task.payload["model"],
                 task.payload["arguments"],
                 webhook_url=webhook,
                 low_priority=task.priority == LOW_PRIORITY,
-            )
+            ),
         )
         return Submitted(request.request_id, request.handle)
 
@@ -64,11 +65,11 @@ class VideoSegments(KindHandler):
         request = _request_of(work.task)
         try:
             if not notified:
-                progress = await calls(lambda: self.provider.status(request))
+                progress = await calls("status", lambda: self.provider.status(request))
                 if progress.phase is not Phase.COMPLETED:
                     return _pending(progress)
             # Finished (or the provider called back to say so): fetch the result.
-            video = await calls(lambda: self.provider.result(request))
+            video = await calls("result", lambda: self.provider.result(request))
         except GenerationFailed as exc:
             return RequestFailed(exc)
         if isinstance(video, Progress):
@@ -77,7 +78,7 @@ class VideoSegments(KindHandler):
 
     async def cancel(self, work: Work, calls: ProviderCalls) -> bool:
         request = _request_of(work.task)
-        return await calls(lambda: self.provider.cancel(request))
+        return await calls("cancel", lambda: self.provider.cancel(request))
 
 
 def _request_of(task: TaskRecord) -> ProviderRequest:

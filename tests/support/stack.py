@@ -71,8 +71,11 @@ class Stack:
     def logs(self) -> str:
         return "\n".join(p.log() for p in self.processes.values())
 
-    async def start(self, name: str) -> ServiceProcess:
-        process = self.processes.get(name) or ServiceProcess(name, self.env, READY[name])
+    async def start(self, name: str, env: Mapping[str, str] | None = None) -> ServiceProcess:
+        """Start (or restart) `name`; `env`: settings of its own, on its first start."""
+        process = self.processes.get(name) or ServiceProcess(
+            name, {**self.env, **(env or {})}, READY[name]
+        )
         self.processes[name] = process
         await process.start()
         return process

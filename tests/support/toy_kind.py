@@ -82,20 +82,20 @@ class Echoes(KindHandler):
 
     async def submit(self, work: Work, calls: ProviderCalls) -> Submitted:
         text = str(work.task.payload["text"])
-        return Submitted(await calls(lambda: self.provider.send(text)))
+        return Submitted(await calls("send", lambda: self.provider.send(text)))
 
     async def check(
         self, work: Work, calls: ProviderCalls, *, notified: bool
     ) -> Pending | Succeeded | RequestFailed:
         request_id = work.task.request_id or ""
-        echo = await calls(lambda: self.provider.ask(request_id))
+        echo = await calls("ask", lambda: self.provider.ask(request_id))
         if echo is None:
             return Pending("waiting", "the echo is on its way")
         return Succeeded({"echo": echo}, f"echoed {echo!r}")
 
     async def cancel(self, work: Work, calls: ProviderCalls) -> bool:
         request_id = work.task.request_id or ""
-        await calls(lambda: self.provider.cancel(request_id))
+        await calls("cancel", lambda: self.provider.cancel(request_id))
         return True
 
 
