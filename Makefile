@@ -6,7 +6,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: install protos run test chaos soak lint fmt bench bench-smoke clean
+.PHONY: install protos run test chaos soak lint fmt bench bench-smoke clean up down
 
 # The editable install maps the generated `orchestrator` package (gen/orchestrator), so the
 # protos are generated before the project itself is installed a second time.
@@ -56,6 +56,17 @@ bench: install
 
 bench-smoke: install
 	$(PY) -m bench --smoke
+
+# The compose stack (docker-compose.yml): RabbitMQ, PostgreSQL, the simulator, the gateway, the
+# workers, Prometheus, Grafana and Jaeger. Needs Docker with Compose v2 (or
+# COMPOSE=docker-compose). `make down` keeps the data volumes (`$(COMPOSE) down -v` drops them).
+COMPOSE ?= docker compose
+
+up:
+	$(COMPOSE) up -d --build
+
+down:
+	$(COMPOSE) down
 
 clean:
 	rm -rf gen $(VENV) .pytest_cache .mypy_cache .ruff_cache
