@@ -24,13 +24,13 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from common import metrics
+from common import metrics, tracing
 from common.broker import Broker, ProgressNote
 from common.domain.changes import ChangeSet, JobHead, StaleTask, StoreTimings
 from common.domain.kinds import BUILTIN_KINDS, KindRegistry
@@ -124,6 +124,9 @@ class GroupCommitter:
     async def commit(self, cs: ChangeSet) -> None:
         for hook in self.hooks:
             hook.attach(cs)
+        trace = tracing.current()  # the messages it owes continue this trace
+        if trace is not None:
+            cs.sends = [replace(s, trace=s.trace or trace) for s in cs.sends]
         await self._enqueue(_Item(cs, self._future()))
 
     @property
@@ -153,6 +156,9 @@ class GroupCommitter:
 
     async def send_now(self, *sends: Send) -> None:
         """Publish messages that announce no state change (e.g. the next poll of a request)."""
+        trace = tracing.current()
+        if trace is not None:
+            sends = tuple(replace(s, trace=s.trace or trace) for s in sends)
         await self.broker.publish(outgoing_all(sends, self.kinds))
 
     async def notify(self, notes: dict[str, int]) -> None:

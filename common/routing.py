@@ -16,6 +16,7 @@ from common.domain.messages import MessageKind, Send
 PRIORITY_BY_JOB = {0: 3, 1: 1, 2: 3, 3: 6}
 IN_FLIGHT_BOOST = 2
 CANCEL_PRIORITY = 9
+TRACE_HEADER = "traceparent"
 
 
 def outgoing(send: Send, kinds: KindRegistry) -> Outgoing:
@@ -33,6 +34,7 @@ def outgoing(send: Send, kinds: KindRegistry) -> Outgoing:
         priority=priority,
         delay=send.delay,
         message_id=message.message_id,
+        headers={TRACE_HEADER: send.trace} if send.trace else {},
     )
 
 

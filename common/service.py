@@ -17,6 +17,7 @@ from common.lifecycle import run_loop, stop_on_signals
 from common.logs import setup_logging
 from common.settings import Settings, SettingsError
 from common.store.database import Database, open_database
+from common.tracing import setup_tracing
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[N
         print(f"{name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     setup_logging(settings.log_level, name, settings.log_format)
+    setup_tracing(name)
     if settings.amqp_url.startswith("memory:"):
         print(
             f"{name}: AMQP_URL is memory:// (the in-process broker), which only works when every"

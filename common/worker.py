@@ -17,12 +17,13 @@ from typing import Protocol
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from common import metrics
+from common import metrics, tracing
 from common.broker import Broker, BrokerError, Consumer, Incoming, Outgoing, Reject
 from common.domain.changes import StaleTask
 from common.domain.messages import BadMessage, TaskMessage
 from common.logs import bind_task
 from common.resilience import Backoff
+from common.routing import TRACE_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,14 @@ class Dispatcher:
             raise Reject("not a task message") from None
         bind_task(message.job_id, None)
         try:
-            await self.handler.handle(message, redelivered=incoming.redelivered)
+            with tracing.continued(
+                incoming.headers.get(TRACE_HEADER),
+                f"{self.queue} {message.kind}",
+                job_id=message.job_id,
+                task_id=message.task_id,
+                attempt=message.attempt,
+            ):
+                await self.handler.handle(message, redelivered=incoming.redelivered)
             metrics.messages_handled.labels(self.queue, "done").inc()
         except StaleTask as exc:
             metrics.messages_handled.labels(self.queue, "stale").inc()

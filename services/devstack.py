@@ -27,6 +27,7 @@ from common.lifecycle import run_loop, stop_on_signals
 from common.logs import setup_logging
 from common.service import open_infra
 from common.settings import Settings, SettingsError
+from common.tracing import setup_tracing
 from services.gateway.service import check_exposure, running_gateway
 from services.simulator.app import run_simulator
 from services.simulator.config import SimulatorConfig
@@ -97,6 +98,7 @@ async def main(args: argparse.Namespace) -> int:
         )
         settings = _settings(sim.url)
         setup_logging(settings.log_level, "devstack", settings.log_format)
+        setup_tracing("devstack")
         check_exposure(settings)
         infra = await stack.enter_async_context(open_infra(settings))
         gateway = await stack.enter_async_context(running_gateway(infra))

@@ -78,3 +78,5 @@ class Send:
     delay: float = 0.0
     # The task already holds a provider slot (or is polled): it goes ahead of new work.
     boost: bool = False
+    # W3C traceparent of the work that owed the message (tracing on), carried as a header.
+    trace: str | None = None

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from common import tracing
 from common.store.migrate import upgrade_to_head
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ class Database:
         else:
             self.write_engine = create_async_engine(parsed, pool_size=10, max_overflow=10)
             self.read_engine = self.write_engine
+        tracing.instrument_engine(self.write_engine)
+        if self.read_engine is not self.write_engine:
+            tracing.instrument_engine(self.read_engine)
         self._writer = async_sessionmaker(
             self.write_engine, expire_on_commit=False, autoflush=False
         )

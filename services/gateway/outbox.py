@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
 from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from common import tracing
 from common.domain.changes import ChangeSet
 from common.routing import outgoing_all
 from common.service import Infra
@@ -33,7 +35,7 @@ class Outbox:
         self.infra = infra
         self.committer = infra.committer
         self.kinds = infra.kinds
-        self._jobs: list[str] = []
+        self._jobs: list[tuple[str, str | None]] = []
         self._kick = asyncio.Event()
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
@@ -46,8 +48,9 @@ class Outbox:
         return min(60.0, max(settings.sweep_interval, settings.job_retention / 4))
 
     def publish_job(self, job_id: str) -> None:
-        """Publish `job_id`'s unpublished tasks soon (the caller has committed them)."""
-        self._jobs.append(job_id)
+        """Publish `job_id`'s unpublished tasks soon (the caller has committed them); their
+        messages continue the caller's trace."""
+        self._jobs.append((job_id, tracing.current()))
         self._idle.clear()
         self._kick.set()
 
@@ -94,16 +97,20 @@ class Outbox:
 
     async def _publish_handed_over(self) -> None:
         while self._jobs:
-            await self._publish(self._jobs[0])
+            await self._publish(*self._jobs[0])
             self._jobs.pop(0)
         self._idle.set()
 
-    async def _publish(self, job_id: str) -> None:
+    async def _publish(self, job_id: str, trace: str | None = None) -> None:
         async with self.infra.db.read() as session:
             tasks = await sweeps.unpublished(session, job_id)
         for start in range(0, len(tasks), PUBLISH_CHUNK):
             chunk = tasks[start : start + PUBLISH_CHUNK]
-            sends = [m for t in chunk if (m := sweeps.message_for(t, self.kinds, reissued=False))]
+            sends = [
+                replace(m, trace=trace)
+                for t in chunk
+                if (m := sweeps.message_for(t, self.kinds, reissued=False))
+            ]
             await self.infra.broker.publish(outgoing_all(sends, self.kinds))
             await self.committer.exclusive(
                 partial(sweeps.mark_published, task_ids=[t.id for t in chunk])

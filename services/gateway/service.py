@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from orchestrator.v1 import jobs_pb2, jobs_pb2_grpc
 
+from common import tracing
 from common.lifecycle import Background
 from common.service import Infra, open_infra
 from common.settings import Settings, SettingsError
@@ -107,7 +108,7 @@ async def _grpc_server(
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:  # type: ignore[name-defined]
     """The started gRPC server (JobService, health, reflection) and its port."""
     server = grpc.aio.server(
-        interceptors=[Guard(settings.tokens, limits)],
+        interceptors=[*tracing.grpc_interceptors(), Guard(settings.tokens, limits)],
         options=[
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
