@@ -10,6 +10,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from orchestrator.v1 import jobs_pb2 as pb
 
+from common.auth import Role, Tokens, hash_entry, new_token
 from orchestrator_client import DEFAULT_HTTP_URL, DEFAULT_TARGET, JobsClient, ServingStatus
 from orchestrator_client.client import StartedJob
 from orchestrator_client.uploads import upload_image
@@ -551,3 +552,33 @@ def health(ctx: typer.Context) -> None:
         return ExitCode.OK if status == ServingStatus.SERVING else ExitCode.UNREACHABLE
 
     _exit(g.run(work))
+
+
+token_app = typer.Typer(help="Make access tokens for the gateway (no gateway needed).")
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("new")
+def token_new(
+    name: Annotated[str, typer.Option(help="The owner the token names (its jobs' owner).")],
+    role: Annotated[str, typer.Option(help="read, submit or admin.")] = "submit",
+) -> None:
+    """Print a new random token and the AUTH_TOKENS entry (its hash) the gateway needs.
+
+    Give the token to its user; put the entry in AUTH_TOKENS (comma separated) or in the file
+    named by AUTH_TOKENS_FILE. The gateway never sees or stores the token itself.
+    """
+    try:
+        parsed = Role[role.upper()]
+    except KeyError:
+        print(f"--role: one of read, submit, admin (got {role!r})", file=sys.stderr)
+        raise typer.Exit(ExitCode.USAGE) from None
+    token = new_token()
+    entry = hash_entry(name, parsed, token)
+    try:
+        Tokens.parse(entry)
+    except ValueError as exc:
+        print(f"--name: {exc} (letters, digits, '_', '.', '@', '-'; at most 64)", file=sys.stderr)
+        raise typer.Exit(ExitCode.USAGE) from None
+    print(f"token:       {token}")
+    print(f"AUTH_TOKENS: {entry}")

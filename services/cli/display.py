@@ -62,7 +62,10 @@ TICKS_PER_SECOND = 4
 
 def message_dict(message: Message) -> dict[str, Any]:
     """proto3 JSON with the .proto field names (int64 fields are strings, as proto3 JSON says)."""
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+    data = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    if isinstance(message, pb.JobEvent):
+        data.setdefault("task_index", 0)  # proto3 JSON leaves out the story plan's index 0
+    return data
 
 
 def json_line(data: dict[str, Any]) -> str:

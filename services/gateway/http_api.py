@@ -34,6 +34,7 @@ from services.gateway.http_models import VideoStart, video_action
 from services.gateway.requests import VideoJobRequest
 from services.gateway.seed_shapes import seed_field_error, seed_status
 from services.gateway.seed_story import add_story_routes
+from services.gateway.web import WEB_OPEN_PATHS, add_web_routes
 from services.video_worker.fal_upload import (
     CONTENT_TYPES,
     MAX_FILE_NAME,
@@ -50,7 +51,7 @@ BODY_LIMIT = MAX_UPLOAD_BYTES + (1 << 16)  # the largest body of any route (an u
 # The seed's start action took only the arena URL and generated this many segments.
 SEED_DEFAULT_SEGMENTS = 5
 WEBHOOK_MEMORY = 10_000
-OPEN_PATHS = ("/healthz", "/webhooks/")
+OPEN_PATHS = ("/healthz", "/webhooks/", *WEB_OPEN_PATHS)
 
 
 def seed_error(exc: OrchestratorError) -> web.Response:
@@ -86,6 +87,7 @@ class HttpApi:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
         add_story_routes(app, self.core, self.guard)
+        add_web_routes(app, self.core, self.guard, self.uploader)
         return app
 
     async def generate_video(self, request: web.Request) -> web.Response:
@@ -132,6 +134,10 @@ class HttpApi:
         if "/" in file_name or "\\" in file_name or file_name in (".", ".."):
             raise InvalidArgument("file_name", "a plain file name, without a path")
         data = await self.guard.read_body(request, limit=MAX_UPLOAD_BYTES)
+        if data and not _looks_like(content_type, data):
+            raise InvalidArgument(
+                "body", f"is not a {content_type} image (its bytes say otherwise)"
+            )
         try:
             url = await self.uploader.upload(data, content_type, file_name)
         except InvalidUpload as exc:
@@ -204,3 +210,14 @@ class HttpApi:
             metrics.slots_limit.labels(pool).set(limit)
         body, content_type = metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def _looks_like(content_type: str, data: bytes) -> bool:
+    """Whether `data` starts as an image of `content_type` does (its magic bytes)."""
+    if content_type == "image/png":
+        return data.startswith(b"\x89PNG\r\n\x1a\n")
+    if content_type == "image/jpeg":
+        return data.startswith(b"\xff\xd8\xff")
+    if content_type == "image/webp":
+        return data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+    return False

@@ -145,3 +145,22 @@ async def test_real_gateway_tokens_and_tls_from_the_command_line(
     assert bob.code == 7 and "PERMISSION_DENIED" in bob.stderr and read not in bob.stderr
     assert nobody.code == 7 and "UNAUTHENTICATED" in nobody.stderr
     assert plaintext.code == 6 and submit not in plaintext.stderr
+
+
+def test_token_new_prints_a_token_the_gateway_accepts() -> None:
+    import subprocess
+    import sys
+
+    from common.auth import Role, Tokens
+
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "token", "new", "--name", "alice", "--role", "read"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = dict(line.split(":", 1) for line in done.stdout.splitlines())
+    token, entry = lines["token"].strip(), lines["AUTH_TOKENS"].strip()
+    caller = Tokens.parse(entry).identify(f"Bearer {token}")
+    assert (caller.name, caller.role) == ("alice", Role.READ)
+    assert token not in entry

@@ -280,6 +280,8 @@ HTTP_CASES: list[HttpCase] = [
     HttpCase("story unknown", "GET", "/story-jobs/unknown-job", status=404, says="no job"),
     HttpCase("upload wrong type", "POST", "/api/uploads", b"GIF89a", says="Content-Type", headers={"Content-Type": "image/gif"}),
     HttpCase("upload empty", "POST", "/api/uploads", b"", says="body", headers={"Content-Type": "image/png"}),
+    HttpCase("upload gif as png", "POST", "/api/uploads", b"GIF89a\x01\x00", says="image/png", headers={"Content-Type": "image/png"}),
+    HttpCase("upload jpeg lie", "POST", "/api/uploads", b"<svg onload=alert(1)>", says="image/jpeg", headers={"Content-Type": "image/jpeg"}),
     HttpCase("upload bad name", "POST", "/api/uploads?file_name=a%00b", b"\x89PNG", says="file_name", headers={"Content-Type": "image/png"}),
     HttpCase("upload path name", "POST", "/api/uploads?file_name=..%2F..%2Fx.png", b"\x89PNG", says="file_name", headers={"Content-Type": "image/png"}),
     HttpCase("webhook unsigned", "POST", "/webhooks/fal", j({"request_id": "r1"}), status=401, says="signed"),
