@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from orchestrator.v1 import jobs_pb2 as pb
 
-from common.auth import Role, hash_entry
+from common.auth import Role, Tokens, hash_entry
 from services.simulator.app import SimulatorHandle
 from tests.cli.conftest import run_cli
 from tests.cli.proxy import running_proxy
@@ -148,11 +150,6 @@ async def test_real_gateway_tokens_and_tls_from_the_command_line(
 
 
 def test_token_new_prints_a_token_the_gateway_accepts() -> None:
-    import subprocess
-    import sys
-
-    from common.auth import Role, Tokens
-
     done = subprocess.run(
         [sys.executable, "-m", "services.cli", "token", "new", "--name", "alice", "--role", "read"],
         capture_output=True,
