@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
@@ -35,6 +35,7 @@ from common.broker import Broker, ProgressNote
 from common.domain.changes import ChangeSet, JobHead, StaleTask, StoreTimings
 from common.domain.kinds import BUILTIN_KINDS, KindRegistry
 from common.domain.messages import Send
+from common.domain.scheduling import BudgetPolicy
 from common.resilience import Backoff
 from common.resilience.retrying import Sleep
 from common.routing import outgoing_all
@@ -89,6 +90,8 @@ class GroupCommitter:
         timings: StoreTimings,
         *,
         kinds: KindRegistry = BUILTIN_KINDS,
+        policy: BudgetPolicy | None = None,
+        budget_limits: Mapping[str, tuple[int, int]] | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Sleep = asyncio.sleep,
         max_batch: int = MAX_BATCH,
@@ -97,6 +100,8 @@ class GroupCommitter:
         self.broker = broker
         self.timings = timings
         self.kinds = kinds
+        self.policy = policy
+        self.budget_limits = budget_limits
         self.clock = clock
         self.sleep = sleep
         self.max_batch = max_batch
@@ -214,7 +219,14 @@ class GroupCommitter:
         async with self.db.write() as session:
             if work is not None:
                 result = await work(session, change_sets[0])
-            applied = Batch(await session.connection(), self.clock(), self.timings, self.kinds)
+            applied = Batch(
+                await session.connection(),
+                self.clock(),
+                self.timings,
+                self.kinds,
+                policy=self.policy,
+                budget_limits=self.budget_limits,
+            )
             sends = await applied.run(change_sets)
             if work is not None:
                 _roll_back_if_stale(change_sets[0])

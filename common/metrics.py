@@ -60,6 +60,11 @@ lost_submits = Counter(
     "Attempts made again because their worker died mid-call (a provider may bill both).",
     ["kind"],
 )
+reused_results = Counter(
+    f"{PREFIX}_reused_results_total",
+    "Tasks that took an identical earlier task's result: provider calls saved.",
+    ["kind"],
+)
 breaker_state = Gauge(
     f"{PREFIX}_breaker_state",
     "Circuit breaker state per provider: 1 for the current state, 0 for the others.",

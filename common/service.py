@@ -47,7 +47,14 @@ async def open_infra(settings: Settings, *, broker: Broker | None = None) -> Asy
             broker = await stack.enter_async_context(
                 open_broker(settings.amqp_url, settings.topology)
             )
-        committer = GroupCommitter(db, broker, settings.store_timings, kinds=settings.kinds)
+        committer = GroupCommitter(
+            db,
+            broker,
+            settings.store_timings,
+            kinds=settings.kinds,
+            policy=settings.budget_policy,
+            budget_limits=settings.budget_limits,
+        )
         breakers = BreakerEvents(settings.breaker)
         committer.hooks.append(breakers)
         try:

@@ -32,6 +32,7 @@ from common.auth import Tokens
 from common.broker import Topology
 from common.domain.changes import StoreTimings
 from common.domain.kinds import BUILTIN_KINDS, KindRegistry, RetryDefaults
+from common.domain.scheduling import BudgetPolicy
 from common.resilience import Backoff, BreakerConfig, RetryPolicy
 
 
@@ -124,6 +125,23 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(130.0, ge=0)
     sweep_interval: float = Field(5.0, gt=0)
     stale_after: float = Field(60.0, gt=0)
+    # Spend and fairness (see README "Spend and fairness").
+    # Provider slots one job may hold at once, whatever it asks (0: no cap but the pool's).
+    max_job_concurrency: int = Field(0, ge=0, le=10_000)
+    # Retries may add at most this fraction of a provider's calls over the last minute,
+    # fleet-wide (with RETRY_BUDGET_FLOOR retries a minute always allowed).
+    retry_budget_ratio: float = Field(0.1, ge=0, le=10)
+    retry_budget_floor: int = Field(10, ge=0)
+    # Per-minute budgets per provider and model, shared by every worker (0: none configured;
+    # OpenAI's are also learned from its x-ratelimit headers).
+    openai_rpm: int = Field(0, ge=0)
+    openai_tpm: int = Field(0, ge=0)
+    fal_rpm: int = Field(0, ge=0)
+    # How long a succeeded task's result may be reused by an identical task (jobs that ask).
+    reuse_ttl: float = Field(86_400.0, gt=0)
+    # With webhooks on: how long a task whose worker died mid-submit waits for fal's webhook
+    # to name the request before submitting (and paying) again.
+    webhook_adopt_window: float = Field(300.0, ge=0)
     # A worker renews its lease every third of this; a task mid-call whose worker's lease ran
     # out is taken over at once (instead of after STALE_AFTER + the call timeout).
     worker_lease_seconds: float = Field(6.0, ge=1, le=300)
@@ -279,6 +297,17 @@ class Settings(BaseSettings):
             open_seconds=self.breaker_open_seconds,
             half_open_probes=self.breaker_half_open_probes,
         )
+
+    @property
+    def budget_policy(self) -> BudgetPolicy:
+        return BudgetPolicy(
+            retry_ratio=self.retry_budget_ratio, retry_floor=self.retry_budget_floor
+        )
+
+    @property
+    def budget_limits(self) -> dict[str, tuple[int, int]]:
+        """Provider -> configured (requests, tokens) per minute."""
+        return {"openai": (self.openai_rpm, self.openai_tpm), "fal": (self.fal_rpm, 0)}
 
     @property
     def tokens(self) -> Tokens:

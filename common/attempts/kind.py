@@ -53,6 +53,22 @@ class Work:
 
 
 @dataclass(frozen=True)
+class RateLimits:
+    """A provider's rate-limit headers (OpenAI's x-ratelimit-*): per-minute limits and what
+    is left of them."""
+
+    requests: int | None = None
+    tokens: int | None = None
+    remaining_requests: int | None = None
+
+    @property
+    def used_requests(self) -> int | None:
+        if self.requests is None or self.remaining_requests is None:
+            return None
+        return max(0, self.requests - self.remaining_requests)
+
+
+@dataclass(frozen=True)
 class Submitted:
     """A polled kind's provider accepted a request: its id and whatever finds it again."""
 
@@ -69,6 +85,8 @@ class Succeeded:
     details: dict[str, Any] = field(default_factory=dict)
     # What the kind hands its own `on_success` (not recorded on the task).
     output: Any = None
+    # What the provider's answer said of its rate limits, if anything.
+    limits: RateLimits | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +178,15 @@ class KindHandler:
     async def load(self, task: TaskRecord) -> Any:
         """What the kind needs besides the task; raise StaleTask when it is gone."""
         return None
+
+    def model(self, work: Work) -> str:
+        """The provider model an attempt calls: its shared budget and learned duration are the
+        provider's and this model's."""
+        return "*"
+
+    def tokens(self, work: Work) -> int:
+        """The tokens an attempt will likely spend (for per-minute token budgets; 0: none)."""
+        return 0
 
     async def submit(self, work: Work, calls: ProviderCalls) -> Submitted | Succeeded:
         raise NotImplementedError

@@ -29,10 +29,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from common import metrics
+from common.attempts.estimates import Durations
 from common.attempts.kind import (
     KindHandler,
     Pending,
     ProviderCalls,
+    RateLimits,
     RequestFailed,
     Submitted,
     Succeeded,
@@ -43,6 +45,7 @@ from common.breaker_events import BreakerEvents
 from common.committer import GroupCommitter
 from common.domain.changes import ChangeSet, Failure, JobTasksChange, StaleTask
 from common.domain.events import EventDraft
+from common.domain.kinds import REUSE
 from common.domain.messages import MessageKind, Send, TaskMessage
 from common.domain.records import TaskRecord
 from common.domain.states import TaskStatus
@@ -56,9 +59,11 @@ from common.resilience import (
     GiveUp,
     Permit,
     ProviderError,
+    Retry,
     RetryPolicy,
 )
 from common.resilience.retrying import retrying
+from common.store import queries
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +80,10 @@ class AttemptOptions:
     # the interval; 0: right away, in the same step, for providers that finish very fast).
     poll_interval: float = 2.0
     first_poll_delay: float | None = None
+    # How long a result may be reused by an identical task of a job that asks for reuse.
+    reuse_ttl: float = 86_400.0
+    # Cap on a provider's Retry-After when it pauses the provider for every worker.
+    max_pause: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,7 @@ class AttemptRunner:
         self.breakers = breakers
         # This worker's lease (None: tasks caught mid-call wait for their deadline).
         self.lease = lease
+        self.durations = Durations(committer.db)
         self.kinds = {r.handler.spec.name: r for r in registrations}
 
     async def handle(self, message: TaskMessage, *, redelivered: bool) -> None:
@@ -167,6 +177,10 @@ class _Step:
         if not lost and status not in (TaskStatus.QUEUED, TaskStatus.RETRYING):
             raise StaleTask(f"task is {status.value}")
         work = await self._work(task)
+        if task.expires_at is not None and await self._too_late(work):
+            return
+        if task.payload.get(REUSE) and task.payload_hash and await self._reused(work):
+            return
         try:
             permit = self.breaker.acquire()
         except CircuitOpenError as exc:
@@ -194,6 +208,9 @@ class _Step:
                         task,
                         message=f"{verb} attempt {task.attempt} of {task.max_attempts}",
                         deadline_at=deadline,
+                        budget=self._budget(work),
+                        tokens=self.handler.tokens(work),
+                        resend=replace(self.message, reissued=False, recheck=False),
                         worker=worker,
                     )
         except BaseException:
@@ -218,6 +235,15 @@ class _Step:
     def _started(self, cs: ChangeSet, *, lost: bool) -> bool:
         """Log (and count) how the attempt began; False when it waits for a slot instead."""
         task, spec = self.task, self.spec
+        if task.id in cs.deferred:
+            metrics.task_deferrals.labels(spec.name, "budget").inc()
+            log.info(
+                "%s budget: deferred %.1fs",
+                spec.provider,
+                cs.deferred[task.id],
+                extra={"event": "wait", "retry_in": round(cs.deferred[task.id], 3)},
+            )
+            return False
         if cs.applied.get(task.id) is TaskStatus.WAITING:
             metrics.task_deferrals.labels(spec.name, "slot").inc()
             log.info("waiting for a %s slot", spec.slot_pool, extra={"event": "wait"})
@@ -415,6 +441,8 @@ class _Step:
                 result=outcome.result,
             )
             self.handler.on_success(cs, work, outcome)
+            self._learn(cs, work, outcome.limits)
+            cs.observe(self._budget(work), max(0.0, cs.now - task.updated_at))
             for kind in self.kinds.dependents(task.kind):
                 cs.change_job_tasks(
                     JobTasksChange(
@@ -435,6 +463,12 @@ class _Step:
         task = work.task
         async with self.committer.transaction() as cs:
             decision = fail_attempt(cs, task, error, self.policy)
+            budget = self._budget(work)
+            if error.error_class is ErrorClass.RATE_LIMITED and error.retry_after:
+                # The provider asked us to wait: every worker does, not only this task.
+                cs.pause(budget, cs.now + min(error.retry_after, self.options.max_pause))
+            if isinstance(decision, Retry):
+                cs.charge_retry(budget, task)
             if isinstance(decision, GiveUp):
                 failure = Failure(
                     f"the {self.spec.noun} failed: {error.message}",
@@ -475,6 +509,71 @@ class _Step:
                 },
             )
         await self.handler.after_commit(work, cs)
+
+    # Budgets, deadlines and reuse ----------------------------------------------------------
+
+    def _budget(self, work: Work) -> str:
+        """The shared budget an attempt spends: its provider's, for its model."""
+        return f"{self.spec.provider}:{self.handler.model(work)}"
+
+    def _learn(self, cs: ChangeSet, work: Work, limits: RateLimits | None) -> None:
+        if limits is not None:
+            cs.learn(
+                self._budget(work),
+                rpm=limits.requests,
+                tpm=limits.tokens,
+                used_requests=limits.used_requests,
+            )
+
+    async def _too_late(self, work: Work) -> bool:
+        """The job's deadline cannot be met by a new attempt: the task fails (recoverably)
+        instead of spending a call whose result would come too late."""
+        task = work.task
+        assert task.expires_at is not None
+        now = self.committer.clock()
+        expected = await self.runner.durations.expected(self._budget(work))
+        if now + expected <= task.expires_at:
+            return False
+        why = "passed" if now >= task.expires_at else f"is too close ({expected:.0f}s needed)"
+        async with self.committer.transaction() as cs:
+            cs.change(
+                task,
+                TaskStatus.FAILED,
+                message=f"not started: the job's deadline {why}",
+                failure=Failure(
+                    f"the job's deadline {why}", ErrorClass.DEADLINE_EXCEEDED, recoverable=True
+                ),
+            )
+        metrics.task_outcomes.labels(self.spec.name, TaskStatus.FAILED).inc()
+        log.warning("not started: the job's deadline %s", why, extra={"event": "fatal"})
+        await self.handler.after_commit(work, cs)
+        return True
+
+    async def _reused(self, work: Work) -> bool:
+        """An identical task succeeded lately: take its result, no provider call."""
+        task = work.task
+        assert task.payload_hash is not None
+        since = self.committer.clock() - self.options.reuse_ttl
+        async with self.committer.db.read() as session:
+            earlier = await queries.reusable_result(
+                session, task.kind, task.payload_hash, since=since, exclude=task.id
+            )
+        if earlier is None or earlier.result is None:
+            return False
+        async with self.committer.transaction() as cs:
+            cs.change(
+                task,
+                TaskStatus.SUCCEEDED,
+                message=f"reused the result of job {earlier.job_id} task {earlier.index}"
+                " (no provider call)",
+                details={"reused_from": {"job_id": earlier.job_id, "index": earlier.index}},
+                result=earlier.result,
+            )
+        metrics.reused_results.labels(self.spec.name).inc()
+        metrics.task_outcomes.labels(self.spec.name, TaskStatus.SUCCEEDED).inc()
+        log.info("reused an earlier result", extra={"event": "success", "reused": True})
+        await self.handler.after_commit(work, cs)
+        return True
 
     # CANCEL ---------------------------------------------------------------------------------
 

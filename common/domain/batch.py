@@ -12,15 +12,18 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from common.domain import scheduling
 from common.domain.changes import (
+    BudgetOp,
     ChangeSet,
     Failure,
     JobHead,
     JobTasksChange,
+    Learn,
+    Pause,
     StaleTask,
     StoreTimings,
     TaskChange,
@@ -59,6 +62,8 @@ class LiveJob:
     last_seq: int
     cancel_requested: bool
     created_at: float = 0.0
+    owner: str = ""
+    cap: int = 0
     events: list[EventDraft] = field(default_factory=list)
     open_delta: int = 0
     values: dict[str, Any] = field(default_factory=dict)
@@ -90,13 +95,25 @@ class JobWrite:
 class BatchState:
     """The rows one batch locked and what its change sets did to them."""
 
-    def __init__(self, now: float, timings: StoreTimings, kinds: KindRegistry) -> None:
+    def __init__(
+        self,
+        now: float,
+        timings: StoreTimings,
+        kinds: KindRegistry,
+        policy: scheduling.BudgetPolicy | None = None,
+    ) -> None:
         self.now = now
         self.timings = timings
         self.kinds = kinds
+        self.policy = policy or scheduling.BudgetPolicy()
         self.tasks: dict[int, LiveTask] = {}
         self.jobs: dict[str, LiveJob] = {}
         self.slots: dict[str, Slots] = {}
+        # Per pool: slots held per job and owner, and the jobs' caps (fair shares).
+        self.shares: dict[str, scheduling.Shares] = {}
+        self.budgets: dict[str, scheduling.Budget] = {}
+        # Attempt durations per model, for the store's moving averages.
+        self.durations: list[tuple[str, float]] = []
         self.updates: dict[int, dict[str, Any]] = defaultdict(dict)
         # (job id, kind, status) -> ids of the job's tasks the store found in that state.
         self.groups: dict[tuple[str, str, TaskStatus], list[int]] = {}
@@ -119,6 +136,15 @@ class BatchState:
                     if pool is not None:
                         pools.add(pool)
         return pools
+
+    def budgets_named(self, change_sets: Sequence[ChangeSet]) -> set[str]:
+        """Provider budgets whose rows the batch must lock."""
+        names = {op.budget for cs in change_sets for op in cs.budget_ops}
+        for cs in change_sets:
+            for op in cs.ops:
+                if isinstance(op, TaskChange) and op.start and op.start.budget:
+                    names.add(op.start.budget)
+        return names
 
     def add_task(self, task: LiveTask) -> None:
         self.tasks.setdefault(task.id, task)
@@ -150,7 +176,11 @@ class BatchState:
             self.jobs[job_id].values.update(values)
         for job_id, message in cs.reopen.items():
             self.jobs[job_id].reopen = message
-        self.sends += cs.sends
+        sends = list(cs.sends)
+        for budget_op in cs.budget_ops:
+            sends = self._budget_op(cs, budget_op, sends)
+        self.durations += cs.durations
+        self.sends += sends
 
     def _check(self, cs: ChangeSet) -> None:
         """Every task `cs` names still looks as its author read it (or StaleTask)."""
@@ -181,6 +211,60 @@ class BatchState:
             if job_id not in self.jobs:
                 raise NotFound(f"job_id: no job {job_id!r}")
 
+    def _budget_op(self, cs: ChangeSet, op: BudgetOp, sends: list[Send]) -> list[Send]:
+        budget = self.budgets[op.budget]
+        if isinstance(op, Pause):
+            scheduling.pause(budget, op.until)
+        elif isinstance(op, Learn):
+            scheduling.learn(budget, rpm=op.rpm, tpm=op.tpm, used_requests=op.used_requests)
+        elif scheduling.retry_allowed(budget, self.now, self.policy):
+            budget.retries += 1
+            budget.changed = True
+        else:  # over the retry budget: the retry waits for the minute to end
+            wait = budget.window_start + scheduling.WINDOW - self.now
+            live = self.tasks[op.task_id]
+            sends = [
+                replace(s, delay=max(s.delay, wait)) if s.message.task_id == op.task_id else s
+                for s in sends
+            ]
+            delay = max(s.delay for s in sends if s.message.task_id == op.task_id)
+            values = {
+                "next_attempt_at": self.now + delay,
+                "deadline_at": self.now + delay + self.timings.stale_after,
+            }
+            self._write(cs, live, values)
+            self.jobs[live.job_id].events.append(
+                EventDraft(
+                    EventType.TASK_DEFERRED,
+                    message=f"retry budget of {op.budget} spent: the retry waits {delay:.1f}s",
+                    task_index=live.index,
+                    task_status=live.status,
+                    details={"retry_in": round(delay, 3), "budget": op.budget},
+                )
+            )
+            cs.deferred[op.task_id] = delay
+        return sends
+
+    def _defer_start(self, cs: ChangeSet, live: LiveTask, op: TaskChange, wait: float) -> None:
+        """A start the provider's budget does not allow yet: its message comes back later."""
+        start = op.start
+        assert start is not None and start.budget is not None
+        budget = self.budgets[start.budget]
+        why = "paused" if budget.paused_until > self.now else "per-minute budget spent"
+        self._write(cs, live, {"deadline_at": self.now + wait + self.timings.stale_after})
+        self.jobs[live.job_id].events.append(
+            EventDraft(
+                EventType.TASK_DEFERRED,
+                message=f"{start.budget} {why}; deferred {wait:.1f}s",
+                task_index=live.index,
+                task_status=live.status,
+                details={"retry_in": round(wait, 3), "budget": start.budget},
+            )
+        )
+        if start.resend is not None:
+            self.sends.append(Send(start.resend, live.kind, live.priority, delay=wait))
+        cs.deferred[live.id] = wait
+
     def _in_flight(self, task: LiveTask) -> TaskStatus:
         return TaskStatus(self.kinds[task.kind].in_flight_status)
 
@@ -190,17 +274,31 @@ class BatchState:
         values = dict(op.values)
         new, message = op.new, op.message
         if op.start is not None:
+            if op.start.budget is not None:
+                budget = self.budgets[op.start.budget]
+                wait = scheduling.budget_wait(budget, self.now, op.start.tokens)
+                if wait > 0:
+                    self._defer_start(cs, live, op, wait)
+                    return
+                scheduling.spend(budget, op.start.tokens)
             new = self._in_flight(live)
             pool = self.kinds.pool_of(live.kind)
             slots = self.slots[pool] if pool is not None else None
+            shares = self.shares.get(pool) if pool is not None else None
+            under_cap = shares is None or shares.under_cap(live.job_id)
             if slots is None:
                 values["deadline_at"] = op.start.deadline_at
             elif scheduling.may_take_slot(
-                holds_slot=live.holds_slot, in_flight=slots.in_flight, capacity=slots.capacity
+                holds_slot=live.holds_slot,
+                in_flight=slots.in_flight,
+                capacity=slots.capacity,
+                under_cap=under_cap,
             ):
                 if not live.holds_slot:
                     slots.in_flight += 1
                     slots.changed = True
+                    if shares is not None:
+                        shares.take(live.job_id, job.owner)
                 values.update(holds_slot=True, deadline_at=op.start.deadline_at)
             else:
                 new, message = TaskStatus.WAITING, op.start.waiting_message
@@ -248,6 +346,8 @@ class BatchState:
                 slots = self.slots[pool]
                 slots.in_flight = max(0, slots.in_flight - 1)
                 slots.changed = slots.released = True
+                if pool in self.shares:
+                    self.shares[pool].give_back(live.job_id, job.owner)
         if failure is not None:
             values.update(
                 last_error=failure.message,
@@ -300,10 +400,15 @@ class BatchState:
             for t in self.tasks.values()
             if t.status is TaskStatus.WAITING and t.kind in kinds
         }
-        chosen = scheduling.grant_order(
-            [scheduling.Candidate(t.id, t.job_id, t.priority) for t in waiting.values()],
-            self.free(pool),
-        )
+        shares = self.shares.setdefault(pool, scheduling.Shares({}, {}, {}))
+        for job in self.jobs.values():
+            shares.caps[job.id] = job.cap
+        candidates = [
+            scheduling.Candidate(t.id, t.job_id, t.priority, self.jobs[t.job_id].owner)
+            for t in waiting.values()
+            if t.job_id in self.jobs
+        ]
+        chosen = scheduling.grant_order(candidates, self.free(pool), shares)
         slots = self.slots[pool]
         grant = ChangeSet(now=self.now)
         for candidate in chosen:

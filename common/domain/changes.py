@@ -77,10 +77,45 @@ class Failure:
 @dataclass(frozen=True)
 class Start:
     """Start an attempt: the kind's in-flight status, with one of its pool's slots (kept if the
-    task holds one), or WAITING if none is free."""
+    task holds one), or WAITING if none is free; and, when `budget` names a provider budget,
+    only if that budget allows a call of `tokens` now; otherwise `resend` is sent again once it
+    will (a deferral: no attempt spent)."""
 
     deadline_at: float
     waiting_message: str = "waiting for a provider slot"
+    budget: str | None = None
+    tokens: int = 0
+    resend: TaskMessage | None = None
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Every worker waits for `budget` until `until` (a provider's 429 with Retry-After)."""
+
+    budget: str
+    until: float
+
+
+@dataclass(frozen=True)
+class Learn:
+    """What the provider's headers said of `budget`: limits per minute and how much is used."""
+
+    budget: str
+    rpm: int | None = None
+    tpm: int | None = None
+    used_requests: int | None = None
+
+
+@dataclass(frozen=True)
+class ChargeRetry:
+    """A retry of `task_id` spends `budget`'s retry budget; over it, the retry waits for the
+    minute to end (a deferral, visible as an event)."""
+
+    budget: str
+    task_id: int
+
+
+BudgetOp = Pause | Learn | ChargeRetry
 
 
 @dataclass(frozen=True)
@@ -150,6 +185,9 @@ class ChangeSet:
     clear_warnings: list[str] = field(default_factory=list)
     # Messages owed once committed.
     sends: list[Send] = field(default_factory=list)
+    # Changes to shared provider budgets, and attempt durations per model (deadlines).
+    budget_ops: list[BudgetOp] = field(default_factory=list)
+    durations: list[tuple[str, float]] = field(default_factory=list)
     # Run if the change set is rejected or its transaction fails (e.g. to put notes back).
     on_abort: list[Callable[[], None]] = field(default_factory=list)
 
@@ -157,6 +195,8 @@ class ChangeSet:
     error: Exception | None = None
     applied: dict[int, TaskStatus] = field(default_factory=dict)
     written: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # Tasks whose start or retry waits for a provider budget, and how long.
+    deferred: dict[int, float] = field(default_factory=dict)
     notes: dict[str, int] = field(default_factory=dict)
     finished: list[JobHead] = field(default_factory=list)
 
@@ -177,15 +217,36 @@ class ChangeSet:
             TaskChange(Seen.of(task), new, message, None, failure, details or {}, values)
         )
 
-    def start(self, task: TaskRecord, *, message: str, deadline_at: float, **values: Any) -> None:
+    def start(
+        self,
+        task: TaskRecord,
+        *,
+        message: str,
+        deadline_at: float,
+        budget: str | None = None,
+        tokens: int = 0,
+        resend: TaskMessage | None = None,
+        **values: Any,
+    ) -> None:
         """The kind's in-flight status with a provider slot (kept if the task holds one, none
-        needed if the kind has no pool), else WAITING; read `applied[task.id]` after the commit
-        to know which. `values`: more columns, written only if the attempt starts."""
-        self.ops.append(
-            TaskChange(
-                Seen.of(task), None, message, values=values, start=Start(deadline_at=deadline_at)
-            )
-        )
+        needed if the kind has no pool), else WAITING, unless `budget` says wait (then
+        `deferred[task.id]`); read `applied[task.id]` after the commit to know which. `values`:
+        more columns, written only if the attempt starts."""
+        start = Start(deadline_at=deadline_at, budget=budget, tokens=tokens, resend=resend)
+        self.ops.append(TaskChange(Seen.of(task), None, message, values=values, start=start))
+
+    def pause(self, budget: str, until: float) -> None:
+        self.budget_ops.append(Pause(budget, until))
+
+    def learn(self, budget: str, **limits: int | None) -> None:
+        self.budget_ops.append(Learn(budget, **limits))
+
+    def charge_retry(self, budget: str, task: TaskRecord) -> None:
+        self.budget_ops.append(ChargeRetry(budget, task.id))
+
+    def observe(self, model: str, seconds: float) -> None:
+        """A successful attempt of `model` took `seconds` (learned for deadlines)."""
+        self.durations.append((model, seconds))
 
     def note(self, task: TaskRecord, event: EventDraft | None = None, **values: Any) -> None:
         """An event about `task` and/or columns other than its status, if it is unchanged."""
@@ -236,5 +297,6 @@ class ChangeSet:
         self.error = None
         self.applied.clear()
         self.written.clear()
+        self.deferred.clear()
         self.notes.clear()
         self.finished.clear()

@@ -10,6 +10,8 @@ branches on kind names.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -52,6 +54,9 @@ class TaskKindSpec:
     """Counts towards the job's outcome and progress (a story's plan does not)."""
     blocked_by: str | None = None
     """Kind of the job's task these wait for (BLOCKED until it succeeds, SKIPPED if it fails)."""
+    reusable: bool = False
+    """The task's payload is all of its provider input: an identical task's result may be
+    reused (jobs that ask for it)."""
     noun: str = "task"
     plural: str = "tasks"
     settings_prefix: str = ""
@@ -72,6 +77,17 @@ class TaskKindSpec:
     def in_flight_status(self) -> str:
         """Status of a task while its provider call is under way ("submitting" / "running")."""
         return "submitting" if self.polled else "running"
+
+
+# A task payload's key saying its job asked to reuse identical earlier results.
+REUSE = "_reuse"
+
+
+def payload_hash(kind: str, payload: Mapping[str, object]) -> str:
+    """The identity of a task's provider input (keys starting with "_" are ours, not input)."""
+    inputs = {k: v for k, v in payload.items() if not k.startswith("_")}
+    canonical = json.dumps([kind, inputs], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class KindRegistry(Mapping[str, TaskKindSpec]):
@@ -146,6 +162,7 @@ VIDEO_SEGMENT = TaskKindSpec(
     slot_pool="fal",
     slot_limit=50,
     polled=True,
+    reusable=True,
     noun="segment",
     plural="segments",
     settings_prefix="video",

@@ -33,6 +33,9 @@ class TaskRecord:
     recoverable: bool
     # The worker process running the current attempt's provider call, while one runs.
     worker: str | None
+    payload_hash: str | None
+    expires_at: float | None
+    history: list[Any] | None
     holds_slot: bool
     poll_chain: int
     deadline_at: float | None
@@ -51,6 +54,9 @@ class JobRecord:
     status: str
     priority: int
     owner: str
+    max_concurrency: int
+    deadline_at: float | None
+    reuse_results: bool
     idempotency_key: str | None
     params: dict[str, Any]
     meta: dict[str, Any]

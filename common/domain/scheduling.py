@@ -7,6 +7,7 @@ store loaded; they see only immutable values, so they are unit-tested without a 
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,23 +28,77 @@ class Candidate:
     task_id: int
     job_id: str
     priority: int
+    owner: str = ""
 
 
-def may_take_slot(*, holds_slot: bool, in_flight: int, capacity: int) -> bool:
-    """An attempt starts when its task already holds a slot or one of the pool is free."""
-    return holds_slot or in_flight < capacity
+@dataclass
+class Shares:
+    """Slots of one pool held per job and per owner, and each job's cap (0: none)."""
+
+    by_job: dict[str, int]
+    by_owner: dict[str, int]
+    caps: dict[str, int]
+
+    def under_cap(self, job_id: str) -> bool:
+        cap = self.caps.get(job_id, 0)
+        return cap <= 0 or self.by_job.get(job_id, 0) < cap
+
+    def take(self, job_id: str, owner: str) -> None:
+        self.by_job[job_id] = self.by_job.get(job_id, 0) + 1
+        self.by_owner[owner] = self.by_owner.get(owner, 0) + 1
+
+    def give_back(self, job_id: str, owner: str) -> None:
+        self.by_job[job_id] = max(0, self.by_job.get(job_id, 0) - 1)
+        self.by_owner[owner] = max(0, self.by_owner.get(owner, 0) - 1)
+
+
+def may_take_slot(
+    *, holds_slot: bool, in_flight: int, capacity: int, under_cap: bool = True
+) -> bool:
+    """An attempt starts when its task already holds a slot, or one of the pool is free and
+    its job is under its cap."""
+    return holds_slot or (in_flight < capacity and under_cap)
 
 
 def releases_slot(*, holds_slot: bool, new: TaskStatus) -> bool:
     return holds_slot and new not in KEEPS_SLOT
 
 
-def grant_order(candidates: Sequence[Candidate], free: int) -> list[Candidate]:
-    """The WAITING tasks that get the `free` slots: highest job priority first, then the
-    oldest task (smallest id)."""
-    if free <= 0:
-        return []
-    return sorted(candidates, key=lambda c: (-c.priority, c.task_id))[:free]
+def grant_order(
+    candidates: Sequence[Candidate], free: int, shares: Shares | None = None
+) -> list[Candidate]:
+    """The WAITING tasks that get the `free` slots, one slot at a time (fair shares):
+
+    1. the highest job priority;
+    2. among those, the owner holding the fewest slots of the pool;
+    3. that owner's job holding the fewest (a job at its cap gets none);
+    4. that job's oldest task; ties (owners, jobs) go to the oldest task.
+
+    So a small job started behind a large one is served at once, each job and owner gets an
+    equal share of a busy pool, and priority still comes first. `shares` is counted along
+    (its counts include the slots this grant hands out)."""
+    shares = shares or Shares({}, {}, {})
+    queues: dict[str, deque[Candidate]] = {}
+    for c in sorted(candidates, key=lambda c: c.task_id):
+        queues.setdefault(c.job_id, deque()).append(c)
+    chosen: list[Candidate] = []
+    while len(chosen) < free:
+        heads = [q[0] for job, q in queues.items() if q and shares.under_cap(job)]
+        if not heads:
+            break
+        best = min(
+            heads,
+            key=lambda c: (
+                -c.priority,
+                shares.by_owner.get(c.owner, 0),
+                shares.by_job.get(c.job_id, 0),
+                c.task_id,
+            ),
+        )
+        queues[best.job_id].popleft()
+        chosen.append(best)
+        shares.take(best.job_id, best.owner)
+    return chosen
 
 
 def started_status(status: JobStatus, *, active: bool) -> JobStatus | None:
@@ -75,3 +130,90 @@ def outcome(
         shown = ", ".join(str(i) for i in not_done[:SHOWN_NOT_DONE])
         message += f"; not done: {shown}{'…' if len(not_done) > SHOWN_NOT_DONE else ''}"
     return status, message
+
+
+# Shared provider budgets ---------------------------------------------------------------------
+
+WINDOW = 60.0  # budgets count per minute
+
+
+@dataclass
+class Budget:
+    """One provider-and-model's shared budget row (see common.store.tables.ProviderBudget)."""
+
+    name: str
+    paused_until: float = 0.0
+    rpm: int = 0
+    tpm: int = 0
+    window_start: float = 0.0
+    requests: int = 0
+    tokens: int = 0
+    retries: int = 0
+    prev_requests: int = 0
+    prev_retries: int = 0
+    changed: bool = False
+
+    def roll(self, now: float) -> None:
+        """Move to the minute `now` is in (the previous minute kept for the retry budget)."""
+        start = now - now % WINDOW
+        if start == self.window_start:
+            return
+        adjacent = start - self.window_start == WINDOW
+        self.prev_requests = self.requests if adjacent else 0
+        self.prev_retries = self.retries if adjacent else 0
+        self.window_start, self.requests, self.tokens, self.retries = start, 0, 0, 0
+        self.changed = True
+
+
+@dataclass(frozen=True)
+class BudgetPolicy:
+    """Fleet-wide retry budget: retries may add at most `retry_ratio` of a provider's calls
+    over the last minute (sliding), with `retry_floor` retries a minute always allowed."""
+
+    retry_ratio: float = 0.1
+    retry_floor: int = 10
+
+
+def budget_wait(budget: Budget, now: float, tokens: int) -> float:
+    """Seconds a call must wait for `budget` (0: it may go now): a pause, or a per-minute
+    request or token budget already spent."""
+    if budget.paused_until > now:
+        return budget.paused_until - now
+    budget.roll(now)
+    spent = (budget.rpm and budget.requests >= budget.rpm) or (
+        budget.tpm and budget.tokens > 0 and budget.tokens + tokens > budget.tpm
+    )
+    return budget.window_start + WINDOW - now if spent else 0.0
+
+
+def spend(budget: Budget, tokens: int) -> None:
+    budget.requests += 1
+    budget.tokens += tokens
+    budget.changed = True
+
+
+def retry_allowed(budget: Budget, now: float, policy: BudgetPolicy) -> bool:
+    """Whether one more retry fits the retry budget (sliding minute: the previous minute
+    weighted by how much of it still lies in the last 60 s)."""
+    budget.roll(now)
+    weight = 1 - (now - budget.window_start) / WINDOW
+    calls = budget.requests + budget.prev_requests * weight
+    retries = budget.retries + budget.prev_retries * weight
+    return retries + 1 <= max(policy.retry_floor, policy.retry_ratio * calls)
+
+
+def learn(budget: Budget, *, rpm: int | None, tpm: int | None, used_requests: int | None) -> None:
+    """What the provider's own headers say of the budget (limits, and how much is used)."""
+    if rpm:
+        budget.rpm = rpm
+    if tpm:
+        budget.tpm = tpm
+    if used_requests is not None:
+        budget.requests = max(budget.requests, used_requests)
+    budget.changed = True
+
+
+def pause(budget: Budget, until: float) -> None:
+    if until > budget.paused_until:
+        budget.paused_until = until
+        budget.changed = True

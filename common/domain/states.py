@@ -77,13 +77,16 @@ TERMINAL_TASK = frozenset({T.SUCCEEDED, T.FAILED, T.CANCELLED, T.SKIPPED})
 RETRIABLE_TASK = frozenset({T.FAILED, T.CANCELLED, T.SKIPPED})
 
 TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
-    T.BLOCKED: frozenset({T.QUEUED, T.SKIPPED, T.CANCELLED}),
-    T.QUEUED: frozenset({T.WAITING, T.SUBMITTING, T.RUNNING, T.FAILED, T.CANCELLED}),
-    T.WAITING: frozenset({T.QUEUED, T.CANCELLED}),
+    T.BLOCKED: frozenset({T.QUEUED, T.SKIPPED, T.FAILED, T.CANCELLED}),
+    # QUEUED/RETRYING -> SUCCEEDED: an identical earlier result reused; -> FAILED: the job's
+    # deadline came first.
+    T.QUEUED: frozenset({T.WAITING, T.SUBMITTING, T.RUNNING, T.SUCCEEDED, T.FAILED, T.CANCELLED}),
+    T.WAITING: frozenset({T.QUEUED, T.FAILED, T.CANCELLED}),
     T.SUBMITTING: frozenset({T.RUNNING, T.RETRYING, T.FAILED, T.CANCELLED}),
     T.RUNNING: frozenset({T.SUCCEEDED, T.RETRYING, T.FAILED, T.CANCELLED}),
-    T.RETRYING: frozenset({T.WAITING, T.SUBMITTING, T.RUNNING, T.FAILED, T.CANCELLED}),
-    T.SUCCEEDED: frozenset(),
+    T.RETRYING: frozenset({T.WAITING, T.SUBMITTING, T.RUNNING, T.SUCCEEDED, T.FAILED, T.CANCELLED}),
+    # Only RetryFailed with `regenerate` re-runs a succeeded task.
+    T.SUCCEEDED: frozenset({T.QUEUED, T.BLOCKED}),
     T.FAILED: frozenset({T.QUEUED, T.BLOCKED}),
     T.CANCELLED: frozenset({T.QUEUED, T.BLOCKED}),
     T.SKIPPED: frozenset({T.QUEUED, T.BLOCKED}),
@@ -95,7 +98,7 @@ _TERMINAL_JOB = frozenset({J.COMPLETED, J.PARTIALLY_FAILED, J.FAILED, J.CANCELLE
 JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     J.QUEUED: frozenset({J.RUNNING, J.CANCELLED, J.COMPLETED, J.PARTIALLY_FAILED, J.FAILED}),
     J.RUNNING: frozenset({J.COMPLETED, J.PARTIALLY_FAILED, J.FAILED, J.CANCELLED}),
-    J.COMPLETED: frozenset(),
+    J.COMPLETED: frozenset({J.RUNNING}),  # RetryFailed regenerating chosen tasks
     J.PARTIALLY_FAILED: frozenset({J.RUNNING}),
     J.FAILED: frozenset({J.RUNNING}),
     J.CANCELLED: frozenset({J.RUNNING}),

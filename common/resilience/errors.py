@@ -35,6 +35,7 @@ class ErrorClass(StrEnum):
     PROVIDER_FAILED = "provider_failed"
     INTERNAL = "internal"
     DEPENDENCY_FAILED = "dependency_failed"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
     OUTPUT = "output"
 
 

@@ -11,10 +11,12 @@ flushes, and returns the messages the batch owes.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.domain.batch import BatchState, JobWrite, LiveJob, Slots, live_task
@@ -22,14 +24,25 @@ from common.domain.changes import ChangeSet, JobTasksChange, StoreTimings, TaskC
 from common.domain.events import EventDraft
 from common.domain.kinds import KindRegistry
 from common.domain.messages import Send
-from common.domain.scheduling import SHOWN_NOT_DONE
+from common.domain.scheduling import SHOWN_NOT_DONE, Budget, BudgetPolicy, Shares
 from common.domain.states import JobStatus, TaskStatus
-from common.store.tables import Base, Event, Job, ProviderSlots, Task
+from common.store.tables import (
+    Base,
+    Event,
+    Job,
+    ModelStats,
+    ProviderBudget,
+    ProviderSlots,
+    Task,
+)
 
 _tasks = Base.metadata.tables[Task.__tablename__]
 _jobs = Base.metadata.tables[Job.__tablename__]
 _events = Base.metadata.tables[Event.__tablename__]
 _slots = Base.metadata.tables[ProviderSlots.__tablename__]
+_budgets = Base.metadata.tables[ProviderBudget.__tablename__]
+_stats = Base.metadata.tables[ModelStats.__tablename__]
+DURATION_WEIGHT = 0.2
 
 _LIVE_COLUMNS = [
     _tasks.c.id,
@@ -48,11 +61,20 @@ class Batch:
     """One application of a list of change sets; `run` returns the messages owed."""
 
     def __init__(
-        self, conn: AsyncConnection, now: float, timings: StoreTimings, kinds: KindRegistry
+        self,
+        conn: AsyncConnection,
+        now: float,
+        timings: StoreTimings,
+        kinds: KindRegistry,
+        *,
+        policy: BudgetPolicy | None = None,
+        budget_limits: Mapping[str, tuple[int, int]] | None = None,
     ) -> None:
         self.conn = conn
         self.kinds = kinds
-        self.state = BatchState(now, timings, kinds)
+        self.state = BatchState(now, timings, kinds, policy)
+        # Provider -> configured (requests, tokens) per minute, for budget rows made here.
+        self.budget_limits = budget_limits or {}
         self.locking = conn.dialect.name == "postgresql"
 
     @property
@@ -66,6 +88,7 @@ class Batch:
         await self._grant()
         await self._flush_tasks()
         await self._flush_slots()
+        await self._flush_budgets()
         finishing = self.state.advance_jobs()
         outputs = {job_id: await self._outputs(job_id) for job_id in finishing}
         await self._flush_jobs(self.state.finish_jobs(outputs))
@@ -87,8 +110,12 @@ class Batch:
                 )
             )
             self.state.slots = {r.name: Slots(r.in_flight, r.capacity) for r in rows}
+        await self._load_budgets(self.state.budgets_named(change_sets))
         job_ids = sorted(set().union(*(cs.job_ids for cs in change_sets)))
         await self._load_jobs(job_ids)
+        if any(job.cap > 0 for job in self.state.jobs.values()):
+            for pool in self.state.slots:  # starts must see the capped jobs' shares
+                await self._load_shares(pool)
         changed = {
             op.seen.task_id for cs in change_sets for op in cs.ops if isinstance(op, TaskChange)
         }
@@ -122,8 +149,56 @@ class Batch:
                         r.last_seq,
                         r.cancel_requested,
                         r.created_at,
+                        r.owner,
+                        r.max_concurrency,
                     )
                 )
+                for shares in self.state.shares.values():
+                    shares.caps[r.id] = r.max_concurrency
+
+    async def _load_shares(self, pool: str) -> None:
+        """Slots of `pool` held per job and owner (the fair-share and cap rules need them)."""
+        if pool in self.state.shares:
+            return
+        rows = await self.conn.execute(
+            select(_tasks.c.job_id, _jobs.c.owner, func.count())
+            .select_from(_tasks.join(_jobs, _jobs.c.id == _tasks.c.job_id))
+            .where(_tasks.c.holds_slot.is_(True), _tasks.c.kind.in_(self.kinds.in_pool(pool)))
+            .group_by(_tasks.c.job_id, _jobs.c.owner)
+        )
+        shares = Shares({}, {}, {job.id: job.cap for job in self.state.jobs.values()})
+        for job_id, owner, held in rows:
+            shares.by_job[job_id] = held
+            shares.by_owner[owner] = shares.by_owner.get(owner, 0) + held
+        self.state.shares[pool] = shares
+
+    async def _load_budgets(self, names: set[str]) -> None:
+        """Lock (making them if new) the budget rows the batch spends."""
+        if not names:
+            return
+        existing = set(
+            await self.conn.scalars(select(_budgets.c.name).where(_budgets.c.name.in_(names)))
+        )
+        for name in sorted(names - existing):
+            rpm, tpm = self.budget_limits.get(name.split(":")[0], (0, 0))
+            await self.conn.execute(
+                _upsert(self.conn)(_budgets)
+                .values(
+                    name=name, paused_until=0.0, rpm=rpm, tpm=tpm, window_start=0.0,
+                    requests=0, tokens=0, retries=0, prev_requests=0, prev_retries=0,
+                )
+                .on_conflict_do_nothing(index_elements=["name"])
+            )  # fmt: skip
+        rows = await self.conn.execute(
+            self._for_update(
+                select(_budgets).where(_budgets.c.name.in_(sorted(names))).order_by(_budgets.c.name)
+            )
+        )
+        for r in rows:
+            self.state.budgets[r.name] = Budget(
+                r.name, r.paused_until, r.rpm, r.tpm, r.window_start, r.requests, r.tokens,
+                r.retries, r.prev_requests, r.prev_retries,
+            )  # fmt: skip
 
     async def _load_tasks(self, conditions: Iterable[Any]) -> list[int]:
         found: list[int] = []
@@ -151,20 +226,27 @@ class Batch:
             free = self.state.free(pool)
             if free <= 0:
                 continue
-            # Candidates from the store besides those this batch holds, in the grant order.
-            # They are picked unlocked, then locked job first, task second (the order every
-            # transaction takes), and kept only if still WAITING.
-            picked = (
-                await self.conn.scalars(
-                    select(_tasks.c.id)
-                    .where(
-                        _tasks.c.status == TaskStatus.WAITING,
-                        _tasks.c.kind.in_(kinds),
-                        _tasks.c.id.not_in(list(self.state.tasks)),
-                    )
-                    .order_by(_tasks.c.priority.desc(), _tasks.c.id)
-                    .limit(free)
+            await self._load_shares(pool)
+            # Candidates from the store besides those this batch holds: each job's oldest
+            # `free` waiting tasks (the fair-share rule picks among jobs). They are picked
+            # unlocked, then locked job first, task second (the order every transaction
+            # takes), and kept only if still WAITING.
+            rank = (
+                func.row_number()
+                .over(partition_by=_tasks.c.job_id, order_by=_tasks.c.id)
+                .label("rank")
+            )
+            waiting = (
+                select(_tasks.c.id, rank)
+                .where(
+                    _tasks.c.status == TaskStatus.WAITING,
+                    _tasks.c.kind.in_(kinds),
+                    _tasks.c.id.not_in(list(self.state.tasks)),
                 )
+                .subquery()
+            )
+            picked = (
+                await self.conn.scalars(select(waiting.c.id).where(waiting.c.rank <= free))
             ).all()
             if picked:
                 job_ids = await self.conn.scalars(
@@ -227,6 +309,34 @@ class Batch:
                     update(_slots).where(_slots.c.name == name).values(in_flight=slots.in_flight)
                 )
 
+    async def _flush_budgets(self) -> None:
+        for budget in self.state.budgets.values():
+            if budget.changed:
+                await self.conn.execute(
+                    update(_budgets)
+                    .where(_budgets.c.name == budget.name)
+                    .values(
+                        paused_until=budget.paused_until, rpm=budget.rpm, tpm=budget.tpm,
+                        window_start=budget.window_start, requests=budget.requests,
+                        tokens=budget.tokens, retries=budget.retries,
+                        prev_requests=budget.prev_requests, prev_retries=budget.prev_retries,
+                    )
+                )  # fmt: skip
+        for model, seconds in self.state.durations:
+            await self.conn.execute(
+                _upsert(self.conn)(_stats)
+                .values(name=model, mean_seconds=seconds, samples=1)
+                .on_conflict_do_update(
+                    index_elements=["name"],
+                    set_={
+                        # An exponential moving average: recent attempts count most.
+                        "mean_seconds": _stats.c.mean_seconds * (1 - DURATION_WEIGHT)
+                        + seconds * DURATION_WEIGHT,
+                        "samples": _stats.c.samples + 1,
+                    },
+                )
+            )
+
     async def _flush_jobs(self, writes: list[JobWrite]) -> None:
         rows: list[dict[str, Any]] = []
         now = self.state.now
@@ -254,6 +364,10 @@ def _event_row(job_id: str, seq: int, e: EventDraft, now: float) -> dict[str, An
         "details": e.details,
         "created_at": now,
     }
+
+
+def _upsert(conn: AsyncConnection) -> Any:
+    return pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
 
 
 def _chunks(items: list[Any]) -> list[list[Any]]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,9 +14,9 @@ from common.domain.changes import ChangeSet
 from common.domain.events import EventDraft, EventType
 from common.domain.kinds import KindRegistry
 from common.domain.messages import MessageKind, TaskMessage
-from common.domain.records import JobRecord
+from common.domain.records import JobRecord, TaskRecord
 from common.domain.states import RETRIABLE_TASK, TERMINAL_TASK, JobStatus, TaskStatus
-from common.errors import AlreadyExists, FailedPrecondition, NotFound
+from common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from common.store.records import load_job, load_tasks
 from common.store.tables import Job, Task
 
@@ -27,6 +28,8 @@ class NewTask:
     payload: dict[str, Any]
     # BLOCKED for tasks that wait for another (story sets for their plan); QUEUED otherwise.
     status: TaskStatus = TaskStatus.QUEUED
+    # The identity of its provider input, for kinds whose results may be reused.
+    payload_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,9 @@ class NewJob:
     meta: dict[str, Any] = field(default_factory=dict)
     # Whose job it is (the token's name; "" when the service is anonymous).
     owner: str = ""
+    max_concurrency: int = 0
+    deadline_at: float | None = None
+    reuse_results: bool = False
 
 
 async def create_job(session: AsyncSession, tx: ChangeSet, job: NewJob) -> tuple[str, bool]:
@@ -75,6 +81,9 @@ async def create_job(session: AsyncSession, tx: ChangeSet, job: NewJob) -> tuple
             status=JobStatus.QUEUED,
             priority=job.priority,
             owner=job.owner,
+            max_concurrency=job.max_concurrency,
+            deadline_at=job.deadline_at,
+            reuse_results=job.reuse_results,
             idempotency_key=job.idempotency_key,
             request_hash=job.request_hash,
             params=job.params,
@@ -108,6 +117,8 @@ async def create_job(session: AsyncSession, tx: ChangeSet, job: NewJob) -> tuple
                 "recoverable": False,
                 "holds_slot": False,
                 "poll_chain": 0,
+                "payload_hash": t.payload_hash,
+                "expires_at": job.deadline_at,
                 "deadline_at": deadline if t.status is TaskStatus.QUEUED else None,
                 "updated_at": tx.now,
             }
@@ -134,13 +145,22 @@ async def _job(session: AsyncSession, job_id: str) -> JobRecord:
 
 
 async def retry_failed(
-    session: AsyncSession, tx: ChangeSet, kinds: KindRegistry, job_id: str, max_retries: int
+    session: AsyncSession,
+    tx: ChangeSet,
+    kinds: KindRegistry,
+    job_id: str,
+    max_retries: int,
+    *,
+    indices: Sequence[int] = (),
+    regenerate: bool = False,
 ) -> list[int]:
-    """Re-queue the failed, skipped and cancelled tasks of a finished job; return their indices.
+    """Re-queue tasks of a finished job; return their indices.
 
-    Successful tasks are never touched. A task whose blocking task is re-run too (a story set
-    and its plan) goes back to BLOCKED and follows it again, so a retried set is generated from
-    the same title and roster.
+    Without `indices`: every failed, skipped and cancelled task. With them: those tasks (each
+    must be one of those, or succeeded when `regenerate` asks to run it again; its result is
+    kept in its history). A task whose blocking task is re-run too (a story set and its plan)
+    goes back to BLOCKED and follows it again, so a retried set is generated from the same
+    title and roster; a task others depend on (a plan) is never regenerated.
     """
     job = await _job(session, job_id)
     status = JobStatus(job.status)
@@ -148,40 +168,81 @@ async def retry_failed(
         raise FailedPrecondition(
             f"job {job_id} is {status.value}: RetryFailed needs a finished job (watch it first)"
         )
-    tasks = await load_tasks(session, Task.job_id == job_id, Task.status.in_(RETRIABLE_TASK))
+    if regenerate and not indices:
+        raise InvalidArgument("task_indices", "required with regenerate (which tasks to re-run)")
+    tasks = await _chosen(session, kinds, job_id, indices, regenerate=regenerate)
     if not tasks:
         return []
     rerun_kinds = {t.kind for t in tasks}
-    indices = [t.index for t in tasks]
+    chosen = [t.index for t in tasks]
+    verb = "regenerating" if regenerate else "retrying"
     tx.emit(
         job_id,
         EventDraft(
             EventType.RETRY_REQUESTED,
-            message=f"retrying {len(tasks)} tasks with up to {max_retries} retries each",
-            details={"tasks": indices, "max_retries": max_retries},
+            message=f"{verb} {len(tasks)} tasks with up to {max_retries} retries each",
+            details={"tasks": chosen, "max_retries": max_retries, "regenerate": regenerate},
         ),
     )
-    round_ = {"requested_at": tx.now, "tasks": indices, "max_retries": max_retries}
+    round_ = {"requested_at": tx.now, "tasks": chosen, "max_retries": max_retries}
     tx.update_job(
         job_id, retry_history=[*job.retry_history, round_], cancel_requested=False, warning=""
     )
-    tx.reopen_job(job_id, f"retrying {len(tasks)} tasks")
+    tx.reopen_job(job_id, f"{verb} {len(tasks)} tasks")
     for task in tasks:
         blocked = kinds[task.kind].blocked_by in rerun_kinds
         attempt = task.attempt + 1
+        history = task.history
+        if task.status == TaskStatus.SUCCEEDED:
+            earlier = {"result": task.result, "attempt": task.attempt, "at": task.updated_at}
+            history = [*(task.history or []), earlier]
         tx.change(
             task,
             TaskStatus.BLOCKED if blocked else TaskStatus.QUEUED,
-            message="re-queued by RetryFailed",
+            message="regenerated by RetryFailed" if regenerate else "re-queued by RetryFailed",
             attempt=attempt,
             max_attempts=attempt + max_retries,
             request_id=None,
             handle=None,
+            result=None if task.status == TaskStatus.SUCCEEDED else task.result,
+            history=history,
             recoverable=False,
             deadline_at=None if blocked else tx.now + tx.timings.stale_after,
             next_attempt_at=None,
         )
-    return indices
+    return chosen
+
+
+async def _chosen(
+    session: AsyncSession,
+    kinds: KindRegistry,
+    job_id: str,
+    indices: Sequence[int],
+    *,
+    regenerate: bool,
+) -> list[TaskRecord]:
+    if not indices:
+        return await load_tasks(session, Task.job_id == job_id, Task.status.in_(RETRIABLE_TASK))
+    wanted = sorted(set(indices))
+    tasks = await load_tasks(session, Task.job_id == job_id, Task.index.in_(wanted))
+    missing = sorted(set(wanted) - {t.index for t in tasks})
+    if missing:
+        raise InvalidArgument("task_indices", f"the job has no task {missing[0]}")
+    for task in tasks:
+        if task.status == TaskStatus.SUCCEEDED:
+            if not regenerate:
+                raise FailedPrecondition(
+                    f"task {task.index} succeeded: set regenerate to run it again"
+                )
+            if kinds.dependents(task.kind):
+                raise InvalidArgument(
+                    "task_indices",
+                    f"task {task.index} ({kinds[task.kind].noun}) is what others are built on;"
+                    " it cannot be regenerated",
+                )
+        elif task.status not in RETRIABLE_TASK:
+            raise FailedPrecondition(f"task {task.index} is {task.status}")
+    return tasks
 
 
 async def cancel_job(session: AsyncSession, tx: ChangeSet, job_id: str) -> int:

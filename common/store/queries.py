@@ -116,3 +116,24 @@ async def slot_pools(session: AsyncSession) -> dict[str, tuple[int, int]]:
         select(ProviderSlots.name, ProviderSlots.in_flight, ProviderSlots.capacity)
     )
     return {name: (used, limit) for name, used, limit in rows.all()}
+
+
+async def reusable_result(
+    session: AsyncSession, kind: str, payload_hash: str, *, since: float, exclude: int
+) -> TaskRecord | None:
+    """The most recent succeeded task of `kind` with the same input, finished after `since`."""
+    row = (
+        await session.execute(
+            select(*TASK_COLUMNS)
+            .where(
+                Task.payload_hash == payload_hash,
+                Task.status == TaskStatus.SUCCEEDED,
+                Task.kind == kind,
+                Task.updated_at >= since,
+                Task.id != exclude,
+            )
+            .order_by(Task.updated_at.desc())
+            .limit(1)
+        )
+    ).first()
+    return None if row is None else TaskRecord.of(row)

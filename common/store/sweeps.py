@@ -16,7 +16,7 @@ from dataclasses import replace
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from common.domain.changes import ChangeSet
+from common.domain.changes import ChangeSet, Failure
 from common.domain.kinds import KindRegistry
 from common.domain.messages import MessageKind, Send, TaskMessage
 from common.domain.records import TaskRecord
@@ -128,3 +128,27 @@ async def delete_finished_before(
         # Tasks and events go by ON DELETE CASCADE (SQLite connections enable foreign keys).
         await session.execute(delete(Job).where(Job.id.in_(ids)))
     return len(ids)
+
+
+_NOT_STARTED = [TaskStatus.QUEUED, TaskStatus.WAITING, TaskStatus.BLOCKED, TaskStatus.RETRYING]
+
+
+async def expire_past_deadline(
+    session: AsyncSession, tx: ChangeSet, limit: int = CLAIM_LIMIT
+) -> int:
+    """Tasks not started whose job's deadline passed end FAILED with DEADLINE_EXCEEDED
+    (recoverable: RetryFailed may run them). Returns how many."""
+    tasks = await load_tasks(
+        session,
+        Task.expires_at < tx.now,
+        Task.status.in_(_NOT_STARTED),
+        Task.holds_slot.is_(False),
+    )
+    for task in tasks[:limit]:
+        tx.change(
+            task,
+            TaskStatus.FAILED,
+            message="not started: the job's deadline passed",
+            failure=Failure("the job's deadline passed", "deadline_exceeded", recoverable=True),
+        )
+    return min(len(tasks), limit)

@@ -52,6 +52,15 @@ class Job(Base):
     # The token name that started the job ("" when the service is anonymous): other owners'
     # callers do not see it.
     owner: Mapped[str] = mapped_column(String(64), default="", server_default=text("''"))
+    # Provider slots the job's tasks may hold at once (0: no cap of its own).
+    max_concurrency: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # When the job must be done by (epoch seconds): attempts that could not finish before are
+    # not started, and its unstarted tasks end as failed with DEADLINE_EXCEEDED.
+    deadline_at: Mapped[float | None] = mapped_column(Double)
+    # Take an earlier identical task's result instead of calling the provider again.
+    reuse_results: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=text("false")
+    )
     # Unique per owner: one owner's key never finds (or reveals) another's job.
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     # sha256 of the normalised request: the same idempotency key with another request is refused.
@@ -110,6 +119,13 @@ class Task(Base):
     # The worker process running the current attempt's provider call (see Worker): a task
     # caught mid-call is taken over only once that worker's lease has expired.
     worker: Mapped[str | None] = mapped_column(String(64))
+    # sha256 of the task's kind and provider input (model, arguments): equal hashes are the
+    # same work, whose result may be reused.
+    payload_hash: Mapped[str | None] = mapped_column(String(64))
+    # The job's deadline, copied so a worker needs no job read to judge an attempt.
+    expires_at: Mapped[float | None] = mapped_column(Double)
+    # Earlier results of a regenerated task, oldest first.
+    history: Mapped[list[Any] | None] = mapped_column(JSON)
     # True while this task holds one of its provider's concurrency slots.
     holds_slot: Mapped[bool] = mapped_column(Boolean, default=False)
     # Poll messages carry the chain they belong to; re-issuing a poll starts a new chain and the
@@ -126,6 +142,8 @@ class Task(Base):
         Index("ix_tasks_deadline", "deadline_at"),
         Index("ix_tasks_waiting", "status", "priority", "id"),
         Index("ix_tasks_request", "request_id"),
+        Index("ix_tasks_holding", "holds_slot", "kind"),
+        Index("ix_tasks_reuse", "payload_hash", "status"),
     )
 
 
@@ -176,3 +194,34 @@ class ProviderSlots(Base):
     # The provider's concurrency limit, written by the workers from their settings at start, so
     # any process that frees a slot (a worker, or the gateway cancelling a job) can hand it on.
     capacity: Mapped[int] = mapped_column(Integer)
+
+
+class ProviderBudget(Base):
+    """A provider's (and model's) shared budgets, one row per `provider:model`: a pause every
+    worker honours (after a 429), requests and tokens per minute, and the calls and retries of
+    the current and previous minute (the retry budget). Changed in the same transactions as the
+    task starts and failures that spend them."""
+
+    __tablename__ = "provider_budgets"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    paused_until: Mapped[float] = mapped_column(Double, default=0.0)
+    # Per minute; 0: no limit (configured, or learned from the provider's headers).
+    rpm: Mapped[int] = mapped_column(Integer, default=0)
+    tpm: Mapped[int] = mapped_column(Integer, default=0)
+    window_start: Mapped[float] = mapped_column(Double, default=0.0)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    tokens: Mapped[int] = mapped_column(Integer, default=0)
+    retries: Mapped[int] = mapped_column(Integer, default=0)
+    prev_requests: Mapped[int] = mapped_column(Integer, default=0)
+    prev_retries: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ModelStats(Base):
+    """How long a model's successful attempts take (a moving average), to judge deadlines."""
+
+    __tablename__ = "model_stats"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    mean_seconds: Mapped[float] = mapped_column(Double)
+    samples: Mapped[int] = mapped_column(Integer)

@@ -95,6 +95,8 @@ class JobsCore:
             ),
             fal_models=s.allowed_models("fal"),
             openai_models=s.allowed_models("openai"),
+            max_job_concurrency=s.max_job_concurrency,
+            max_pool=max([s.pool_limit(p) for p in infra.kinds.pools] or [10_000]),
         )
 
     # Start ------------------------------------------------------------------------------
@@ -103,7 +105,9 @@ class JobsCore:
         self, request: VideoJobRequest, caller: Caller = ANONYMOUS
     ) -> tuple[JobView, bool]:
         caller.require(Role.SUBMIT, "starting a job")
-        plan = plan_video_job(self.new_id(), request, self.limits, owner=caller.name)
+        plan = plan_video_job(
+            self.new_id(), request, self.limits, owner=caller.name, now=self.clock()
+        )
         return await self._start(plan, caller)
 
     async def start_story(
@@ -111,7 +115,9 @@ class JobsCore:
     ) -> tuple[JobView, bool]:
         caller.require(Role.SUBMIT, "starting a job")
         root = str(self.infra.settings.output_root)
-        plan = plan_story_job(self.new_id(), request, self.limits, root, owner=caller.name)
+        plan = plan_story_job(
+            self.new_id(), request, self.limits, root, owner=caller.name, now=self.clock()
+        )
         return await self._start(plan, caller)
 
     async def _start(self, plan: NewJob, caller: Caller) -> tuple[JobView, bool]:
@@ -181,7 +187,13 @@ class JobsCore:
     # Retry and cancel -------------------------------------------------------------------
 
     async def retry_failed(
-        self, job_id: str, max_retries: int = 0, caller: Caller = ANONYMOUS
+        self,
+        job_id: str,
+        max_retries: int = 0,
+        caller: Caller = ANONYMOUS,
+        *,
+        indices: Sequence[int] = (),
+        regenerate: bool = False,
     ) -> RetryOutcome:
         check_job_id(job_id)
         if not 0 <= max_retries <= MAX_RETRIES:
@@ -194,7 +206,9 @@ class JobsCore:
             self.limits.story_max_retries if view.is_story else self.limits.video_max_retries
         )
         retried = await self.committer.exclusive(
-            lambda session, cs: job_store.retry_failed(session, cs, self.kinds, job_id, retries)
+            lambda session, cs: job_store.retry_failed(
+                session, cs, self.kinds, job_id, retries, indices=indices, regenerate=regenerate
+            )
         )
         if retried:
             self.outbox.publish_job(job_id)

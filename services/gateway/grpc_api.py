@@ -127,7 +127,14 @@ class JobService(pb_grpc.JobServiceServicer):
     ) -> pb.RetryFailedResponse:
         caller = current_caller()
         outcome = await self._answer(
-            context, lambda: self.core.retry_failed(request.job_id, request.max_retries, caller)
+            context,
+            lambda: self.core.retry_failed(
+                request.job_id,
+                request.max_retries,
+                caller,
+                indices=list(request.task_indices),
+                regenerate=request.regenerate,
+            ),
         )
         return pb.RetryFailedResponse(
             retried_count=len(outcome.retried),

@@ -130,6 +130,9 @@ class Outbox:
                 break
         if reissued:
             log.warning("sweeper re-issued %d task messages presumed lost", reissued)
+        expired = await self.committer.exclusive(sweeps.expire_past_deadline)
+        if expired:
+            log.info("%d tasks not started before their job's deadline", expired)
 
         async def rebalance(_session: AsyncSession, cs: ChangeSet) -> None:
             # Recount held slots and hand out free ones: a safety net, should nothing else.

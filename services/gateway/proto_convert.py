@@ -118,6 +118,9 @@ def video_request(r: pb.StartVideoJobRequest) -> VideoJobRequest:
         priority=r.priority,
         model_arguments=model_arguments(r),
         max_retries=r.max_retries,
+        max_concurrency=r.max_concurrency,
+        deadline_seconds=r.deadline_seconds,
+        reuse_results=r.reuse_results,
     )
 
 
@@ -132,6 +135,8 @@ def story_request(r: pb.StartStoryJobRequest) -> StoryJobRequest:
         idempotency_key=r.idempotency_key,
         priority=r.priority,
         max_retries=r.max_retries,
+        max_concurrency=r.max_concurrency,
+        deadline_seconds=r.deadline_seconds,
     )
 
 
@@ -152,6 +157,7 @@ def task_message(t: TaskRecord) -> pb.Task:
         prompt=str(t.payload.get("arguments", {}).get("prompt", "")),
         segments_count=int(result.get("segments_count", 0)),
         file_path=str(result.get("file_path", "")),
+        previous_results=[str((h.get("result") or {}).get("url", "")) for h in (t.history or [])],
     )
 
 
@@ -176,6 +182,9 @@ def job_message(view: JobView) -> pb.Job:
         failed_tasks=view.failed,
         last_cursor=job.last_seq,
         retry_history=[_retry_round(r) for r in job.retry_history or []],
+        max_concurrency=job.max_concurrency,
+        deadline=timestamp(job.deadline_at),
+        reuse_results=job.reuse_results,
     )
     if view.tasks is not None:
         message.tasks.extend(task_message(t) for t in view.tasks)

@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from common.domain.kinds import STORY_PLAN, STORY_SET, VIDEO_SEGMENT
+from common.domain.kinds import REUSE, STORY_PLAN, STORY_SET, VIDEO_SEGMENT, payload_hash
 from common.domain.records import StoryParams, VideoParams
 from common.domain.states import JobKind, TaskStatus
 from common.errors import InvalidArgument
@@ -32,6 +32,7 @@ from services.gateway.fields import (
 MAX_PROMPT = 2000
 MAX_IDEA = 4000
 MAX_RETRIES = 10
+MAX_DEADLINE_SECONDS = 7 * 24 * 3600
 DEFAULT_SEGMENTS_PER_SET = 10
 MAX_SEGMENTS_PER_SET = 50
 DEFAULT_VIDEO_PROMPT = "An epic battle unfolds in the arena"
@@ -51,6 +52,9 @@ class Limits:
     urls: UrlPolicy = field(default_factory=UrlPolicy)
     fal_models: frozenset[str] = frozenset()
     openai_models: frozenset[str] = frozenset()
+    # Provider slots one job may hold (0: no cap but the pool's), and the largest pool.
+    max_job_concurrency: int = 0
+    max_pool: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,9 @@ class VideoJobRequest:
     priority: int = 0
     model_arguments: dict[str, Any] = field(default_factory=dict)
     max_retries: int = 0
+    max_concurrency: int = 0
+    deadline_seconds: int = 0
+    reuse_results: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,8 @@ class StoryJobRequest:
     idempotency_key: str = ""
     priority: int = 0
     max_retries: int = 0
+    max_concurrency: int = 0
+    deadline_seconds: int = 0
 
 
 def check_range(name: str, value: int, low: int, high: int) -> int:
@@ -92,13 +101,29 @@ def _common(idempotency_key: str, priority: int, max_retries: int) -> None:
     check_range("max_retries", max_retries, 0, MAX_RETRIES)
 
 
+def _cap(requested: int, limits: Limits) -> int:
+    """A job's slot cap: what it asks, never above the server's (0: the server's)."""
+    check_range("max_concurrency", requested, 0, limits.max_pool)
+    server = limits.max_job_concurrency
+    if server and (requested == 0 or requested > server):
+        return server
+    return requested
+
+
+def _deadline(seconds: int, now: float) -> float | None:
+    check_range("deadline_seconds", seconds, 0, MAX_DEADLINE_SECONDS)
+    return now + seconds if seconds else None
+
+
 def _fingerprint(kind: JobKind, request: Any) -> str:
     body = {k: v for k, v in asdict(request).items() if k != "idempotency_key"}
     canonical = json.dumps({"kind": kind, **body}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def plan_video_job(job_id: str, r: VideoJobRequest, limits: Limits, owner: str = "") -> NewJob:
+def plan_video_job(
+    job_id: str, r: VideoJobRequest, limits: Limits, *, owner: str = "", now: float = 0.0
+) -> NewJob:
     arena = check_url("battle_arena_url", r.battle_arena_url, limits.urls)
     _common(r.idempotency_key, r.priority, r.max_retries)
     if r.segment_prompts:
@@ -124,14 +149,16 @@ def plan_video_job(job_id: str, r: VideoJobRequest, limits: Limits, owner: str =
             raise InvalidArgument(
                 "model_arguments", f"{reserved!r} is set by the orchestrator per segment"
             )
-    tasks = [
-        NewTask(
-            index=i,
-            kind=VIDEO_SEGMENT.name,
-            payload={"model": model, "arguments": {**arguments, "prompt": p, "image_url": arena}},
-        )
-        for i, p in enumerate(prompts, start=1)
-    ]
+    tasks = []
+    for i, p in enumerate(prompts, start=1):
+        payload: dict[str, Any] = {
+            "model": model,
+            "arguments": {**arguments, "prompt": p, "image_url": arena},
+        }
+        digest = payload_hash(VIDEO_SEGMENT.name, payload)
+        if r.reuse_results:
+            payload[REUSE] = True
+        tasks.append(NewTask(i, VIDEO_SEGMENT.name, payload, payload_hash=digest))
     return NewJob(
         id=job_id,
         kind=JobKind.VIDEO,
@@ -143,11 +170,20 @@ def plan_video_job(job_id: str, r: VideoJobRequest, limits: Limits, owner: str =
         tasks=tasks,
         plural=VIDEO_SEGMENT.plural,
         owner=owner,
+        max_concurrency=_cap(r.max_concurrency, limits),
+        deadline_at=_deadline(r.deadline_seconds, now),
+        reuse_results=r.reuse_results,
     )
 
 
 def plan_story_job(
-    job_id: str, r: StoryJobRequest, limits: Limits, output_root: str, owner: str = ""
+    job_id: str,
+    r: StoryJobRequest,
+    limits: Limits,
+    output_root: str,
+    *,
+    owner: str = "",
+    now: float = 0.0,
 ) -> NewJob:
     check_text("idea", r.idea, max_chars=MAX_IDEA, required=True, blank=False)
     idea = r.idea.strip()
@@ -192,4 +228,6 @@ def plan_story_job(
         tasks=tasks,
         plural=STORY_SET.plural,
         owner=owner,
+        max_concurrency=_cap(r.max_concurrency, limits),
+        deadline_at=_deadline(r.deadline_seconds, now),
     )

@@ -60,7 +60,7 @@ def test_error_class_values_are_stable_lower_case_strings() -> None:
     assert {c.value for c in ErrorClass} == {
         "rate_limited", "timeout", "connection", "server_error", "unprocessable", "bad_request",
         "auth", "not_found", "quota", "invalid_output", "provider_failed", "internal",
-        "dependency_failed", "output",
+        "dependency_failed", "output", "deadline_exceeded",
     }  # fmt: skip
     assert ErrorClass("quota") is ErrorClass.QUOTA
     assert f"{ErrorClass.TIMEOUT}" == "timeout"

@@ -71,7 +71,7 @@ def _record(live: LiveTask) -> TaskRecord:
         id=live.id, job_id=live.job_id, index=live.index, kind=live.kind, status=live.status,
         priority=live.priority, attempt=live.attempt, max_attempts=3, payload={},
         request_id=None, handle=None, result=None, last_error="", error_class="",
-        recoverable=False, worker=None, holds_slot=live.holds_slot, poll_chain=0,
+        recoverable=False, worker=None, payload_hash=None, expires_at=None, history=None, holds_slot=live.holds_slot, poll_chain=0,
         deadline_at=None, next_attempt_at=None, updated_at=NOW,
     )  # fmt: skip
 
@@ -156,7 +156,7 @@ def test_an_illegal_transition_is_refused() -> None:
     a = _segment(1)
     state = _state(a)
     cs = _cs()
-    cs.change(_record(a), T.SUCCEEDED, message="skipping ahead")
+    cs.change(_record(a), T.RETRYING, message="a retry of nothing")
     state.apply(cs)
     assert isinstance(cs.error, IllegalTransition)
 

@@ -1,0 +1,31 @@
+"""How long a model's attempts take, learned fleet-wide (model_stats) and cached per process:
+an attempt that could not finish before its job's deadline is not started."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from sqlalchemy import select
+
+from common.store.database import Database
+from common.store.tables import ModelStats
+
+REFRESH_SECONDS = 30.0
+
+
+class Durations:
+    def __init__(self, db: Database, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.db = db
+        self.clock = clock
+        self._means: dict[str, float] = {}
+        self._read_at = float("-inf")
+
+    async def expected(self, model: str) -> float:
+        """Seconds a successful attempt of `model` usually takes (0 when unknown)."""
+        if self.clock() - self._read_at > REFRESH_SECONDS:
+            async with self.db.read() as session:
+                rows = await session.execute(select(ModelStats.name, ModelStats.mean_seconds))
+                self._means = {name: mean for name, mean in rows}
+            self._read_at = self.clock()
+        return self._means.get(model, 0.0)
