@@ -1,0 +1,139 @@
+"""Fair shares and shared provider budgets, as pure rules."""
+
+from __future__ import annotations
+
+from common.domain.scheduling import (
+    WINDOW,
+    Budget,
+    BudgetPolicy,
+    Candidate,
+    Shares,
+    budget_wait,
+    grant_order,
+    learn,
+    pause,
+    retry_allowed,
+    spend,
+)
+
+
+def _queue(
+    job: str, first_id: int, n: int, *, priority: int = 2, owner: str = ""
+) -> list[Candidate]:
+    return [Candidate(first_id + i, job, priority, owner) for i in range(n)]
+
+
+def test_a_small_job_behind_a_big_one_gets_the_next_slots() -> None:
+    big = _queue("big", 1, 1000)  # older tasks: first come, first served would pick them all
+    small = _queue("small", 5000, 5)
+    shares = Shares({"big": 49}, {"": 49}, {})
+    chosen = grant_order(big + small, 4, shares)
+    assert [c.job_id for c in chosen] == ["small"] * 4
+
+
+def test_free_slots_go_round_robin_across_jobs_holding_the_same() -> None:
+    a, b, c = _queue("a", 1, 10), _queue("b", 100, 10), _queue("c", 200, 10)
+    chosen = grant_order(a + b + c, 6, Shares({}, {}, {}))
+    assert [x.job_id for x in chosen] == ["a", "b", "c", "a", "b", "c"]
+    assert [x.task_id for x in chosen[:3]] == [1, 100, 200]  # each job's oldest task first
+
+
+def test_owners_share_first_then_their_jobs() -> None:
+    # Alice runs three jobs, Bob one: Bob's job gets as much as all of Alice's together.
+    alice = _queue("a1", 1, 10, owner="alice") + _queue("a2", 50, 10, owner="alice")
+    alice += _queue("a3", 80, 10, owner="alice")
+    bob = _queue("b1", 200, 10, owner="bob")
+    chosen = grant_order(alice + bob, 6, Shares({}, {}, {}))
+    owners = [c.owner for c in chosen]
+    assert owners.count("bob") == 3 and owners.count("alice") == 3
+    assert {c.job_id for c in chosen if c.owner == "alice"} == {"a1", "a2", "a3"}
+
+
+def test_priority_still_comes_first() -> None:
+    low = _queue("low", 1, 5, priority=1)
+    high = _queue("high", 100, 5, priority=3)
+    chosen = grant_order(low + high, 5, Shares({"high": 40}, {"": 40}, {}))
+    assert {c.job_id for c in chosen} == {"high"}
+
+
+def test_a_job_at_its_cap_gets_no_more_slots() -> None:
+    capped = _queue("capped", 1, 10)
+    other = _queue("other", 100, 2)
+    shares = Shares({"capped": 1}, {"": 1}, {"capped": 2})
+    chosen = grant_order(capped + other, 6, shares)
+    assert [c.job_id for c in chosen].count("capped") == 1  # 1 held + 1 = its cap of 2
+    assert len(chosen) == 3  # the rest stay free: nobody else waits
+    assert not shares.under_cap("capped")
+
+
+def test_the_order_is_deterministic() -> None:
+    pool = _queue("a", 1, 7) + _queue("b", 8, 7)
+    assert grant_order(pool, 9) == grant_order(list(reversed(pool)), 9)
+
+
+# Budgets ---------------------------------------------------------------------------------------
+
+NOW = 10 * WINDOW + 12.0  # 12 s into a minute
+
+
+def test_a_pause_holds_every_call_until_it_ends() -> None:
+    budget = Budget("openai:m")
+    pause(budget, NOW + 5)
+    assert budget_wait(budget, NOW, 0) == 5
+    assert budget_wait(budget, NOW + 5, 0) == 0
+    pause(budget, NOW + 1)  # a shorter pause never shortens a longer one
+    assert budget.paused_until == NOW + 5
+
+
+def test_a_spent_minute_makes_calls_wait_for_the_next() -> None:
+    budget = Budget("openai:m", rpm=2, tpm=1000)
+    for _ in range(2):
+        assert budget_wait(budget, NOW, 100) == 0
+        spend(budget, 100)
+    assert budget_wait(budget, NOW, 100) == WINDOW - 12
+    assert budget_wait(budget, NOW + WINDOW, 100) == 0  # a new minute
+    heavy = Budget("openai:m", tpm=1000)
+    assert budget_wait(heavy, NOW, 900) == 0
+    spend(heavy, 900)
+    assert budget_wait(heavy, NOW, 200) > 0
+    assert budget_wait(heavy, NOW, 100) == 0
+
+
+def test_learned_limits_count() -> None:
+    budget = Budget("openai:m")
+    learn(budget, rpm=10, tpm=None, used_requests=10)
+    assert budget.rpm == 10 and budget_wait(budget, NOW, 0) == 0  # `used` is of an older window
+    budget.roll(NOW)
+    learn(budget, rpm=None, tpm=None, used_requests=10)
+    assert budget_wait(budget, NOW, 0) > 0
+
+
+def test_retries_may_add_a_tenth_of_the_calls_of_the_last_minute() -> None:
+    policy = BudgetPolicy(retry_ratio=0.1, retry_floor=2)
+    budget = Budget("fal:m")
+    budget.roll(NOW)
+    budget.requests = 100
+    allowed = 0
+    while retry_allowed(budget, NOW, policy):
+        budget.retries += 1
+        allowed += 1
+    assert allowed == 10
+    quiet = Budget("fal:m")
+    assert retry_allowed(quiet, NOW, policy)  # a few retries are always fine
+    quiet.retries = 2
+    assert not retry_allowed(quiet, NOW, policy)
+
+
+def test_the_retry_window_slides() -> None:
+    policy = BudgetPolicy(retry_ratio=0.1, retry_floor=0)
+    budget = Budget("fal:m")
+    budget.roll(NOW)
+    budget.requests, budget.retries = 100, 10
+    later = NOW + WINDOW  # the next minute, 12 s in: 80 % of the last one still counts
+    assert not retry_allowed(budget, later, policy)  # 80 calls and 8 retries: the budget is used
+    assert (budget.prev_requests, budget.prev_retries, budget.requests) == (100, 10, 0)
+    budget.requests = 20  # fresh calls this minute make room: 100 calls, 8 retries
+    assert retry_allowed(budget, later, policy)
+    gap = NOW + 3 * WINDOW  # a minute with no calls in between forgets the old one
+    assert not retry_allowed(budget, gap, policy)
+    assert (budget.prev_requests, budget.prev_retries) == (0, 0)
