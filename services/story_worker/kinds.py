@@ -32,7 +32,7 @@ from common.store.records import load_job, load_tasks
 from common.store.tables import Task
 from services.story_worker import script
 from services.story_worker.files import StoryFiles, metadata_file_name, set_file_name
-from services.story_worker.openai_adapter import StoryProvider
+from services.story_worker.openai_adapter import Answer, StoryProvider
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,12 @@ class _StoryKind(KindHandler):
             raise StaleTask(f"job {task.job_id} is gone")
         return job
 
+    def model(self, work: Work) -> str:
+        return StoryParams.of(work.context.params).model
+
     async def _complete(
         self, calls: ProviderCalls, params: StoryParams, user: str, name: str, schema: Any
-    ) -> dict[str, Any]:
+    ) -> Answer:
         return await calls(
             "chat",
             lambda: self.provider.complete_json(params.model, script.SYSTEM, user, name, schema),
@@ -130,20 +133,26 @@ class StoryPlans(_StoryKind):
 
     spec = STORY_PLAN
 
+    def tokens(self, work: Work) -> int:
+        params = StoryParams.of(work.context.params)
+        total = params.total_segments
+        return script.expected_tokens(script.plan_prompt(params.idea, total), outline_lines=total)
+
     async def submit(self, work: Work, calls: ProviderCalls) -> Succeeded:
         params = StoryParams.of(work.context.params)
         total = params.total_segments
-        data = await self._complete(
+        answer = await self._complete(
             calls,
             params,
             script.plan_prompt(params.idea, total),
             "story_plan",
             script.plan_schema(total),
         )
-        plan = script.check_plan(data, total)
+        plan = script.check_plan(answer.data, total)
         return Succeeded(
             result={"title": plan["title"]},
             output=plan,
+            limits=answer.limits,
             message=f'plan fixed: "{plan["title"]}" with {len(plan["characters"])} characters',
         )
 
@@ -179,14 +188,24 @@ class StorySets(_StoryKind):
 
     spec = STORY_SET
 
+    def _prompt(self, work: Work) -> str:
+        task, job = work.task, work.context
+        first, last = task.payload["first_segment"], task.payload["last_segment"]
+        total_sets = StoryParams.of(job.params).total_sets
+        return script.set_prompt(job.meta, task.index, total_sets, first, last)
+
+    def tokens(self, work: Work) -> int:
+        segments = work.task.payload["last_segment"] - work.task.payload["first_segment"] + 1
+        return script.expected_tokens(self._prompt(work), segments=segments)
+
     async def submit(self, work: Work, calls: ProviderCalls) -> Succeeded:
         task, job = work.task, work.context
         params, plan = StoryParams.of(job.params), StoryPlan.of(job.meta)
         first, last = task.payload["first_segment"], task.payload["last_segment"]
-        user = script.set_prompt(job.meta, task.index, params.total_sets, first, last)
+        user = self._prompt(work)
         schema = script.set_schema(plan.roster, last - first + 1)
-        data = await self._complete(calls, params, user, "story_set", schema)
-        segments = script.check_set(data, plan.roster, first, last)
+        answer = await self._complete(calls, params, user, "story_set", schema)
+        segments = script.check_set(answer.data, plan.roster, first, last)
         file_path = ""
         if params.save_to_files:
             content = {
@@ -203,4 +222,5 @@ class StorySets(_StoryKind):
             result={"segments_count": len(segments), "file_path": file_path, "segments": segments},
             message=f"set {task.index} written ({len(segments)} segments)",
             details={"file_path": file_path} if file_path else {},
+            limits=answer.limits,
         )

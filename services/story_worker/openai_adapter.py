@@ -2,16 +2,20 @@
 
 The client retries twice by default (honouring retry-after up to 120 s); with our resilience
 layer in charge that would multiply attempts silently, so `max_retries=0` and every failure is
-translated into the shared error tree here.
+translated into the shared error tree here. Answers are read raw (`with_raw_response`) so the
+`x-ratelimit-*` headers reach the shared per-model budget.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
 import openai
 
+from common.attempts.kind import RateLimits
 from common.resilience import (
     ErrorClass,
     PermanentError,
@@ -23,12 +27,35 @@ from common.resilience import (
 from services.story_worker.script import PROVIDER, InvalidOutput
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A chat completion's JSON object, and what its headers said of the rate limits."""
+
+    data: dict[str, Any]
+    limits: RateLimits | None = None
+
+
 class StoryProvider(Protocol):
     """Raises common.resilience ProviderError subclasses on failure."""
 
     async def complete_json(
         self, model: str, system: str, user: str, schema_name: str, schema: dict[str, Any]
-    ) -> dict[str, Any]: ...
+    ) -> Answer: ...
+
+
+def rate_limits(headers: Mapping[str, str]) -> RateLimits | None:
+    """OpenAI's `x-ratelimit-limit-requests`, `-limit-tokens` and `-remaining-requests`."""
+
+    def number(name: str) -> int | None:
+        value = headers.get(f"x-ratelimit-{name}", "")
+        return int(value) if value.isdigit() else None
+
+    limits = RateLimits(
+        requests=number("limit-requests"),
+        tokens=number("limit-tokens"),
+        remaining_requests=number("remaining-requests"),
+    )
+    return None if limits == RateLimits() else limits
 
 
 class OpenAIStoryProvider:
@@ -46,9 +73,9 @@ class OpenAIStoryProvider:
 
     async def complete_json(
         self, model: str, system: str, user: str, schema_name: str, schema: dict[str, Any]
-    ) -> dict[str, Any]:
+    ) -> Answer:
         try:
-            response = await self._client.chat.completions.create(
+            raw = await self._client.chat.completions.with_raw_response.create(
                 model=model,
                 messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
                 response_format={
@@ -70,6 +97,10 @@ class OpenAIStoryProvider:
                 exc.response.headers,
                 code=exc.code,
             ) from None
+        try:
+            response = raw.parse()
+        except (openai.APIError, ValueError):
+            raise InvalidOutput("the answer is not a chat completion") from None
         if not response.choices:
             raise InvalidOutput("the answer has no choices")
         choice = response.choices[0]
@@ -87,4 +118,4 @@ class OpenAIStoryProvider:
             raise InvalidOutput("the answer is not JSON") from None
         if not isinstance(data, dict):
             raise InvalidOutput("the answer is not a JSON object")
-        return data
+        return Answer(data, rate_limits(raw.headers))

@@ -96,6 +96,18 @@ def set_schema(roster: list[str], count: int) -> dict[str, Any]:
     )
 
 
+# What a call likely spends, for per-minute token budgets (a rough 4 characters a token for the
+# prompt, and what a segment or an outline line of the answer usually takes).
+TOKENS_PER_SEGMENT = 250
+TOKENS_PER_OUTLINE_LINE = 30
+CHARS_PER_TOKEN = 4
+
+
+def expected_tokens(prompt: str, *, segments: int = 0, outline_lines: int = 0) -> int:
+    answer = segments * TOKENS_PER_SEGMENT + outline_lines * TOKENS_PER_OUTLINE_LINE
+    return (len(SYSTEM) + len(prompt)) // CHARS_PER_TOKEN + answer
+
+
 def plan_prompt(idea: str, total_segments: int) -> str:
     return (
         f"Plan a movie from this idea: {idea}\n"

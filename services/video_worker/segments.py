@@ -43,6 +43,9 @@ class VideoSegments(KindHandler):
         self.webhook_base = webhook_base
         self.webhook_secret = webhook_secret
 
+    def model(self, work: Work) -> str:
+        return str(work.task.payload["model"])
+
     async def submit(self, work: Work, calls: ProviderCalls) -> Submitted:
         task = work.task
         webhook = None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 from orchestrator.v1 import jobs_pb2 as pb
 
 from services.simulator.app import SimulatorHandle
+from tests.support.client import events_until
 from tests.support.inproc import InProcStack, inproc_stack, stack_settings
 
 IDEA = "A sci-fi adventure about time travel"
@@ -137,3 +140,36 @@ async def test_retry_failed_story_sets_reruns_the_failed_set(
         "/retry-failed-story-sets", json={"job_id": body["job_id"], "max_retries": 11}
     )
     assert too_many.status_code == 400 and too_many.json()["field"] == "max_retries"
+
+
+async def test_limits_learned_from_openai_headers_hold_calls_back_before_a_429(
+    stack: InProcStack, sim: SimulatorHandle
+) -> None:
+    # 4 requests a minute: the plan's answer tells the worker so, and of the six sets only
+    # three go before the minute ends; the others wait (an event), with no 429 at all.
+    sim.configure(openai_rate_limit={"requests_per_minute": 4})
+    # Budgets count per clock minute: start early in one so the test does not straddle two.
+    if (into := time.time() % 60) > 45:
+        await asyncio.sleep(60 - into)
+    started = await stack.stub.StartStoryJob(
+        pb.StartStoryJobRequest(idea=IDEA, total_segments=6, segments_per_set=1)
+    )
+
+    def deferred(events: list[pb.JobEvent]) -> bool:
+        return any("per-minute budget spent" in e.message for e in events)
+
+    def succeeded(events: list[pb.JobEvent]) -> list[int]:
+        return [e.task_index for e in events if e.task_status == pb.TASK_STATUS_SUCCEEDED]
+
+    events = await events_until(
+        stack.stub,
+        started.job_id,
+        lambda seen: deferred(seen) and len(succeeded(seen)) == 4,
+        follow=True,
+    )
+    stats = sim.stats(with_logs=False)
+    assert stats["rate_limited"] == {} and stats["over_budget"] == {}
+    assert stats["chat_calls"] == 4
+    assert min(succeeded(events)) == 0  # the plan, then three sets
+    waiting = next(e for e in events if deferred([e]))
+    assert "openai:gpt-4o-mini" in waiting.message

@@ -19,6 +19,7 @@ from typing import Any
 from common.resilience import ErrorClass, PermanentError, TransientError
 from services.simulator.prose import Prose
 from services.simulator.schema_fill import SchemaFiller
+from services.story_worker.openai_adapter import Answer
 from services.video_worker.ports import Phase, Progress, ProviderRequest, Video
 
 
@@ -128,14 +129,14 @@ class FakeStoryProvider:
 
     async def complete_json(
         self, model: str, system: str, user: str, schema_name: str, schema: dict[str, Any]
-    ) -> dict[str, Any]:
+    ) -> Answer:
         self.calls[schema_name] += 1
         await self.script.next()
         if schema_name == "story_plan":
-            return _plan(schema)
+            return Answer(_plan(schema))
         value = SchemaFiller(schema, self._rng, Prose(self._rng, user)).fill()
         assert isinstance(value, dict)
-        return value
+        return Answer(value)
 
     @property
     def paid(self) -> int:

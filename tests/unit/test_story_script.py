@@ -25,22 +25,23 @@ async def openai_provider(sim: SimulatorHandle) -> AsyncIterator[OpenAIStoryProv
 
 
 async def ask(provider: OpenAIStoryProvider, user: str = "SET 1 OF 1") -> dict[str, object]:
-    return await provider.complete_json(
+    answer = await provider.complete_json(
         "gpt-4o-mini", script.SYSTEM, user, "story_set", script.set_schema(ROSTER, 3)
     )
+    return answer.data
 
 
 async def test_schema_output_validates_and_keeps_to_the_roster(
     openai_provider: OpenAIStoryProvider,
 ) -> None:
-    plan_data = await openai_provider.complete_json(
+    plan_answer = await openai_provider.complete_json(
         "gpt-4o-mini",
         script.SYSTEM,
         script.plan_prompt("A heist", 5),
         "story_plan",
         script.plan_schema(5),
     )
-    plan = script.check_plan(plan_data, 5)
+    plan = script.check_plan(plan_answer.data, 5)
     assert plan["title"] and len(plan["outline"]) == 5 and len(plan["characters"]) >= 2
     segments = script.check_set(await ask(openai_provider), ROSTER, 11, 13)
     assert [s["segment_number"] for s in segments] == [11, 12, 13]
@@ -116,3 +117,19 @@ def test_output_that_ignores_the_schema_is_invalid_output_not_a_crash() -> None:
         script.check_set({"segments": [{"characters": [["Ada"]]}]}, ROSTER, 1, 1)
     with pytest.raises(script.InvalidOutput):
         script.check_plan({"title": "T", "characters": ["Ann", "Bob"], "outline": ["a"]}, 1)
+
+
+async def test_the_answer_carries_the_rate_limit_headers(
+    openai_provider: OpenAIStoryProvider, sim: SimulatorHandle
+) -> None:
+    sim.configure(openai_rate_limit={"requests_per_minute": 40, "tokens_per_minute": 90_000})
+    first = await openai_provider.complete_json(
+        "gpt-4o-mini", script.SYSTEM, "SET 1 OF 1", "story_set", script.set_schema(ROSTER, 1)
+    )
+    second = await openai_provider.complete_json(
+        "gpt-4o-mini", script.SYSTEM, "SET 1 OF 1", "story_set", script.set_schema(ROSTER, 1)
+    )
+    assert first.limits is not None and second.limits is not None
+    assert (first.limits.requests, first.limits.tokens) == (40, 90_000)
+    assert first.limits.used_requests == 1
+    assert second.limits.used_requests == 2
