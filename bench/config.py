@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-SCENARIOS = ("overhead", "utilisation", "faults", "progress", "scale")
+SCENARIOS = ("overhead", "utilisation", "faults", "progress", "scale", "fairness", "storm", "spend")
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -40,11 +40,32 @@ class Sizes:
     fault_breaker_open_seconds: float | None
     # 5. Progress latency: watchers on one running job.
     progress_watchers: int
+    # ...then this many at once on another job, half WatchJob and half SSE (the web page's).
+    progress_mixed_watchers: int
     progress_segments: int
     progress_latency: float
     progress_concurrency: int
     # 6. Scale: one big job.
     scale_segments: int
+    # 7. Fairness: a small job started while a big one holds every provider slot.
+    fairness_big_segments: int
+    fairness_small_segments: int
+    fairness_small_after: float  # seconds from the big job's start to the small one's
+    fairness_small_alone_runs: int  # the small job alone, this many times (median)
+    fairness_latency: float
+    fairness_latency_jitter: float  # ± fraction of the latency
+    # 8. A 429 storm on fal's queue API while a job runs on several video workers.
+    storm_segments: int
+    storm_latency: float
+    storm_workers: int
+    storm_after: float  # seconds from the job's start to the storm's
+    storm_seconds: float
+    storm_retry_after: float
+    # 9. Spend: submits per delivered segment, under faults and under worker kills.
+    spend_segments: int
+    spend_latency: float
+    spend_kills: int
+    spend_submit_hold: float  # seconds each submit's answer is held after fal accepted it
     # Celery peer: prefork pool size.
     celery_concurrency: int
 
@@ -66,10 +87,27 @@ FULL = Sizes(
     fault_max_retries=10,
     fault_breaker_open_seconds=None,
     progress_watchers=100,
+    progress_mixed_watchers=1000,
     progress_segments=300,
     progress_latency=0.5,
     progress_concurrency=50,
     scale_segments=10_000,
+    fairness_big_segments=2000,
+    fairness_small_segments=20,
+    fairness_small_after=10.0,
+    fairness_small_alone_runs=3,
+    fairness_latency=1.5,
+    fairness_latency_jitter=0.33,
+    storm_segments=600,
+    storm_latency=2.0,
+    storm_workers=2,
+    storm_after=8.0,
+    storm_seconds=60.0,
+    storm_retry_after=1.0,
+    spend_segments=300,
+    spend_latency=1.5,
+    spend_kills=3,
+    spend_submit_hold=0.5,
     celery_concurrency=CORES,
 )
 
@@ -90,10 +128,28 @@ SMOKE = Sizes(
     # A 10 s open circuit would dominate a 100-segment smoke run.
     fault_breaker_open_seconds=1.0,
     progress_watchers=20,
+    progress_mixed_watchers=40,
     progress_segments=50,
     progress_latency=0.2,
     progress_concurrency=50,
     scale_segments=500,
+    fairness_big_segments=300,
+    fairness_small_segments=5,
+    fairness_small_after=1.0,
+    fairness_small_alone_runs=1,
+    fairness_latency=0.5,
+    fairness_latency_jitter=0.33,
+    storm_segments=150,
+    storm_latency=0.5,
+    storm_workers=2,
+    storm_after=1.0,
+    # A few seconds: CI runs the smoke benchmark.
+    storm_seconds=3.0,
+    storm_retry_after=1.0,
+    spend_segments=60,
+    spend_latency=0.5,
+    spend_kills=1,
+    spend_submit_hold=0.5,
     celery_concurrency=CORES,
 )
 

@@ -5,10 +5,10 @@ the owner check, history replay and live batching are the core's. Each event is 
 whose `id:` is the event's cursor; a browser that reconnects sends it back as `Last-Event-ID`,
 and the stream resumes right after it (nothing missed, nothing twice). A client that opens a
 new stream itself passes `?after=<cursor>` instead; `Last-Event-ID` wins when both are given.
-Idle streams get a comment line every `HEARTBEAT` seconds, so proxies keep them open and a
-client that left is noticed. The stream ends (after an `event: gone` message) only when the job
-is deleted, or when the gateway shuts down (the browser then reconnects, to this gateway or
-another).
+Idle streams get a comment line every `HEARTBEAT` seconds (`?heartbeat=` picks another, as
+WatchJob's heartbeat_seconds), so proxies keep them open. The stream ends (after an
+`event: gone` message) only when the job is deleted, or when the gateway shuts down (the
+browser then reconnects, to this gateway or another).
 
 Each stream holds one of its caller's concurrent-stream slots (the limit WatchJob streams
 share) and counts in the `watchers` gauge with transport="sse".
@@ -20,6 +20,7 @@ import asyncio
 import functools
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
@@ -40,6 +41,7 @@ REAP_SECONDS = 1.0
 # How long a browser waits before reconnecting (the SSE `retry:` field), in milliseconds.
 RECONNECT_MS = 1000
 MAX_CURSOR_DIGITS = 16
+BATCH_CACHE = 256
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache, no-transform",
@@ -85,8 +87,26 @@ def encode_event(event: Event) -> bytes:
     return f"id: {event.seq}\ndata: {body}\n\n".encode()
 
 
-def encode_batch(batch: Sequence[Event]) -> bytes:
-    return b"".join(encode_event(e) for e in batch)
+class BatchCache:
+    """Encoded batches, shared by the streams at the same place in the same job.
+
+    Watchers that keep up with a job receive the same batch (same job, same first and last
+    cursor) at each change; a job's cursors have no gaps and events never change, so that key
+    names the bytes exactly, and each batch is joined once, not once per stream.
+    """
+
+    def __init__(self, size: int = BATCH_CACHE) -> None:
+        self.size = size
+        self._batches: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+
+    def encode(self, batch: Sequence[Event]) -> bytes:
+        key = (batch[0].job_id, batch[0].seq, batch[-1].seq)
+        data = self._batches.get(key)
+        if data is None:
+            data = self._batches[key] = b"".join(encode_event(e) for e in batch)
+            if len(self._batches) > self.size:
+                self._batches.popitem(last=False)
+        return data
 
 
 class EventStreams:
@@ -104,6 +124,7 @@ class EventStreams:
         self.heartbeat = heartbeat
         self._pumps: dict[asyncio.Task[None], web.Request] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self._batches = BatchCache()
 
     @property
     def open_streams(self) -> int:
@@ -153,7 +174,7 @@ class EventStreams:
                 if isinstance(item, Heartbeat):
                     await response.write(f": heartbeat {item.cursor}\n\n".encode())
                 else:
-                    await response.write(encode_batch(item))
+                    await response.write(self._batches.encode(item))
             # follow=True ends only when the job is gone (retention deleted it).
             await response.write(b"event: gone\ndata: {}\n\n")
         except ConnectionError:
