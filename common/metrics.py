@@ -60,6 +60,12 @@ lost_submits = Counter(
     "Attempts made again because their worker died mid-call (a provider may bill both).",
     ["kind"],
 )
+adopted_requests = Counter(
+    f"{PREFIX}_adopted_requests_total",
+    "Requests whose submit was cut off by a worker's death, adopted when the provider's webhook"
+    " named them (a second payment saved).",
+    ["kind"],
+)
 reused_results = Counter(
     f"{PREFIX}_reused_results_total",
     "Tasks that took an identical earlier task's result: provider calls saved.",

@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 COMMIT_RETRIES = Backoff(initial=0.5, multiplier=2.0, cap=2.0, max_retries=2)
 # Looking again at a worker's lease a little after it would have run out.
 LEASE_MARGIN = 0.5
+# A delayed message may come back this early (the broker's delay tolerance).
+ADOPT_EARLY = 0.5
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,10 @@ class AttemptOptions:
     reuse_ttl: float = 86_400.0
     # Cap on a provider's Retry-After when it pauses the provider for every worker.
     max_pause: float = 120.0
+    # Polled kinds whose submits name a webhook: how long after an interrupted submit began a
+    # worker waits for the provider's webhook to name the request (common.attempts.webhooks)
+    # before it submits again. 0: submit again at once (no webhooks: nothing could tell).
+    adopt_window: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,8 @@ class _Step:
         lost = status is TaskStatus(spec.in_flight_status)
         if lost and not await self._worker_lost(redelivered):
             return
+        if lost and await self._awaiting_webhook():
+            return
         if not lost and status not in (TaskStatus.QUEUED, TaskStatus.RETRYING):
             raise StaleTask(f"task is {status.value}")
         work = await self._work(task)
@@ -201,7 +209,7 @@ class _Step:
                 deadline = cs.now + self.options.call_timeout + cs.timings.stale_after
                 if lost:
                     event = progress(task, self._lost_text())
-                    cs.note(task, event, deadline_at=deadline, worker=worker)
+                    cs.note(task, event, deadline_at=deadline, worker=worker, started_at=cs.now)
                 else:
                     verb = "submitting" if spec.polled else "running"
                     cs.start(
@@ -212,6 +220,7 @@ class _Step:
                         tokens=self.handler.tokens(work),
                         resend=replace(self.message, reissued=False, recheck=False),
                         worker=worker,
+                        started_at=cs.now,
                     )
         except BaseException:
             calls.release()
@@ -280,6 +289,31 @@ class _Step:
         again = Send(replace(message, recheck=True), task.kind, task.priority)
         await self.committer.send_now(replace(again, delay=remaining + LEASE_MARGIN))
         return False
+
+    async def _awaiting_webhook(self) -> bool:
+        """An interrupted submit the provider may have accepted: while the adoption window
+        lasts, put the message off until it ends (True); a webhook naming the request adopts it
+        meanwhile and this message then finds the task RUNNING."""
+        task, window = self.task, self.options.adopt_window
+        if not (self.spec.polled and window > 0):
+            return False
+        until = (task.started_at or task.updated_at) + window
+        wait = until - self.committer.clock()
+        if wait <= ADOPT_EARLY:
+            return False
+        text = (
+            f"attempt {task.attempt}'s submit was cut off; waiting up to {wait:.0f}s for"
+            f" {self.spec.provider}'s webhook to name its request before submitting again"
+        )
+        async with self.committer.transaction() as cs:
+            cs.note(
+                task,
+                progress(task, text, wait=round(wait, 3)),
+                deadline_at=until + cs.timings.stale_after,
+            )
+            cs.send(task, replace(self.message, recheck=True, reissued=False), delay=wait)
+        log.info(text, extra={"event": "wait", "retry_in": round(wait, 3)})
+        return True
 
     def _lost_text(self) -> str:
         task = self.task
@@ -442,7 +476,7 @@ class _Step:
             )
             self.handler.on_success(cs, work, outcome)
             self._learn(cs, work, outcome.limits)
-            cs.observe(self._budget(work), max(0.0, cs.now - task.updated_at))
+            cs.observe(self._budget(work), max(0.0, cs.now - (task.started_at or task.updated_at)))
             for kind in self.kinds.dependents(task.kind):
                 cs.change_job_tasks(
                     JobTasksChange(

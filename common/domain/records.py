@@ -40,6 +40,7 @@ class TaskRecord:
     poll_chain: int
     deadline_at: float | None
     next_attempt_at: float | None
+    started_at: float | None
     updated_at: float
 
     @classmethod

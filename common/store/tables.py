@@ -135,6 +135,8 @@ class Task(Base):
     # finished tasks and for tasks that wait on something else (a slot, the story plan).
     deadline_at: Mapped[float | None] = mapped_column(Double)
     next_attempt_at: Mapped[float | None] = mapped_column(Double)
+    # When the current attempt's provider call (the last submit, for a polled kind) started.
+    started_at: Mapped[float | None] = mapped_column(Double)
     updated_at: Mapped[float] = mapped_column(Double)
 
     __table_args__ = (

@@ -20,8 +20,8 @@ from collections import OrderedDict
 from aiohttp import web
 
 from common import metrics
+from common.attempts.webhooks import Verdict, on_webhook
 from common.auth import Role
-from common.domain.messages import MessageKind, Send, TaskMessage
 from common.errors import InvalidArgument, OrchestratorError
 from common.resilience import ProviderError
 from common.service import Infra
@@ -150,7 +150,8 @@ class HttpApi:
         return web.json_response({"url": url})
 
     async def fal_webhook(self, request: web.Request) -> web.Response:
-        """fal says a request finished: poll it now instead of at the next interval.
+        """fal says a request finished: poll it now instead of at the next interval, or adopt
+        it when its submit was cut off (common.attempts.webhooks).
 
         Two proofs before anything happens: the URL's signed task and attempt (we made the URL),
         and fal's ED25519 signature over the body (fal sent it). An unverified call is 401 and
@@ -175,14 +176,10 @@ class HttpApi:
             return web.json_response({"error": "cannot verify now; try again"}, status=503)
         if request_id in self._seen_webhooks:
             return web.json_response({"status": "duplicate"})
-        async with self.infra.db.read() as session:
-            task = await queries.task_by_request_id(session, request_id)
-        if task is None or task.id != target.task_id or task.status != "running":
-            return web.json_response({"status": "ignored"})
-        self._remember(request_id)
-        poll = TaskMessage(task.id, task.job_id, MessageKind.POLL, task.attempt, once=True)
-        await self.infra.committer.send_now(Send(poll, task.kind, task.priority))
-        return web.json_response({"status": "accepted"})
+        verdict = await on_webhook(self.infra.committer, target, request_id)
+        if verdict is not Verdict.IGNORED:
+            self._remember(request_id)
+        return web.json_response({"status": verdict.value})
 
     def _remember(self, request_id: str) -> None:
         self._seen_webhooks[request_id] = None

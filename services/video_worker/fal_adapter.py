@@ -5,8 +5,9 @@ fal's fixed host to FAL_QUEUE_URL, turns every failure into our error tree befor
 hidden retry loop can see it, and carries the bytes over aiohttp.
 
 fal's own rules live here and nowhere else: a request is found again by the status, response
-and cancel URLs fal returned at submit (kept as the task's handle: `get_handle` would rebuild
-them from the app id and lose any sub-path); a 422 on status or result means the generation
+and cancel URLs fal returned at submit (kept as the task's handle), or, for a request adopted
+from its webhook after the submit's answer was lost, by the URLs fal-client derives from the
+model's app id; a 422 on status or result means the generation
 failed; a 400 on the result means it is not finished yet; a 400 on cancel means it already
 finished.
 """
@@ -68,6 +69,10 @@ class FalVideoProvider:
 
     def _handle(self, request: ProviderRequest) -> fal_client.AsyncRequestHandle:
         urls = request.handle
+        if "status_url" not in urls:  # adopted from a webhook: only the model is known
+            return fal_client.AsyncRequestHandle.from_request_id(
+                self._http, str(urls.get("model", "")), request.request_id
+            )
         return fal_client.AsyncRequestHandle(
             request_id=request.request_id,
             response_url=str(urls.get("response_url", "")),
@@ -118,7 +123,7 @@ class FalVideoProvider:
         # status again, and we only ask for the result once the status said COMPLETED (or a
         # webhook did).
         try:
-            response = await self._http.get(str(request.handle.get("response_url", "")))
+            response = await self._http.get(self._handle(request).response_url)
         except TransientError as exc:
             raise _failed_generation(exc) from None
         except PermanentError as exc:

@@ -85,7 +85,10 @@ class VideoSegments(KindHandler):
 
 
 def _request_of(task: TaskRecord) -> ProviderRequest:
-    return ProviderRequest(request_id=task.request_id or "", handle=task.handle or {})
+    # An adopted request (common.attempts.webhooks) has no handle: the adapter finds it by
+    # the model it was submitted to.
+    handle = task.handle or {"model": task.payload["model"]}
+    return ProviderRequest(request_id=task.request_id or "", handle=handle)
 
 
 def _pending(progress: Progress) -> Pending:

@@ -13,12 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from common.attempts.runner import AttemptOptions
+from common.attempts.webhooks import Verdict, on_webhook
 from common.domain.changes import StaleTask
 from common.domain.events import EventType
 from common.domain.records import TaskRecord
 from common.domain.states import JobStatus
+from common.webhook_urls import WebhookTarget
 from tests.lifecycle.cases import CASES
 from tests.support.lifecycle import KindCase, Lifecycle, lifecycle, run_message
+from tests.support.toy_kind import EchoProvider
 
 each_kind = pytest.mark.parametrize("case", CASES, ids=str)
 polled_kinds = pytest.mark.parametrize("case", [c for c in CASES if c.spec.polled], ids=str)
@@ -262,3 +266,61 @@ async def test_a_plain_duplicate_of_a_call_under_way_is_dropped_whatever_the_lea
         with pytest.raises(StaleTask):  # not redelivered: a copy, e.g. a publisher's retry
             await h.runner.handle(run_message(task), redelivered=False)
         assert h.fake.paid == 0
+
+
+# An interrupted submit, with webhooks ---------------------------------------------------------
+
+ADOPTING = AttemptOptions(call_timeout=2.0, poll_interval=0.01, adopt_window=30.0)
+
+
+async def _orphan(h: Lifecycle, task: TaskRecord) -> str:
+    """A request the provider accepted for `task`, whose id its (dead) worker never recorded."""
+    if isinstance(h.fake, EchoProvider):
+        return await h.fake.send(str(task.payload["text"]))
+    request = await h.fake.submit(task.payload["model"], task.payload["arguments"])
+    return str(request.request_id)
+
+
+@polled_kinds
+async def test_an_interrupted_submit_waits_for_the_webhook_and_adopts_its_request(
+    tmp_path: Path, case: KindCase
+) -> None:
+    async with lifecycle(tmp_path, case, options=ADOPTING) as h:
+        (task,) = await h.record_only(1, "orphan")
+        task = await h.mid_call(task, worker="dead", deadline=time.time() - 1)
+        request_id = await _orphan(h, task)  # paid: accepted before the worker died
+        await h.send(task, run_message(task, reissued=True))  # the sweeper's re-issue
+
+        async def waiting() -> bool:
+            return any("webhook to name" in e.message for e in await h.events("orphan"))
+
+        await h.until(waiting)
+        target = WebhookTarget(task.id, task.attempt)
+        earlier = WebhookTarget(task.id, task.attempt - 1)  # an older attempt's URL
+        assert await on_webhook(h.committer, earlier, request_id) is Verdict.IGNORED
+        assert await on_webhook(h.committer, target, request_id) is Verdict.ADOPTED
+        assert (await h.finished("orphan")).status == JobStatus.COMPLETED
+        (done,) = await h.tasks("orphan")
+        assert (done.status, done.request_id, done.attempt) == ("succeeded", request_id, 1)
+        assert h.fake.paid == 1  # nothing submitted again
+        texts = [e.message for e in await h.events("orphan")]
+        assert any(f"adopted {case.spec.provider} request {request_id}" in t for t in texts)
+        # A late copy of the webhook finds the request already the task's: nothing more.
+        assert await on_webhook(h.committer, target, request_id) is Verdict.IGNORED
+
+
+@polled_kinds
+async def test_an_interrupted_submit_no_webhook_names_is_made_again_after_the_window(
+    tmp_path: Path, case: KindCase
+) -> None:
+    options = AttemptOptions(call_timeout=2.0, poll_interval=0.01, adopt_window=1.0)
+    async with lifecycle(tmp_path, case, options=options) as h:
+        (task,) = await h.record_only(1, "never")
+        task = await h.mid_call(task, worker="dead", deadline=time.time() - 1)
+        await h.send(task, run_message(task, reissued=True))
+        assert (await h.finished("never")).status == JobStatus.COMPLETED
+        assert h.fake.paid == 1
+        texts = [e.message for e in await h.events("never")]
+        waited = next(i for i, t in enumerate(texts) if "webhook to name" in t)
+        again = next(i for i, t in enumerate(texts) if "was lost" in t)
+        assert waited < again, texts

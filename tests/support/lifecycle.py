@@ -182,6 +182,7 @@ async def lifecycle(
     case: KindCase,
     *,
     duplicates: bool = False,
+    options: AttemptOptions | None = None,
     **settings: Any,
 ) -> AsyncIterator[Lifecycle]:
     """The case's kind running in this loop; `duplicates`: every message handled twice."""
@@ -214,7 +215,7 @@ async def lifecycle(
                 Registration(
                     case.handler(infra.committer, fake, tmp_path),
                     config.retry_policy(case.spec.name),
-                    AttemptOptions(call_timeout=2.0, poll_interval=0.01),
+                    options or AttemptOptions(call_timeout=2.0, poll_interval=0.01),
                 )
             ],
             breakers=infra.breakers,

@@ -9,7 +9,7 @@ import pytest
 from common.resilience import ErrorClass, PermanentError, TransientError
 from services.simulator.app import SimulatorHandle
 from services.video_worker.fal_adapter import FalVideoProvider
-from services.video_worker.ports import GenerationFailed, Phase, Progress
+from services.video_worker.ports import GenerationFailed, Phase, Progress, ProviderRequest, Video
 from tests.support.stack import FAL_KEY
 
 MODEL = "fal-ai/kling-video/v1/standard/image-to-video"
@@ -34,6 +34,19 @@ async def test_submit_status_result_round_trip(fal: FalVideoProvider, sim: Simul
     video = await fal.result(request)
     assert video.url.endswith(f"{request.request_id}.mp4")
     assert await fal.cancel(request) is False  # already completed
+
+
+async def test_a_request_known_only_by_its_id_and_model_is_found(
+    fal: FalVideoProvider, sim: SimulatorHandle
+) -> None:
+    # An adopted request (its submit's answer was lost; a webhook named it) has no URLs.
+    sim.configure(latency=0)
+    submitted = await fal.submit(MODEL, ARGS)
+    adopted = ProviderRequest(submitted.request_id, {"model": MODEL})
+    assert (await fal.status(adopted)).phase is Phase.COMPLETED
+    video = await fal.result(adopted)
+    assert isinstance(video, Video) and video.url.endswith(f"{submitted.request_id}.mp4")
+    assert await fal.cancel(adopted) is False
 
 
 @pytest.mark.parametrize(

@@ -71,8 +71,9 @@ def _record(live: LiveTask) -> TaskRecord:
         id=live.id, job_id=live.job_id, index=live.index, kind=live.kind, status=live.status,
         priority=live.priority, attempt=live.attempt, max_attempts=3, payload={},
         request_id=None, handle=None, result=None, last_error="", error_class="",
-        recoverable=False, worker=None, payload_hash=None, expires_at=None, history=None, holds_slot=live.holds_slot, poll_chain=0,
-        deadline_at=None, next_attempt_at=None, updated_at=NOW,
+        recoverable=False, worker=None, payload_hash=None, expires_at=None, history=None,
+        holds_slot=live.holds_slot, poll_chain=0, deadline_at=None, next_attempt_at=None,
+        started_at=None, updated_at=NOW,
     )  # fmt: skip
 
 

@@ -1,0 +1,104 @@
+"""What a provider's verified webhook does to the task its URL names.
+
+Each submit hands the provider a URL naming the task and attempt (common.webhook_urls). When the
+provider calls back, the request it names is either
+
+* the task's committed request: the task is polled now, straight to the result, instead of at
+  its next interval; or
+* a request whose submit was cut off: the worker died after the provider accepted it but before
+  the request id was committed (the task is still in flight for that attempt, with no request
+  id). The task adopts that request (RUNNING with it, like a committed submit) and polls it
+  from there, so the segment is paid once. The worker that takes over such a task waits up to
+  WEBHOOK_ADOPT_WINDOW for this before it submits again (common.attempts.runner).
+
+Anything else (a finished task, another attempt, an unknown request) is ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+
+from common import metrics
+from common.committer import GroupCommitter
+from common.domain.changes import StaleTask
+from common.domain.messages import MessageKind, Send, TaskMessage
+from common.domain.records import TaskRecord
+from common.domain.states import TaskStatus
+from common.store import queries
+from common.webhook_urls import WebhookTarget
+
+log = logging.getLogger(__name__)
+
+
+class Verdict(StrEnum):
+    ACCEPTED = "accepted"  # the task's request: polled now
+    ADOPTED = "adopted"  # an interrupted submit's request: adopted, then fetched
+    IGNORED = "ignored"
+
+
+async def on_webhook(committer: GroupCommitter, target: WebhookTarget, request_id: str) -> Verdict:
+    """Act on a verified webhook for `target` saying `request_id` finished."""
+    async with committer.db.read() as session:
+        task = await queries.task_by_request_id(session, request_id)
+    if task is not None:
+        if task.id != target.task_id or task.status != TaskStatus.RUNNING:
+            return Verdict.IGNORED
+        await committer.send_now(Send(_fetch(task), task.kind, task.priority))
+        return Verdict.ACCEPTED
+    task = await committer.tasks.load(target.task_id)
+    if task is None or not _orphaned(committer, task, target):
+        return Verdict.IGNORED
+    try:
+        await _adopt(committer, task, request_id)
+    except StaleTask:  # the worker committed (or gave up on) the submit meanwhile
+        return Verdict.IGNORED
+    return Verdict.ADOPTED
+
+
+def _orphaned(committer: GroupCommitter, task: TaskRecord, target: WebhookTarget) -> bool:
+    """The named attempt is mid-submit with no request id committed."""
+    spec = committer.kinds[task.kind]
+    return (
+        spec.polled
+        and task.status == spec.in_flight_status
+        and task.attempt == target.attempt
+        and task.request_id is None
+    )
+
+
+async def _adopt(committer: GroupCommitter, task: TaskRecord, request_id: str) -> None:
+    spec = committer.kinds[task.kind]
+    async with committer.transaction() as cs:
+        cs.change(
+            task,
+            TaskStatus.RUNNING,
+            message=(
+                f"adopted {spec.provider} request {request_id}: its webhook named attempt"
+                f" {task.attempt}, whose submit was cut off before the id was recorded"
+            ),
+            details={"request_id": request_id, "adopted": True},
+            request_id=request_id,
+            handle={},
+            poll_chain=task.poll_chain + 1,
+            deadline_at=cs.now + cs.timings.stale_after,
+        )
+        # A regular poll chain (the first poll at once): the task had none.
+        poll = TaskMessage(
+            task.id, task.job_id, MessageKind.POLL, task.attempt, chain=task.poll_chain + 1
+        )
+        cs.send(task, poll)
+    metrics.adopted_requests.labels(spec.name).inc()
+    log.warning(
+        "adopted %s request %s of task %d attempt %d from its webhook",
+        spec.provider,
+        request_id,
+        task.id,
+        task.attempt,
+        extra={"event": "adopted", "request_id": request_id},
+    )
+
+
+def _fetch(task: TaskRecord) -> TaskMessage:
+    """A one-off poll that goes straight to the result (the provider said it finished)."""
+    return TaskMessage(task.id, task.job_id, MessageKind.POLL, task.attempt, once=True)
