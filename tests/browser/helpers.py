@@ -34,11 +34,14 @@ async def task_word(page: Page, index: int) -> str:
     return await page.locator(f"#task-{index} .status .word").inner_text()
 
 
-async def screenshot(page: Page, tmp_path: Path, name: str) -> Path:
-    """A screenshot of the viewport into tmp_path, and into docs/ when UPDATE_SCREENSHOTS=1
-    (so `make test` never rewrites committed files)."""
+async def screenshot(page: Page, tmp_path: Path, name: str, *, height: int = 0) -> Path:
+    """A screenshot of the top of the page (`height` pixels, default the viewport's) into
+    tmp_path, and into docs/ when UPDATE_SCREENSHOTS=1 (so `make test` never rewrites
+    committed files)."""
     path = tmp_path / name
-    await page.screenshot(path=str(path), full_page=False, animations="disabled")
+    width = page.viewport_size["width"] if page.viewport_size else 1100
+    clip = {"x": 0, "y": 0, "width": width, "height": height} if height else None
+    await page.screenshot(path=str(path), full_page=bool(height), clip=clip, animations="disabled")
     size = path.stat().st_size
     assert size <= MAX_SCREENSHOT_BYTES, f"{name} is {size} bytes"
     if os.environ.get("UPDATE_SCREENSHOTS") == "1":

@@ -105,9 +105,7 @@ async def test_permanently_failing_segment_then_retry_from_the_page(
         await expect(page.locator(f"#task-{index} .status .word")).to_have_text("succeeded")
     await expect(page.locator("#players video")).to_have_count(3)
     await expect_clean_log(page)
-    await page.locator("#task-grid").scroll_into_view_if_needed()
-    await page.evaluate("window.scrollTo(0, 0)")
-    await screenshot(page, tmp_path, "dashboard-job.png")
+    await screenshot(page, tmp_path, "dashboard-job.png", height=1080)
 
     # The provider accepts it now; RetryFailed from the page finishes the job.
     sim.configure(rules=[])
