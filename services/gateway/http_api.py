@@ -1,7 +1,7 @@
 """The gateway's HTTP side port (aiohttp): the seed-compatible JSON API, fal webhooks, health.
 
 Routes:
-  POST /api/generate-video        seed video API: {"action": "start" | "status", ...}
+  POST /api/generate-video        seed video API: {"action": "start" | "status" | "retry", ...}
   POST /webhooks/fal              fal's completion call-back: triggers an early poll
   POST /api/uploads               an arena image (raw body, Content-Type image/png|jpeg|webp,
                                   ?file_name=...) put on fal's CDN: {"url": ...}
@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from typing import Any
 
 from aiohttp import web
 
 from common import metrics
 from common.attempts.webhooks import Verdict, on_webhook
-from common.auth import Role
+from common.auth import Caller, Role
+from common.domain.states import JobKind
 from common.errors import InvalidArgument, OrchestratorError
 from common.resilience import ProviderError
 from common.service import Infra
@@ -30,7 +32,7 @@ from common.webhook_urls import verify_target
 from services.gateway.core import JobsCore
 from services.gateway.fields import check_text
 from services.gateway.http_guard import HttpGuard, caller_of, error_response, parse_json
-from services.gateway.http_models import VideoStart, video_action
+from services.gateway.http_models import VideoRetry, VideoStart, video_action
 from services.gateway.requests import VideoJobRequest
 from services.gateway.seed_shapes import seed_field_error, seed_status
 from services.gateway.seed_story import add_story_routes
@@ -105,6 +107,9 @@ class HttpApi:
                         prompt=action.prompt,
                         segment_prompts=list(action.segmentPrompts or []),
                         idempotency_key=action.idempotencyKey,
+                        max_concurrency=action.maxConcurrency,
+                        deadline_seconds=action.deadlineSeconds,
+                        reuse_results=action.reuseResults,
                     ),
                     caller,
                 )
@@ -115,10 +120,34 @@ class HttpApi:
                         "message": f"Video generation started for {view.total_segments} segments",
                     }
                 )
+            if isinstance(action, VideoRetry):
+                return web.json_response(await self._retry_video(action, caller))
             view = await self.core.get(action.sessionId, caller, with_tasks=False)
             return web.json_response(seed_status(view))
         except OrchestratorError as exc:
             return seed_error(exc)
+
+    async def _retry_video(self, action: VideoRetry, caller: Caller) -> dict[str, Any]:
+        view = await self.core.get(action.sessionId, caller, with_tasks=False)
+        if view.job.kind != JobKind.VIDEO:
+            raise InvalidArgument("sessionId", f"job {action.sessionId} is not a video job")
+        try:
+            outcome = await self.core.retry_failed(
+                action.sessionId,
+                action.maxRetries,
+                caller,
+                indices=action.taskIndices or (),
+                regenerate=action.regenerate,
+            )
+        except InvalidArgument as exc:  # named as this body spells it
+            field = {"task_indices": "taskIndices", "max_retries": "maxRetries"}.get(exc.field)
+            raise InvalidArgument(field or exc.field, exc.reason) from None
+        return {
+            "sessionId": action.sessionId,
+            "retried": outcome.retried,
+            "message": outcome.message,
+            **seed_status(outcome.view),
+        }
 
     async def upload(self, request: web.Request) -> web.Response:
         """Put an arena image on fal's CDN (through fal-client's storage upload), so a client

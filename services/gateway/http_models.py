@@ -30,11 +30,24 @@ class VideoStart(_Strict):
     prompt: str = ""
     segmentPrompts: list[str] | None = None
     idempotencyKey: str = ""
+    maxConcurrency: int = 0
+    deadlineSeconds: int = 0
+    reuseResults: bool = False
 
 
 class VideoStatus(_Strict):
     action: Literal["status"]
     sessionId: str = ""
+
+
+class VideoRetry(_Strict):
+    """RetryFailed: what failed, or the chosen segments (`regenerate` re-runs succeeded ones)."""
+
+    action: Literal["retry"]
+    sessionId: str = ""
+    taskIndices: list[int] | None = None
+    regenerate: bool = False
+    maxRetries: int = 0
 
 
 class _Waiting(_Strict):
@@ -60,6 +73,9 @@ class StoryStart(_Waiting):
 class StoryRetry(_Waiting):
     job_id: str = ""
     max_retries: int = 0
+    # Sets to re-run (1..N; the plan is 0): only these; `regenerate` re-runs succeeded ones.
+    task_indices: list[int] | None = None
+    regenerate: bool = False
 
 
 def parse(model: type[M], data: dict[str, Any]) -> M:
@@ -75,10 +91,12 @@ def parse(model: type[M], data: dict[str, Any]) -> M:
         raise InvalidArgument(where, message) from None
 
 
-def video_action(data: dict[str, Any]) -> VideoStart | VideoStatus:
+def video_action(data: dict[str, Any]) -> VideoStart | VideoStatus | VideoRetry:
     action = data.get("action")
     if action == "start":
         return parse(VideoStart, data)
     if action == "status":
         return parse(VideoStatus, data)
-    raise InvalidArgument("action", "must be 'start' or 'status'")
+    if action == "retry":
+        return parse(VideoRetry, data)
+    raise InvalidArgument("action", "must be 'start', 'status' or 'retry'")

@@ -114,7 +114,13 @@ def add_story_routes(app: web.Application, core: JobsCore, guard: HttpGuard) -> 
             view = await core.get(body.job_id, caller, with_tasks=False)
             if view.job.kind != JobKind.STORY:
                 raise InvalidArgument("job_id", f"job {body.job_id} is not a story job")
-            outcome = await core.retry_failed(body.job_id, body.max_retries, caller)
+            outcome = await core.retry_failed(
+                body.job_id,
+                body.max_retries,
+                caller,
+                indices=body.task_indices or (),
+                regenerate=body.regenerate,
+            )
             view = await core.get(body.job_id, caller)
             if body.wait_seconds is not None and outcome.retried:
                 view = await core.wait_finished(body.job_id, body.wait_seconds, caller)

@@ -142,6 +142,34 @@ async def test_retry_failed_story_sets_reruns_the_failed_set(
     assert too_many.status_code == 400 and too_many.json()["field"] == "max_retries"
 
 
+async def test_retry_story_sets_regenerates_a_chosen_set_with_the_same_roster(
+    http: httpx.AsyncClient, sim: SimulatorHandle
+) -> None:
+    first = await http.post(
+        "/generate-movie-auto", json={"idea": IDEA, "total_segments": 6, "segments_per_set": 2}
+    )
+    body = first.json()
+    assert body["success"] is True
+    calls = sim.stats(with_logs=False)["chat_calls"]
+    plan = await http.post(
+        "/retry-failed-story-sets",
+        json={"job_id": body["job_id"], "task_indices": [0], "regenerate": True},
+    )
+    assert plan.status_code == 400 and plan.json()["field"] == "task_indices"  # sets build on it
+    again = await http.post(
+        "/retry-failed-story-sets",
+        json={"job_id": body["job_id"], "task_indices": [2], "regenerate": True},
+    )
+    assert again.status_code == 200, again.text
+    answer = again.json()
+    assert answer["retried_sets"] == [2] and answer["success"] is True
+    assert answer["result"]["story_title"] == body["result"]["story_title"]
+    assert sim.stats(with_logs=False)["chat_calls"] == calls + 1  # that set, nothing else
+    roster = {c["name"] for c in body["result"]["characters"]}
+    for segment in answer["result"]["sets"][1]["segments"]:
+        assert set(segment["characters"]) <= roster
+
+
 async def test_limits_learned_from_openai_headers_hold_calls_back_before_a_429(
     stack: InProcStack, sim: SimulatorHandle
 ) -> None:

@@ -55,6 +55,45 @@ async def test_seed_video_api_start_then_status(tmp_path: Path, sim: SimulatorHa
         assert missing.status_code == 404
 
 
+async def test_seed_video_api_regenerates_a_chosen_segment_and_keeps_its_old_result(
+    tmp_path: Path, sim: SimulatorHandle
+) -> None:
+    async with (
+        inproc_stack(stack_settings(tmp_path, sim)) as stack,
+        httpx.AsyncClient(base_url=stack.http_url) as http,
+    ):
+        started = await http.post(
+            "/api/generate-video",
+            json={"action": "start", "battleArenaUrl": ARENA, "totalSegments": 3},
+        )
+        job_id = started.json()["sessionId"]
+        await watch_to_end(stack.stub, job_id)
+        before = {
+            t.index: t for t in (await stack.stub.GetJob(pb.GetJobRequest(job_id=job_id))).tasks
+        }
+
+        async def retry(**fields: object) -> httpx.Response:
+            body = {"action": "retry", "sessionId": job_id, **fields}
+            return await http.post("/api/generate-video", json=body)
+
+        refused = await retry(taskIndices=[2])  # succeeded: only with regenerate
+        assert refused.status_code in (400, 409) and "regenerate" in refused.text
+        unknown = await retry(taskIndices=[9], regenerate=True)
+        assert unknown.status_code == 400 and unknown.json()["field"] == "taskIndices"
+        assert (await retry(taskIndices="2")).json()["field"] == "taskIndices"  # not a list
+        answer = await retry(taskIndices=[2], regenerate=True)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["retried"] == [2]
+        await watch_to_end(stack.stub, job_id)
+        after = {
+            t.index: t for t in (await stack.stub.GetJob(pb.GetJobRequest(job_id=job_id))).tasks
+        }
+        assert after[2].result_url != before[2].result_url
+        assert after[1].result_url == before[1].result_url  # the others are left alone
+        assert after[3].result_url == before[3].result_url
+        assert sim.stats(with_logs=False)["accepted_requests"] == 4
+
+
 async def test_cancel_reaches_fal_for_requests_in_flight(
     tmp_path: Path, sim: SimulatorHandle
 ) -> None:
