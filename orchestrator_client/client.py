@@ -164,6 +164,9 @@ class JobsClient:
         model_arguments: Mapping[str, Any] | None = None,
         max_retries: int = 0,
         idempotency_key: str | None = None,
+        max_concurrency: int = 0,
+        deadline_seconds: int = 0,
+        reuse_results: bool = False,
     ) -> StartedJob:
         """Record a video job (one task per segment); fields as in `StartVideoJobRequest`."""
         request = pb.StartVideoJobRequest(
@@ -175,6 +178,9 @@ class JobsClient:
             idempotency_key=idempotency_key or new_idempotency_key(),
             priority=priority,
             max_retries=max_retries,
+            max_concurrency=max_concurrency,
+            deadline_seconds=deadline_seconds,
+            reuse_results=reuse_results,
         )
         if model_arguments:
             arguments = Struct()
@@ -194,6 +200,8 @@ class JobsClient:
         priority: pb.Priority.ValueType = pb.PRIORITY_UNSPECIFIED,
         max_retries: int = 0,
         idempotency_key: str | None = None,
+        max_concurrency: int = 0,
+        deadline_seconds: int = 0,
     ) -> StartedJob:
         """Record a story job (a plan, then sets); fields as in `StartStoryJobRequest`."""
         request = pb.StartStoryJobRequest(
@@ -206,6 +214,8 @@ class JobsClient:
             idempotency_key=idempotency_key or new_idempotency_key(),
             priority=priority,
             max_retries=max_retries,
+            max_concurrency=max_concurrency,
+            deadline_seconds=deadline_seconds,
         )
         return await self._start(self.stub.StartStoryJob, request, request.idempotency_key)
 
@@ -342,11 +352,23 @@ class JobsClient:
 
     # -- changes -------------------------------------------------------------------------------
 
-    async def retry_failed(self, job_id: str, max_retries: int = 0) -> pb.RetryFailedResponse:
-        """Re-run the failed, skipped and cancelled tasks of a finished job."""
-        return await self._call(
-            self.stub.RetryFailed, pb.RetryFailedRequest(job_id=job_id, max_retries=max_retries)
+    async def retry_failed(
+        self,
+        job_id: str,
+        max_retries: int = 0,
+        *,
+        task_indices: Sequence[int] = (),
+        regenerate: bool = False,
+    ) -> pb.RetryFailedResponse:
+        """Re-run the failed, skipped and cancelled tasks of a finished job, or only the tasks
+        `task_indices` names (`regenerate`: succeeded ones too, their results kept in history)."""
+        request = pb.RetryFailedRequest(
+            job_id=job_id,
+            max_retries=max_retries,
+            task_indices=list(task_indices),
+            regenerate=regenerate,
         )
+        return await self._call(self.stub.RetryFailed, request)
 
     async def cancel(self, job_id: str) -> pb.Job:
         """Cancel every unfinished task of the job."""

@@ -199,6 +199,22 @@ IdempotencyKey = Annotated[
     ),
 ]
 JobId = Annotated[str, typer.Argument(help="The job's id.", show_default=False)]
+MaxConcurrency = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Provider slots this job may hold at once (0: the server's cap, MAX_JOB_CONCURRENCY).",
+    ),
+]
+Deadline = Annotated[
+    int,
+    typer.Option(
+        "--deadline",
+        min=0,
+        help="Seconds the job may take: attempts that cannot finish in time are not started "
+        "and end DEADLINE_EXCEEDED (retry can still run them). 0: none.",
+    ),
+]
 
 
 async def _started(client: JobsClient, g: Globals, started: StartedJob, watch: bool) -> ExitCode:
@@ -290,6 +306,16 @@ def video(
     ] = None,
     priority: PriorityOption = None,
     max_retries: MaxRetries = 0,
+    max_concurrency: MaxConcurrency = 0,
+    deadline: Deadline = 0,
+    reuse: Annotated[
+        bool,
+        typer.Option(
+            "--reuse/--no-reuse",
+            help="Take the result of an identical earlier segment (same model and arguments, "
+            "within the server's REUSE_TTL) instead of paying for it again.",
+        ),
+    ] = False,
     idempotency_key: IdempotencyKey = None,
     watch: WatchFlag = True,
 ) -> None:
@@ -325,6 +351,9 @@ def video(
             model_arguments=_model_arguments(model_arg or []),
             max_retries=max_retries,
             idempotency_key=idempotency_key,
+            max_concurrency=max_concurrency,
+            deadline_seconds=deadline,
+            reuse_results=reuse,
         )
         return await _started(client, g, started, watch)
 
@@ -359,6 +388,8 @@ def story(
     model: Annotated[str, typer.Option(help="OpenAI model (default: the server's).")] = "",
     priority: PriorityOption = None,
     max_retries: MaxRetries = 0,
+    max_concurrency: MaxConcurrency = 0,
+    deadline: Deadline = 0,
     idempotency_key: IdempotencyKey = None,
     watch: WatchFlag = True,
 ) -> None:
@@ -386,6 +417,8 @@ def story(
             priority=priority.proto if priority else pb.PRIORITY_UNSPECIFIED,
             max_retries=max_retries,
             idempotency_key=idempotency_key,
+            max_concurrency=max_concurrency,
+            deadline_seconds=deadline,
         )
         return await _started(client, g, started, watch)
 
@@ -495,21 +528,47 @@ def list_command(
 def retry(
     ctx: typer.Context,
     job_id: JobId,
+    *,
     max_retries: MaxRetries = 0,
+    task: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--task",
+            "-t",
+            min=0,
+            help="Re-run only this task (a segment's or set's index); repeatable.",
+        ),
+    ] = None,
+    regenerate: Annotated[
+        bool,
+        typer.Option(
+            "--regenerate",
+            help="With --task: run succeeded tasks again too (their results stay in history).",
+        ),
+    ] = False,
     watch: Annotated[
         bool, typer.Option("--watch/--no-watch", help="Follow the re-run to its end.")
     ] = False,
 ) -> None:
     """Re-run the failed, skipped and cancelled tasks of a finished job.
 
-    Successful tasks are never generated again. With `--watch`, follows the re-run and exits
-    by the job's new outcome.
+    Successful tasks are generated again only when named with `--task` and `--regenerate`.
+    With `--watch`, follows the re-run and exits by the job's new outcome.
+
+    ```
+    orchestrator retry JOB_ID --task 3 --regenerate --watch
+    ```
     """
     g = _globals(ctx)
+    if regenerate and not task:
+        g.error("--regenerate needs --task: name the tasks to run again", ExitCode.USAGE, "USAGE")
+        _exit(ExitCode.USAGE)
 
     async def work(client: JobsClient) -> ExitCode:
         before = await client.get(job_id, omit_tasks=True)
-        answer = await client.retry_failed(job_id, max_retries)
+        answer = await client.retry_failed(
+            job_id, max_retries, task_indices=task or (), regenerate=regenerate
+        )
         if watch and answer.retried_count:
             return await follow_job(client, job_id, _sink(g), after_cursor=before.last_cursor)
         if g.json:

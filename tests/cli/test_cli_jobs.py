@@ -152,3 +152,31 @@ async def test_human_output_and_the_other_commands(stack: Stack, sim: SimulatorH
 
     health = await run_cli(*target(stack), "health")
     assert health.code == 0 and "SERVING" in health.stdout
+
+
+async def test_regenerate_one_segment_and_reuse_identical_ones(
+    stack: Stack, sim: SimulatorHandle
+) -> None:
+    first = await run_cli(
+        *target(stack), "--json", "video", "-a", ARENA, "-n", "2", "--max-concurrency", "1"
+    )
+    assert first.code == 0, first.stderr
+    job_id = first.events_and_summary()[1]["job_id"]
+    assert sim.stats(with_logs=False)["accepted_requests"] == 2
+
+    usage = await run_cli(*target(stack), "retry", job_id, "--regenerate")
+    assert usage.code == 2 and "--task" in usage.stderr
+    again = await run_cli(
+        *target(stack), "--json", "retry", job_id, "--task", "2", "--regenerate", "--watch"
+    )
+    assert again.code == 0, again.stderr
+    assert again.events_and_summary()[1]["status"] == "COMPLETED"
+    assert sim.stats(with_logs=False)["accepted_requests"] == 3  # segment 2 only
+
+    # The same segments again, with reuse: no provider call at all.
+    reused = await run_cli(*target(stack), "--json", "video", "-a", ARENA, "-n", "2", "--reuse")
+    assert reused.code == 0, reused.stderr
+    events, summary = reused.events_and_summary()
+    assert summary["status"] == "COMPLETED"
+    assert sim.stats(with_logs=False)["accepted_requests"] == 3
+    assert sum("reused" in e["message"] for e in events) == 2
