@@ -126,10 +126,6 @@ class EventStreams:
         self._reaper: asyncio.Task[None] | None = None
         self._batches = BatchCache()
 
-    @property
-    def open_streams(self) -> int:
-        return len(self._pumps)
-
     async def handle(self, request: web.Request) -> web.StreamResponse:
         caller = caller_of(request)
         after = resume_cursor(request)
