@@ -70,7 +70,12 @@ class RateLimits:
 
 @dataclass(frozen=True)
 class Submitted:
-    """A polled kind's provider accepted a request: its id and whatever finds it again."""
+    """A polled kind's provider accepted a request: its id and whatever finds it again.
+
+    A request adopted from the provider's webhook after its submit's answer was lost
+    (common.attempts.webhooks) has only its id: the task's handle is then empty, and `check`
+    and `cancel` must find the request from the id and the task's payload.
+    """
 
     request_id: str
     handle: dict[str, Any] = field(default_factory=dict)
