@@ -202,6 +202,12 @@ class JobsCore:
             )
         caller.require(Role.SUBMIT, "RetryFailed")
         view = await self.get(job_id, caller, with_tasks=False)
+        if len(indices) > view.total_tasks:
+            raise InvalidArgument(
+                "task_indices", f"at most {view.total_tasks} (the job's tasks), got {len(indices)}"
+            )
+        if regenerate and not indices:
+            raise InvalidArgument("regenerate", "name the tasks to run again in task_indices")
         retries = max_retries or (
             self.limits.story_max_retries if view.is_story else self.limits.video_max_retries
         )

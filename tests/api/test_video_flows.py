@@ -81,6 +81,10 @@ async def test_seed_video_api_regenerates_a_chosen_segment_and_keeps_its_old_res
         unknown = await retry(taskIndices=[9], regenerate=True)
         assert unknown.status_code == 400 and unknown.json()["field"] == "taskIndices"
         assert (await retry(taskIndices="2")).json()["field"] == "taskIndices"  # not a list
+        many = await retry(taskIndices=[1] * 50, regenerate=True)
+        assert many.status_code == 400 and many.json()["field"] == "taskIndices"
+        blind = await retry(regenerate=True)  # regenerate what? name the tasks
+        assert blind.status_code == 400 and blind.json()["field"] == "regenerate"
         answer = await retry(taskIndices=[2], regenerate=True)
         assert answer.status_code == 200, answer.text
         assert answer.json()["retried"] == [2]
