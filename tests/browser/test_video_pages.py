@@ -121,6 +121,17 @@ async def test_permanently_failing_segment_then_retry_from_the_page(
     await expect(page.locator("#events tr")).to_have_count(len(replay))
     await expect_clean_log(page)
 
+    # Re-roll one succeeded segment: a new video for it, the others untouched.
+    old = await page.locator("#video-3 video").get_attribute("src")
+    other = await page.locator("#video-1 video").get_attribute("src")
+    assert old and other
+    async with page.expect_navigation(url=re.compile(r"\?done=retried")):
+        await page.locator("#regenerate-3").click()
+    await expect(page.locator("#job-status .word")).to_have_text("completed")
+    await expect(page.locator("#video-3 video")).not_to_have_attribute("src", old)
+    await expect(page.locator("#video-1 video")).to_have_attribute("src", other)
+    assert sim.stats(with_logs=False)["accepted_requests"] == 5  # 3 + the retry + the re-roll
+
 
 async def test_cancel_from_the_page(page: Page, web: InProcStack, sim: SimulatorHandle) -> None:
     sim.configure(latency=30)

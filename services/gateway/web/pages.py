@@ -185,7 +185,14 @@ class Pages:
             check_csrf(request, form.text(CSRF_FIELD))
             caller = caller_of(request)
             if action == "retry":
-                outcome = await self.core.retry_failed(job_id, form.number("max_retries"), caller)
+                chosen = form.text("task_index").strip()
+                outcome = await self.core.retry_failed(
+                    job_id,
+                    form.number("max_retries"),
+                    caller,
+                    indices=[form.number("task_index")] if chosen else (),
+                    regenerate=form.flag("regenerate"),
+                )
                 done = "retried" if outcome.retried else "nothing"
             else:
                 await self.core.cancel(job_id, caller)

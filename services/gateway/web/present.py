@@ -155,6 +155,10 @@ class JobPage:
     def cancellable(self) -> bool:
         return not self.status.terminal
 
+    def regenerable(self, row: TaskRow) -> bool:
+        """A finished job's succeeded segment or set may be generated again (a re-roll)."""
+        return self.status.terminal and row.produces_output and row.status is TaskStatus.SUCCEEDED
+
     @property
     def videos(self) -> list[TaskRow]:
         return [r for r in self.outputs if r.status is TaskStatus.SUCCEEDED and r.result_url]
