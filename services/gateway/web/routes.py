@@ -7,7 +7,8 @@ Routes (all but /login, /logout and /static/ behind the HTTP guard, like every o
   GET  /jobs/{id}                 a job: status, warnings, actions, task grid, results, events
   GET  /jobs/{id}/panel           the live part of that page, as an HTML fragment
   GET  /jobs/{id}/events          Server-Sent Events of the job's events (sse.py)
-  POST /jobs/{id}/retry           RetryFailed          (form, CSRF-checked)
+  POST /jobs/{id}/retry           RetryFailed          (form, CSRF-checked; task_index +
+                                  regenerate: re-roll one succeeded task)
   POST /jobs/{id}/cancel          CancelJob            (form, CSRF-checked)
   GET  /new/video, POST           the video job form (arena URL or an uploaded image)
   GET  /new/story, POST           the story job form
