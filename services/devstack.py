@@ -115,6 +115,9 @@ async def main(args: argparse.Namespace) -> int:
                 return 0 if ok else 1
             print(
                 "\nTry it yourself (Ctrl-C stops the stack):\n"
+                f"  the dashboard: http://{settings.http_addr}/\n"
+                f"  orchestrator --target {settings.grpc_addr} video --arena"
+                " https://example.com/arena.png -n 5\n"
                 f"  grpcurl -plaintext {settings.grpc_addr} list\n"
                 '  grpcurl -plaintext -d \'{"battle_arena_url":"https://example.com/arena.png",'
                 f'"total_segments":5}}\' {settings.grpc_addr} '

@@ -9,15 +9,20 @@ gateway validated the request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import json
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from common.paths import resolve_output_dir
+
+# A temporary file this old is a dead writer's leftover (a write takes milliseconds).
+LEFTOVER_AGE = 600.0
 
 
 def safe_title(title: str) -> str:
@@ -46,9 +51,14 @@ def _write_atomic(path: Path, data: Any) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     # A worker killed mid-write leaves its temporary file behind; the file it meant to replace
-    # is whole (old or new), and the leftover goes once the file is written again.
+    # is whole (old or new), and the leftover goes once the file is written again. A recent one
+    # may be another writer's, in progress (two sets finishing together both rewrite the
+    # metadata file): only old ones are leftovers.
+    stale = time.time() - LEFTOVER_AGE
     for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        leftover.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if leftover.stat().st_mtime < stale:
+                leftover.unlink(missing_ok=True)
 
 
 class StoryFiles:

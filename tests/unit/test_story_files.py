@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from common.errors import InvalidArgument
-from services.story_worker.files import StoryFiles, metadata_file_name, set_file_name
+from services.story_worker.files import (
+    LEFTOVER_AGE,
+    StoryFiles,
+    metadata_file_name,
+    set_file_name,
+)
 
 
 def test_names_are_file_safe() -> None:
@@ -24,11 +31,28 @@ async def test_write_replaces_atomically_and_removes_a_killed_writers_leftover(
     folder = tmp_path / "job"
     folder.mkdir()
     leftover = folder / ".T_set_01.json.k1ll3d.tmp"
-    leftover.write_text('{"half": ')  # what a SIGKILL mid-write leaves
+    leftover.write_text('{"half": ')  # what a SIGKILL mid-write left, a while ago
+    long_ago = time.time() - LEFTOVER_AGE - 1
+    os.utime(leftover, (long_ago, long_ago))
     path = await files.write("job", "T_set_01.json", {"set_number": 1})
     assert json.loads(path.read_text()) == {"set_number": 1}
     assert sorted(p.name for p in folder.iterdir()) == ["T_set_01.json"]
     assert files.relative(path) == "job/T_set_01.json"
+
+
+async def test_concurrent_writers_of_one_file_never_remove_each_others_work(
+    tmp_path: Path,
+) -> None:
+    # Two story sets finishing together both rewrite the metadata file.
+    files = StoryFiles(tmp_path)
+    (tmp_path / "job").mkdir()
+    in_progress = tmp_path / "job" / ".T_metadata.json.wr1t1ng.tmp"
+    in_progress.write_text("{")  # another writer, between its write and its rename
+    await files.write("job", "T_metadata.json", {"n": 0})
+    assert in_progress.exists()
+    writes = [files.write("job", "T_metadata.json", {"n": n}) for n in range(1, 30)]
+    await asyncio.gather(*writes)
+    assert json.loads((tmp_path / "job" / "T_metadata.json").read_text())["n"] in range(1, 30)
 
 
 async def test_a_symlink_appearing_after_validation_is_refused_at_write_time(
