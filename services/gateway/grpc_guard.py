@@ -208,6 +208,10 @@ def _metadata(context: Context, key: str) -> str | None:
 
 
 def _peer_host(context: Context) -> str:
-    """`ipv4:1.2.3.4:5678` -> `ipv4:1.2.3.4` (a client's connections share its budget)."""
+    """`ipv4:1.2.3.4:5678` -> `1.2.3.4`, `ipv6:[::1]:5678` -> `::1`: the host as the HTTP
+    side names it, so a client's gRPC and HTTP connections share its budget."""
     peer = context.peer() or "unknown"
-    return peer.rsplit(":", 1)[0]
+    family, _, address = peer.partition(":")
+    if family not in ("ipv4", "ipv6"):
+        return peer  # unix:/path and the like
+    return address.rsplit(":", 1)[0].strip("[]")

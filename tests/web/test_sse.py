@@ -166,6 +166,26 @@ async def test_streams_take_caller_slots_and_give_them_back(
             assert again.status_code == 200
 
 
+async def test_an_anonymous_client_shares_its_slots_between_sse_and_watchjob(
+    tmp_path: Path, sim: SimulatorHandle
+) -> None:
+    # Without tokens the caller is its address: the same whichever port it comes through.
+    settings = stack_settings(tmp_path, sim, max_streams_per_caller=1)
+    async with (
+        inproc_stack(settings) as stack,
+        httpx.AsyncClient(base_url=stack.http_url, timeout=30) as http,
+    ):
+        started = await stack.stub.StartVideoJob(
+            pb.StartVideoJobRequest(battle_arena_url=ARENA, total_segments=1)
+        )
+        async with http.stream("GET", f"/jobs/{started.job_id}/events") as one:
+            assert one.status_code == 200
+            watch = stack.stub.WatchJob(pb.WatchJobRequest(job_id=started.job_id))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await watch.read()
+            assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 async def test_idle_streams_get_heartbeat_comments(tmp_path: Path, sim: SimulatorHandle) -> None:
     async with (
         inproc_stack(stack_settings(tmp_path, sim)) as stack,
