@@ -34,7 +34,16 @@ from bench.console import say
 from bench.figures import ScenarioResult
 from bench.procs import kill_survivors
 from bench.report import missed, render_table, write_json
-from bench.scenarios import faults, overhead, progress, scale, utilisation
+from bench.scenarios import (
+    fairness,
+    faults,
+    overhead,
+    progress,
+    scale,
+    spend,
+    storm,
+    utilisation,
+)
 from bench.stack import RunContext
 
 Runner = Callable[[RunContext, Sizes, ScenarioResult], Awaitable[None]]
@@ -44,6 +53,9 @@ RUNNERS: dict[str, Runner] = {
     "faults": faults.run,
     "progress": progress.run,
     "scale": scale.run,
+    "fairness": fairness.run,
+    "storm": storm.run,
+    "spend": spend.run,
 }
 
 

@@ -66,6 +66,8 @@ class Sizes:
     spend_latency: float
     spend_kills: int
     spend_submit_hold: float  # seconds each submit's answer is held after fal accepted it
+    # RETRY_BUDGET_FLOOR of the storm and spend runs; None: the service default (measured).
+    retry_budget_floor: int | None
     # Celery peer: prefork pool size.
     celery_concurrency: int
 
@@ -108,6 +110,7 @@ FULL = Sizes(
     spend_latency=1.5,
     spend_kills=3,
     spend_submit_hold=0.5,
+    retry_budget_floor=None,
     celery_concurrency=CORES,
 )
 
@@ -150,6 +153,9 @@ SMOKE = Sizes(
     spend_latency=0.5,
     spend_kills=1,
     spend_submit_hold=0.5,
+    # Past 10 retries a minute (the default floor of a small run), retries wait for the minute's
+    # end: up to a minute per smoke run.
+    retry_budget_floor=1000,
     celery_concurrency=CORES,
 )
 

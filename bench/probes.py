@@ -33,10 +33,11 @@ async def consumer_count(amqp_url: str, queue: str) -> int:
         return int(result.consumer_count or 0)
 
 
-def consuming(amqp_url: str, queue: str) -> Probe:
-    """Ready when at least one consumer is attached to `queue` (what "worker ready" means)."""
+def consuming(amqp_url: str, queue: str, *, at_least: int = 1) -> Probe:
+    """Ready when at least `at_least` consumers are attached to `queue` (what "worker ready"
+    means; the n-th worker of a kind is ready when there are n)."""
 
     async def probe() -> bool:
-        return await consumer_count(amqp_url, queue) > 0
+        return await consumer_count(amqp_url, queue) >= at_least
 
     return probe

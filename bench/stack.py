@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -73,12 +73,18 @@ class Stack:
     gateway: ChildProcess
     worker: ChildProcess
     stub: Stub
+    # Video workers after the first (`video_workers` > 1).
+    more_workers: list[ChildProcess] = field(default_factory=list)
+
+    @property
+    def workers(self) -> list[ChildProcess]:
+        return [self.worker, *self.more_workers]
 
     async def cpu_seconds(self) -> dict[str, float | None]:
         """CPU seconds used so far by each process of the stack and by this client."""
         return {
             "gateway": await self.gateway.cpu_seconds(),
-            "video_worker": await self.worker.cpu_seconds(),
+            **{w.name: await w.cpu_seconds() for w in self.workers},
             "simulator": await self.sim.process.cpu_seconds(),
             "client": time.process_time(),
         }
@@ -125,11 +131,13 @@ async def orchestrator_stack(
     sim_config: dict[str, Any],
     env: Mapping[str, str] | None = None,
     webhooks: bool = False,
+    video_workers: int = 1,
 ) -> AsyncIterator[Stack]:
-    """Start simulator, gateway and video worker for scenario `name`; stop them on exit.
+    """Start simulator, gateway and video worker(s) for scenario `name`; stop them on exit.
 
     `webhooks`: set PUBLIC_HTTP_URL to the gateway's HTTP port, so fal (the simulator) calls
-    back when a generation finishes.
+    back when a generation finishes. `video_workers`: how many video worker processes (each
+    is ready once the work queue has that many consumers).
     """
     opts = ctx.options
     prefix = ctx.new_prefix()
@@ -163,20 +171,21 @@ async def orchestrator_stack(
                 log_dir,
                 http_ok(f"http://{settings['HTTP_ADDR']}/healthz"),
             )
-            worker = ChildProcess.module(
-                "video_worker",
-                "services.video_worker",
-                settings,
-                log_dir,
-                consuming(
-                    opts.amqp_url,
-                    Topology(prefix=prefix, queues=BUILTIN_KINDS.queues).work_queue(
-                        VIDEO_SEGMENT.queue
-                    ),
-                ),
+            work_queue = Topology(prefix=prefix, queues=BUILTIN_KINDS.queues).work_queue(
+                VIDEO_SEGMENT.queue
             )
+            workers = [
+                ChildProcess.module(
+                    "video_worker" if i == 0 else f"video_worker_{i + 1}",
+                    "services.video_worker",
+                    settings,
+                    log_dir,
+                    consuming(opts.amqp_url, work_queue, at_least=i + 1),
+                )
+                for i in range(video_workers)
+            ]
             # Started in order (the gateway migrates the schema), stopped in reverse.
-            for process in (gateway, worker):
+            for process in (gateway, *workers):
                 exits.push_async_callback(process.stop)
                 started.append(process)
                 await process.start()
@@ -189,7 +198,8 @@ async def orchestrator_stack(
                     ],
                 )
             )
-            yield Stack(settings, sim, gateway, worker, pb_grpc.JobServiceStub(channel))
+            stub = pb_grpc.JobServiceStub(channel)
+            yield Stack(settings, sim, gateway, workers[0], stub, workers[1:])
         except Exception:
             print_tails(started)
             raise
