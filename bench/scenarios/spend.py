@@ -31,7 +31,14 @@ from typing import Any
 from bench.config import Sizes
 from bench.console import say
 from bench.figures import Figure, ScenarioResult, Target, cpu_figure
-from bench.jobs import get_job, require_completed, start_video_job, watch, watch_timeout
+from bench.jobs import (
+    STALL_AFTER,
+    get_job,
+    require_completed,
+    start_video_job,
+    watch,
+    watch_timeout,
+)
 from bench.probes import consumer_count
 from bench.scenarios.faults import fault_groups
 from bench.scenarios.makespan import ideal_makespan
@@ -39,6 +46,7 @@ from bench.simulator import Simulator, provider_calls
 from bench.stack import RunContext, Stack, cpu_delta, orchestrator_stack
 from common.broker import Topology
 from common.domain.kinds import BUILTIN_KINDS, VIDEO_SEGMENT
+from common.domain.scheduling import WINDOW
 
 ONE_SUBMIT = Target("==", 1.0)
 # A kill counts as mid-submit when at least this many paid submits are unanswered.
@@ -48,6 +56,9 @@ KILL_WAIT = 120.0
 CONSUMER_GONE_WAIT = 15.0
 STATS_EVERY = 0.02
 FALLBACK_POLL = "2"
+# A retry past the fleet-wide retry budget waits for the end of the minute (no event meanwhile),
+# and may be refused again in the next one while the busy minute before still counts.
+RETRY_BUDGET_WAITS = 3
 
 
 async def unanswered_paid_submits(sim: Simulator) -> tuple[int, int]:
@@ -115,7 +126,12 @@ async def spend_run(
         began = time.perf_counter()
         job_id, _ = await start_video_job(stack.stub, n)
         watching = asyncio.create_task(
-            watch(stack.stub, job_id, give_up_after=watch_timeout(ideal + 30 * kills))
+            watch(
+                stack.stub,
+                job_id,
+                give_up_after=watch_timeout(ideal) + RETRY_BUDGET_WAITS * WINDOW + 30 * kills,
+                stall_after=STALL_AFTER + WINDOW,
+            )
         )
         killed = []
         for i in range(kills):

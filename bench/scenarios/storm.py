@@ -50,6 +50,7 @@ from bench.jobs import (
 from bench.scenarios.makespan import ideal_makespan
 from bench.simulator import provider_calls
 from bench.stack import RunContext, cpu_delta, orchestrator_stack
+from common.domain.scheduling import WINDOW
 
 QUEUE_API = ["submit", "status", "result", "cancel"]
 # Circuit breakers that never open: only the shared pause holds calls back.
@@ -112,8 +113,9 @@ async def storm_run(
             watch(
                 stack.stub,
                 job_id,
-                give_up_after=watch_timeout(ideal + seconds),
-                stall_after=STALL_AFTER + seconds,
+                give_up_after=watch_timeout(ideal + seconds) + WINDOW,
+                # The storm, then retries past the retry budget wait for the minute's end.
+                stall_after=STALL_AFTER + seconds + WINDOW,
             )
         )
         await asyncio.sleep(sizes.storm_after)
