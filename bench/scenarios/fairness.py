@@ -82,12 +82,15 @@ async def run(ctx: RunContext, sizes: Sizes, result: ScenarioResult) -> None:
         big_before = await timed(stack, big, big_ideal)
         say(f"fairness: big job alone {big_before['makespan']:.1f}s; again with a small job")
         big_run = asyncio.create_task(timed(stack, big, big_ideal))
-        await asyncio.sleep(sizes.fairness_small_after)
-        if big_run.done():  # it failed (or the sizes are wrong): report why
-            big_run.result()
-            raise RuntimeError("the big job ended before the small job was started")
-        small_with = await timed(stack, small, big_ideal)
-        big_with = await big_run
+        try:
+            await asyncio.sleep(sizes.fairness_small_after)
+            if big_run.done():  # it failed (or the sizes are wrong): report why
+                big_run.result()
+                raise RuntimeError("the big job ended before the small job was started")
+            small_with = await timed(stack, small, big_ideal)
+            big_with = await big_run
+        finally:
+            big_run.cancel()  # when the small job failed
         say(f"fairness: big job with the small one {big_with['makespan']:.1f}s; alone again")
         big_after = await timed(stack, big, big_ideal)
         stats = await stack.sim.stats()

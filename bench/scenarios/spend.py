@@ -134,14 +134,17 @@ async def spend_run(
             )
         )
         killed = []
-        for i in range(kills):
-            one = await kill_mid_submit(stack, (i + 1) * n // (kills + 1))
-            killed.append(one)
-            say(
-                f"spend ({name}): kill {i + 1}: {one['unanswered_paid_submits']} paid submits"
-                f" unanswered; worker back after {one['down_seconds']:.1f}s"
-            )
-        seen = await watching
+        try:
+            for i in range(kills):
+                one = await kill_mid_submit(stack, (i + 1) * n // (kills + 1))
+                killed.append(one)
+                say(
+                    f"spend ({name}): kill {i + 1}: {one['unanswered_paid_submits']} paid"
+                    f" submits unanswered; worker back after {one['down_seconds']:.1f}s"
+                )
+            seen = await watching
+        finally:
+            watching.cancel()  # when a kill failed
         assert seen.ended_at is not None
         makespan = seen.ended_at - began
         cpu = cpu_delta(cpu_before, await stack.cpu_seconds())

@@ -118,17 +118,20 @@ async def storm_run(
                 stall_after=STALL_AFTER + seconds + WINDOW,
             )
         )
-        await asyncio.sleep(sizes.storm_after)
-        if watching.done():
-            watching.result()
-            raise RuntimeError("the job ended before the storm began")
-        before = await stack.sim.stats()
-        await stack.sim.configure(storms=[storm])
-        storm_began = time.perf_counter() - began
-        await asyncio.sleep(seconds)
-        after = await stack.sim.stats()
-        say(f"storm ({variant}): over; calls refused {storm_calls(after)}")
-        seen = await watching
+        try:
+            await asyncio.sleep(sizes.storm_after)
+            if watching.done():
+                watching.result()
+                raise RuntimeError("the job ended before the storm began")
+            before = await stack.sim.stats()
+            await stack.sim.configure(storms=[storm])
+            storm_began = time.perf_counter() - began
+            await asyncio.sleep(seconds)
+            after = await stack.sim.stats()
+            say(f"storm ({variant}): over; calls refused {storm_calls(after)}")
+            seen = await watching
+        finally:
+            watching.cancel()  # when the storm could not be set up
         assert seen.ended_at is not None
         makespan = seen.ended_at - began
         cpu = cpu_delta(cpu_before, await stack.cpu_seconds())
