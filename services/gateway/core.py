@@ -26,10 +26,9 @@ from common.service import Infra
 from common.store import jobs as job_store
 from common.store import queries
 from common.store.jobs import NewJob
-from common.store.tables import Event
 from services.gateway.fields import UrlPolicy, check_job_id
 from services.gateway.outbox import Outbox
-from services.gateway.progress import FALLBACK_READ_SECONDS, ProgressHub
+from services.gateway.progress import BATCH, FALLBACK_READ_SECONDS, Batch, ProgressHub
 from services.gateway.requests import (
     MAX_RETRIES,
     Limits,
@@ -44,7 +43,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
-EVENT_BATCH = 500
+EVENT_BATCH = BATCH
 DEFAULT_HEARTBEAT = 15
 
 
@@ -262,7 +261,7 @@ class JobsCore:
         after: int = 0,
         follow: bool = False,
         heartbeat: int = 0,
-    ) -> AsyncIterator[Sequence[Event] | Heartbeat]:
+    ) -> AsyncIterator[Batch | Heartbeat]:
         """The job's events after `after`, then live ones, in batches; heartbeats while idle.
 
         Ends once the job is finished and every event up to its terminal one was sent, unless
@@ -305,38 +304,39 @@ class JobsCore:
         cursor: int,
         follow: bool,
         interval: int,
-    ) -> AsyncIterator[Sequence[Event] | Heartbeat]:
+    ) -> AsyncIterator[Batch | Heartbeat]:
         loop = asyncio.get_running_loop()
         with self.hub.watching(job_id, *head) as feed:
             next_beat = loop.time() + interval
             while True:
                 changed = feed.changed  # taken before reading, so no wake-up is missed
-                fresh = feed.after(cursor)
-                if fresh is None:  # behind the live buffer: history from the store
+                if cursor < feed.start:  # behind the live buffer: history from the store
                     # Shielded: a client hanging up mid-read must not cut the database call.
                     read = self.hub.read(job_id, cursor, EVENT_BATCH)
                     history, _ = await self.hub.background.shield(read)
-                    fresh = list(history)
-                if fresh:
-                    for start in range(0, len(fresh), EVENT_BATCH):
-                        batch = fresh[start : start + EVENT_BATCH]
-                        cursor = batch[-1].seq
-                        yield batch
+                    batch = Batch(history) if history else None
+                else:  # shared with every watcher at this cursor
+                    batch = feed.batch_after(cursor)
+                if batch is not None:
+                    cursor = batch.last
+                    yield batch
                     next_beat = loop.time() + interval
                     continue
                 if feed.status is None:
                     return  # the job was deleted (retention)
                 if not follow and feed.status.terminal and cursor >= feed.last_seq:
                     return
-                wait = min(FALLBACK_READ_SECONDS, max(0.0, next_beat - loop.time()))
+                until_beat = next_beat - loop.time()
+                if until_beat > FALLBACK_READ_SECONDS:
+                    # The feed wakes its watchers at least that often: no timer needed.
+                    await changed.wait()
+                    continue
                 try:
-                    async with asyncio.timeout(wait):
+                    async with asyncio.timeout(max(0.0, until_beat)):
                         await changed.wait()
                 except TimeoutError:
-                    feed.poke()
-                    if loop.time() >= next_beat:
-                        yield Heartbeat(cursor=cursor, at=self.clock())
-                        next_beat = loop.time() + interval
+                    yield Heartbeat(cursor=cursor, at=self.clock())
+                    next_beat = loop.time() + interval
 
 
 def _encode_token(job: JobRecord) -> str:

@@ -2,21 +2,30 @@
 
 Domain errors become gRPC statuses here and only here; their messages name the field. Who the
 caller is, the limits and unexpected errors are the guard's (grpc_guard.py), around every call.
+
+WatchJob sends each batch of events as bytes serialized once for every stream at the same
+cursor (`add_to_server` registers the method with a serializer that passes bytes through): with
+a thousand watchers of a job, building and serializing a response per stream was a fifth of the
+gateway's time. A batch's bytes are the concatenation of its events' encodings as one-element
+`WatchJobResponse`s, which is exactly the encoding of the response holding them all (a repeated
+field is encoded element by element), and each event's encoding is itself made once.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
+from google.protobuf import message_factory
 from orchestrator.v1 import jobs_pb2 as pb
 from orchestrator.v1 import jobs_pb2_grpc as pb_grpc
 
 from common import metrics
 from common.errors import InvalidArgument, OrchestratorError
+from common.store.tables import Event
 from services.gateway import proto_convert as convert
 from services.gateway.core import Heartbeat, JobsCore
 from services.gateway.grpc_guard import current_caller, status_of
@@ -26,8 +35,48 @@ T = TypeVar("T")
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
-# Watchers of one job receive the same Event objects from its feed: convert each once.
-_event_message = functools.lru_cache(maxsize=10_000)(convert.event_message)
+SERVICE = pb.DESCRIPTOR.services_by_name["JobService"]
+
+
+@functools.lru_cache(maxsize=10_000)
+def _event_bytes(event: Event) -> bytes:
+    """`event` encoded as a one-element WatchJobResponse. Watchers of one job receive the same
+    Event objects from its feed, so each is encoded once."""
+    return pb.WatchJobResponse(events=[convert.event_message(event)]).SerializeToString()
+
+
+def encode_batch(events: Sequence[Event]) -> bytes:
+    """The serialized `WatchJobResponse` of `events`."""
+    return b"".join(map(_event_bytes, events))
+
+
+def _watch_response(item: pb.WatchJobResponse | bytes) -> bytes:
+    return item if isinstance(item, bytes) else item.SerializeToString()
+
+
+def add_to_server(service: JobService, server: grpc.aio.Server) -> None:
+    """Serve `service` as the generated `add_JobServiceServicer_to_server` would (every method
+    of the proto's JobService), except that WatchJob may answer with serialized bytes."""
+    handlers = {}
+    for method in SERVICE.methods:
+        request = message_factory.GetMessageClass(method.input_type)
+        response = message_factory.GetMessageClass(method.output_type)
+        serialize = _watch_response if method.name == "WatchJob" else response.SerializeToString
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            getattr(service, method.name),
+            request_deserializer=request.FromString,
+            response_serializer=serialize,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
+    )
+    # (as the generated code does; grpc-stubs predates the method)
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)  # type: ignore[attr-defined]
 
 
 class JobService(pb_grpc.JobServiceServicer):
@@ -97,9 +146,9 @@ class JobService(pb_grpc.JobServiceServicer):
             jobs=[convert.job_message(v) for v in views], next_page_token=token
         )
 
-    async def WatchJob(
+    async def WatchJob(  # type: ignore[override]
         self, request: pb.WatchJobRequest, context: Context
-    ) -> AsyncIterator[pb.WatchJobResponse]:
+    ) -> AsyncIterator[pb.WatchJobResponse | bytes]:
         caller = current_caller()
         stream = await self._answer(
             context,
@@ -118,7 +167,7 @@ class JobService(pb_grpc.JobServiceServicer):
                 if isinstance(item, Heartbeat):
                     yield convert.heartbeat_message(item)
                 else:
-                    yield pb.WatchJobResponse(events=[_event_message(e) for e in item])
+                    yield item.derive("grpc", encode_batch)  # shared by streams at its cursor
         finally:
             watching.dec()
 

@@ -2,9 +2,15 @@
 
 Each gateway subscribes to the broker's progress exchange; a note says "job J has events up to
 cursor C". The hub keeps one `JobFeed` per watched job: on a note it reads the new events once
-and wakes every watcher of that job, who take them from the feed's buffer. A watcher that is
-behind the buffer (history, or a slow consumer) reads the store directly until it catches up.
-A lost note costs only latency: waiting watchers poke their feed on a short timer.
+(one trip to the store: see feed_reads.py) and wakes every watcher of that job, who take them
+from the feed's buffer. Watchers at the same cursor take the same `Batch` object, so whatever a
+transport derives from a batch (its encoded bytes) is derived once per batch, not once per
+watcher. A watcher that is behind the buffer (history, or a slow consumer) reads the store
+directly until it catches up.
+
+A lost note costs only latency: each feed also reads every FALLBACK_READ_SECONDS, and wakes its
+watchers after every read (new events or not), so a watcher waits on its feed alone, with no
+timer of its own unless its next heartbeat is due sooner.
 """
 
 from __future__ import annotations
@@ -13,27 +19,56 @@ import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from common.broker import ProgressNote
 from common.domain.states import JobStatus
 from common.lifecycle import Background
-from common.store import queries
-from common.store.database import Database
 from common.store.tables import Event
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-# How long a watcher waits for a note before asking its feed to look anyway.
+# How often a feed reads (and wakes its watchers) when no note came.
 FALLBACK_READ_SECONDS = 2.0
 # Events a feed keeps for watchers that are a little behind; older ones come from the store.
 BUFFER = 2_000
 FETCH = 1000
+# Most events in one batch (one WatchJob response, one SSE write).
+BATCH = 500
 
 # (job id, after cursor, limit) -> (events, the job's status and newest cursor, or None if gone)
 Reader = Callable[
     [str, int, int], Coroutine[Any, Any, tuple[Sequence[Event], tuple[JobStatus, int] | None]]
 ]
+
+
+class Batch:
+    """Consecutive events of one job (one or more), as sent to a watcher in one piece.
+
+    Immutable once made. Every watcher at the same cursor receives the same `Batch`, so a
+    transport caches what it makes of it (`derive`): the bytes are encoded once however many
+    streams send them.
+    """
+
+    __slots__ = ("_derived", "events", "first", "last")
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        self.events = events
+        self.first: int = events[0].seq
+        self.last: int = events[-1].seq
+        self._derived: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def derive(self, key: str, make: Callable[[Sequence[Event]], T]) -> T:
+        """`make(events)`, computed on the first call for `key` and remembered."""
+        try:
+            value: T = self._derived[key]
+        except KeyError:
+            value = self._derived[key] = make(self.events)
+        return value
 
 
 class JobFeed:
@@ -65,16 +100,43 @@ class JobFeed:
         self._background = background
         self._noted = last_seq
         self._fetch: asyncio.Task[None] | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+        self._woken = True  # since the last tick
+        # Batches handed out since the last read, by the cursor they follow.
+        self._batches: dict[int, Batch] = {}
 
     @property
     def fetched(self) -> int:
         return self.start + len(self.events)
 
-    def after(self, cursor: int) -> list[Event] | None:
-        """Buffered events after `cursor`; None when `cursor` is older than the buffer."""
-        if cursor < self.start:
-            return None
-        return self.events[cursor - self.start :]
+    def batch_after(self, cursor: int) -> Batch | None:
+        """The next batch for a watcher at `cursor`: up to BATCH buffered events after it
+        (None when there is none yet). Watchers at the same cursor get the same object until
+        the feed reads again. `cursor` must not be older than the buffer (`start`)."""
+        batch = self._batches.get(cursor)
+        if batch is None:
+            if cursor >= self.fetched:
+                return None
+            offset = cursor - self.start
+            batch = self._batches[cursor] = Batch(self.events[offset : offset + BATCH])
+        return batch
+
+    def start_reading(self) -> None:
+        """Read now (the buffered tail, and events written since the first watcher's read),
+        then every FALLBACK_READ_SECONDS until `stop_reading`."""
+        self._tick()
+
+    def stop_reading(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+
+    def _tick(self) -> None:
+        if not self._woken:  # reads failing or slow: watchers still see time pass
+            self._wake()
+        self._woken = False
+        self.poke()
+        loop = asyncio.get_running_loop()
+        self._ticker = loop.call_later(FALLBACK_READ_SECONDS, self._tick)
 
     def note(self, cursor: int) -> None:
         self._noted = max(self._noted, cursor)
@@ -92,6 +154,7 @@ class JobFeed:
             # A background task: it ends on its own, the gateway awaits it before closing.
             events, job = await self._read(self.job_id, self.fetched, FETCH)
             if events:
+                self._batches = {}
                 self.events.extend(events)
                 if len(self.events) > BUFFER:
                     dropped = len(self.events) - BUFFER
@@ -100,23 +163,17 @@ class JobFeed:
             self.status = job[0] if job else None
             if job is not None:
                 self.last_seq = max(self.last_seq, job[1])
+            # After every read, new events or not (see the module docstring). Once per read:
+            # a watcher that has not run since the last wake-up takes the events of both reads
+            # in one batch when it does.
             self._wake()
             if job is None or (len(events) < FETCH and self._noted <= self.fetched):
                 return
 
     def _wake(self) -> None:
         woken, self.changed = self.changed, asyncio.Event()
+        self._woken = True
         woken.set()
-
-
-async def read_events(
-    db: Database, job_id: str, cursor: int, limit: int
-) -> tuple[Sequence[Event], tuple[JobStatus, int] | None]:
-    """Events after `cursor`, and the job's (status, newest cursor); None if it is gone."""
-    async with db.read() as session:
-        events = await queries.events_after(session, job_id, cursor, limit)
-        job = await queries.get_job(session, job_id)
-    return events, None if job is None else (JobStatus(job.status), job.last_seq)
 
 
 class ProgressHub:
@@ -146,7 +203,7 @@ class ProgressHub:
             feed = self._feeds[job_id] = JobFeed(
                 job_id, last_seq, status, owner, read=self.read, background=self.background
             )
-            feed.poke()  # the buffered tail, and events written since the caller's read
+            feed.start_reading()
         self._watchers[job_id] = self._watchers.get(job_id, 0) + 1
         try:
             yield feed
@@ -154,6 +211,7 @@ class ProgressHub:
             self._watchers[job_id] -= 1
             if not self._watchers[job_id]:
                 del self._watchers[job_id], self._feeds[job_id]
+                feed.stop_reading()
 
     @property
     def watched_jobs(self) -> int:

@@ -14,26 +14,26 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
 
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from orchestrator.v1 import jobs_pb2, jobs_pb2_grpc
+from orchestrator.v1 import jobs_pb2
 
 from common import tracing
 from common.lifecycle import Background
 from common.service import Infra, open_infra
 from common.settings import Settings, SettingsError
 from services.gateway.core import JobsCore
-from services.gateway.grpc_api import JobService
+from services.gateway.feed_reads import FeedReads
+from services.gateway.grpc_api import JobService, add_to_server
 from services.gateway.grpc_guard import Guard
 from services.gateway.http_api import OPEN_PATHS, HttpApi
 from services.gateway.http_guard import HttpGuard
 from services.gateway.limits import CallerLimits
 from services.gateway.outbox import Outbox
-from services.gateway.progress import ProgressHub, read_events
+from services.gateway.progress import ProgressHub
 from services.video_worker.fal_transport import route_url
 from services.video_worker.fal_upload import FalUploader
 from services.video_worker.fal_webhook import FalWebhookVerifier
@@ -118,7 +118,7 @@ async def _grpc_server(
             ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
         ],
     )
-    jobs_pb2_grpc.add_JobServiceServicer_to_server(JobService(core), server)
+    add_to_server(JobService(core), server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -165,7 +165,9 @@ async def running_gateway(infra: Infra) -> AsyncIterator[Gateway]:
             )
         )
         background = Background()
-        hub = ProgressHub(partial(read_events, infra.db), background)
+        reads = FeedReads(infra.db)
+        stack.push_async_callback(reads.close)  # after the feeds' reads (drained below)
+        hub = ProgressHub(reads.read, background)
         subscription = await infra.broker.subscribe(hub.on_note)
         stack.push_async_callback(subscription.close)
         outbox = Outbox(infra)

@@ -20,7 +20,6 @@ import asyncio
 import functools
 import json
 import logging
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
@@ -32,6 +31,7 @@ from common.store.tables import Event
 from services.gateway.core import Heartbeat, JobsCore
 from services.gateway.grpc_guard import report_unexpected
 from services.gateway.http_guard import HttpGuard, caller_of
+from services.gateway.progress import Batch
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,6 @@ REAP_SECONDS = 1.0
 # How long a browser waits before reconnecting (the SSE `retry:` field), in milliseconds.
 RECONNECT_MS = 1000
 MAX_CURSOR_DIGITS = 16
-BATCH_CACHE = 256
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache, no-transform",
@@ -87,26 +86,9 @@ def encode_event(event: Event) -> bytes:
     return f"id: {event.seq}\ndata: {body}\n\n".encode()
 
 
-class BatchCache:
-    """Encoded batches, shared by the streams at the same place in the same job.
-
-    Watchers that keep up with a job receive the same batch (same job, same first and last
-    cursor) at each change; a job's cursors have no gaps and events never change, so that key
-    names the bytes exactly, and each batch is joined once, not once per stream.
-    """
-
-    def __init__(self, size: int = BATCH_CACHE) -> None:
-        self.size = size
-        self._batches: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
-
-    def encode(self, batch: Sequence[Event]) -> bytes:
-        key = (batch[0].job_id, batch[0].seq, batch[-1].seq)
-        data = self._batches.get(key)
-        if data is None:
-            data = self._batches[key] = b"".join(encode_event(e) for e in batch)
-            if len(self._batches) > self.size:
-                self._batches.popitem(last=False)
-        return data
+def encode_events(events: Sequence[Event]) -> bytes:
+    """The SSE messages of `events`, one per event."""
+    return b"".join(map(encode_event, events))
 
 
 class EventStreams:
@@ -124,7 +106,6 @@ class EventStreams:
         self.heartbeat = heartbeat
         self._pumps: dict[asyncio.Task[None], web.Request] = {}
         self._reaper: asyncio.Task[None] | None = None
-        self._batches = BatchCache()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         caller = caller_of(request)
@@ -163,14 +144,15 @@ class EventStreams:
         self._pumps.pop(pump, None)
 
     async def _pump(
-        self, response: web.StreamResponse, stream: AsyncIterator[Sequence[Event] | Heartbeat]
+        self, response: web.StreamResponse, stream: AsyncIterator[Batch | Heartbeat]
     ) -> None:
         try:
             async for item in stream:
                 if isinstance(item, Heartbeat):
                     await response.write(f": heartbeat {item.cursor}\n\n".encode())
                 else:
-                    await response.write(self._batches.encode(item))
+                    # Encoded once, shared by every stream at the batch's cursor.
+                    await response.write(item.derive("sse", encode_events))
             # follow=True ends only when the job is gone (retention deleted it).
             await response.write(b"event: gone\ndata: {}\n\n")
         except ConnectionError:
