@@ -9,6 +9,7 @@ every event once, in cursor order, from where it resumed.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from services.gateway import proto_convert as convert
 from services.gateway.feed_reads import FeedReads, Head, read_events
 from services.gateway.grpc_api import encode_batch
 from services.gateway.progress import BATCH, FALLBACK_READ_SECONDS, ProgressHub
+from services.gateway.service import GC_YOUNG_THRESHOLD, settle_collector
 from services.simulator.app import SimulatorHandle
 from tests.support.client import Stub, events_until, watch_to_end
 from tests.support.inproc import inproc_stack, stack_settings
@@ -225,3 +227,16 @@ async def test_a_feed_wakes_its_watchers_even_while_its_reads_fail(
     assert reads >= 4
     hang.set()
     await background.drain(within=5)
+
+
+def test_the_gateway_process_settles_its_collector() -> None:
+    """What starting made is frozen out of the collector's sight and young collections are
+    rarer (no full collection pauses a busy fan-out); the process's main does it once."""
+    before = gc.get_threshold()
+    try:
+        settle_collector()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, before[1], before[2])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
