@@ -7,6 +7,11 @@ machine, but fails when CI=true: CI must never pass by skipping.
 from __future__ import annotations
 
 import os
+
+# Tests start service processes while gRPC calls run in this one; with gRPC's fork handlers on,
+# a child forked at such a moment can die of SIGSEGV before it execs (set before grpc loads).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import socket
 import uuid
 from collections.abc import AsyncIterator
