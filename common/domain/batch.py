@@ -64,6 +64,8 @@ class LiveJob:
     created_at: float = 0.0
     owner: str = ""
     cap: int = 0
+    # When one of its tasks was last handed a provider slot (round-robin among equals).
+    slot_at: float | None = None
     events: list[EventDraft] = field(default_factory=list)
     open_delta: int = 0
     values: dict[str, Any] = field(default_factory=dict)
@@ -297,6 +299,7 @@ class BatchState:
                 if not live.holds_slot:
                     slots.in_flight += 1
                     slots.changed = True
+                    self._served(job)
                     if shares is not None:
                         shares.take(live.job_id, job.owner)
                 values.update(holds_slot=True, deadline_at=op.start.deadline_at)
@@ -400,9 +403,10 @@ class BatchState:
             for t in self.tasks.values()
             if t.status is TaskStatus.WAITING and t.kind in kinds
         }
-        shares = self.shares.setdefault(pool, scheduling.Shares({}, {}, {}))
+        shares = self.shares.setdefault(pool, scheduling.Shares({}, {}, {}, now=self.now))
         for job in self.jobs.values():
             shares.caps[job.id] = job.cap
+            shares.seen(job.id, job.owner, job.slot_at)
         candidates = [
             scheduling.Candidate(t.id, t.job_id, t.priority, self.jobs[t.job_id].owner)
             for t in waiting.values()
@@ -422,8 +426,13 @@ class BatchState:
             )
             slots.in_flight += 1
             slots.changed = True
+            self._served(self.jobs[task.job_id])
             run = TaskMessage(task.id, task.job_id, MessageKind.RUN, task.attempt)
             self.sends.append(Send(run, task.kind, task.priority, boost=True))
+
+    def _served(self, job: LiveJob) -> None:
+        """One of `job`'s tasks took a slot now (stored: later batches serve others first)."""
+        job.slot_at = job.values["slot_at"] = self.now
 
     # Jobs -----------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common.domain.states import JobStatus, TaskStatus, job_outcome
 
@@ -31,21 +31,42 @@ class Candidate:
     owner: str = ""
 
 
+# When a job (or owner) was last handed a slot: (time, order within one batch). Never: first.
+Stamp = tuple[float, int]
+NEVER: Stamp = (float("-inf"), 0)
+
+
 @dataclass
 class Shares:
-    """Slots of one pool held per job and per owner, and each job's cap (0: none)."""
+    """Slots of one pool held per job and per owner, each job's cap (0: none), and when each
+    job and owner was last handed a slot (`served`, `owner_served`; `now` stamps the slots
+    taken while these shares are counted)."""
 
     by_job: dict[str, int]
     by_owner: dict[str, int]
     caps: dict[str, int]
+    served: dict[str, Stamp] = field(default_factory=dict)
+    owner_served: dict[str, Stamp] = field(default_factory=dict)
+    now: float = 0.0
+    _taken: int = 0
 
     def under_cap(self, job_id: str) -> bool:
         cap = self.caps.get(job_id, 0)
         return cap <= 0 or self.by_job.get(job_id, 0) < cap
 
+    def seen(self, job_id: str, owner: str, at: float | None) -> None:
+        """The job (of `owner`) was last handed a slot at `at` (as the store knows it)."""
+        if at is None:
+            return
+        stamp = (at, 0)
+        self.served[job_id] = max(self.served.get(job_id, NEVER), stamp)
+        self.owner_served[owner] = max(self.owner_served.get(owner, NEVER), stamp)
+
     def take(self, job_id: str, owner: str) -> None:
         self.by_job[job_id] = self.by_job.get(job_id, 0) + 1
         self.by_owner[owner] = self.by_owner.get(owner, 0) + 1
+        self._taken += 1
+        self.served[job_id] = self.owner_served[owner] = (self.now, self._taken)
 
     def give_back(self, job_id: str, owner: str) -> None:
         self.by_job[job_id] = max(0, self.by_job.get(job_id, 0) - 1)
@@ -70,13 +91,16 @@ def grant_order(
     """The WAITING tasks that get the `free` slots, one slot at a time (fair shares):
 
     1. the highest job priority;
-    2. among those, the owner holding the fewest slots of the pool;
-    3. that owner's job holding the fewest (a job at its cap gets none);
-    4. that job's oldest task; ties (owners, jobs) go to the oldest task.
+    2. among those, the owner holding the fewest slots of the pool, and among owners holding
+       as many, the one handed a slot longest ago (never: first);
+    3. that owner's job holding the fewest (a job at its cap gets none), and among jobs
+       holding as many, the one handed a slot longest ago;
+    4. that job's oldest task; remaining ties go to the oldest task.
 
     So a small job started behind a large one is served at once, each job and owner gets an
-    equal share of a busy pool, and priority still comes first. `shares` is counted along
-    (its counts include the slots this grant hands out)."""
+    equal share of a busy pool, slots freed one at a time go round-robin (the job that just
+    gave one back does not win it again while another waits), and priority still comes
+    first. `shares` is counted along (its counts include the slots this grant hands out)."""
     shares = shares or Shares({}, {}, {})
     queues: dict[str, deque[Candidate]] = {}
     for c in sorted(candidates, key=lambda c: c.task_id):
@@ -91,7 +115,9 @@ def grant_order(
             key=lambda c: (
                 -c.priority,
                 shares.by_owner.get(c.owner, 0),
+                shares.owner_served.get(c.owner, NEVER),
                 shares.by_job.get(c.job_id, 0),
+                shares.served.get(c.job_id, NEVER),
                 c.task_id,
             ),
         )

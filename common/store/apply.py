@@ -151,25 +151,44 @@ class Batch:
                         r.created_at,
                         r.owner,
                         r.max_concurrency,
+                        r.slot_at,
                     )
                 )
                 for shares in self.state.shares.values():
                     shares.caps[r.id] = r.max_concurrency
+                    shares.seen(r.id, r.owner, r.slot_at)
 
     async def _load_shares(self, pool: str) -> None:
-        """Slots of `pool` held per job and owner (the fair-share and cap rules need them)."""
+        """Slots of `pool` held per job and owner (the fair-share and cap rules need them).
+
+        The tasks this batch holds count as the batch left them so far (a slot released by an
+        earlier change set is not held any more), the others as the store has them."""
         if pool in self.state.shares:
             return
+        kinds = self.kinds.in_pool(pool)
+        batch = list(self.state.tasks)
         rows = await self.conn.execute(
             select(_tasks.c.job_id, _jobs.c.owner, func.count())
             .select_from(_tasks.join(_jobs, _jobs.c.id == _tasks.c.job_id))
-            .where(_tasks.c.holds_slot.is_(True), _tasks.c.kind.in_(self.kinds.in_pool(pool)))
+            .where(
+                _tasks.c.holds_slot.is_(True),
+                _tasks.c.kind.in_(kinds),
+                *(_tasks.c.id.not_in(chunk) for chunk in _chunks(batch)),
+            )
             .group_by(_tasks.c.job_id, _jobs.c.owner)
         )
-        shares = Shares({}, {}, {job.id: job.cap for job in self.state.jobs.values()})
-        for job_id, owner, held in rows:
-            shares.by_job[job_id] = held
-            shares.by_owner[owner] = shares.by_owner.get(owner, 0) + held
+        jobs = self.state.jobs.values()
+        shares = Shares({}, {}, {job.id: job.cap for job in jobs}, now=self.state.now)
+        for job in jobs:
+            shares.seen(job.id, job.owner, job.slot_at)
+        held = [(job_id, owner, n) for job_id, owner, n in rows]
+        for task in self.state.tasks.values():
+            holder = self.state.jobs.get(task.job_id)
+            if task.holds_slot and task.kind in kinds and holder is not None:
+                held.append((task.job_id, holder.owner, 1))
+        for job_id, owner, n in held:
+            shares.by_job[job_id] = shares.by_job.get(job_id, 0) + n
+            shares.by_owner[owner] = shares.by_owner.get(owner, 0) + n
         self.state.shares[pool] = shares
 
     async def _load_budgets(self, names: set[str]) -> None:

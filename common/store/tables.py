@@ -61,6 +61,9 @@ class Job(Base):
     reuse_results: Mapped[bool] = mapped_column(
         Boolean, default=False, server_default=text("false")
     )
+    # When one of its tasks was last handed a provider slot: among jobs holding as many slots,
+    # a freed one goes to the job served longest ago (round-robin).
+    slot_at: Mapped[float | None] = mapped_column(Double)
     # Unique per owner: one owner's key never finds (or reveals) another's job.
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     # sha256 of the normalised request: the same idempotency key with another request is refused.

@@ -433,6 +433,64 @@ async def test_cancelling_a_job_hands_its_slot_to_another_jobs_waiting_task(db: 
         assert await session.scalar(select(ProviderSlots.in_flight)) == 1
 
 
+async def _start_all(db: Database, *tasks: TaskRecord) -> list[TaskStatus]:
+    outcomes = []
+    for task in tasks:
+        tx = new_tx()
+        tx.start(task, message="go", deadline_at=tx.now + 30)
+        await apply(db, tx)
+        outcomes.append(tx.applied[task.id])
+    return outcomes
+
+
+async def _holders(db: Database) -> list[tuple[str, int]]:
+    async with db.read() as session:
+        rows = await session.execute(
+            select(Task.job_id, Task.index).where(Task.holds_slot.is_(True)).order_by(Task.id)
+        )
+        return [(job_id, index) for job_id, index in rows]
+
+
+async def test_a_slot_freed_in_a_batch_is_not_counted_as_held_when_it_is_handed_on(
+    db: Database,
+) -> None:
+    """Fair shares count the slots each job holds as the batch left them: the job whose task
+    just finished holds one fewer, so its freed slot goes to the job now holding none."""
+    async with db.write() as session:
+        await ensure_slots(session, "fal", 2)
+    await create(db, video_job("a", 3))
+    await create(db, video_job("b", 2))
+    a1, a2, _ = await tasks_of(db, "a")
+    b1, b2 = await tasks_of(db, "b")
+    assert await _start_all(db, a1, b1, a2, b2) == [
+        T.SUBMITTING,
+        T.SUBMITTING,
+        T.WAITING,
+        T.WAITING,
+    ]
+    (b1,) = [t for t in await tasks_of(db, "b") if t.index == 1]
+    await move(db, b1, T.FAILED)  # b now holds none, a one: b's waiting task gets the slot
+    assert await _holders(db) == [("a", 1), ("b", 2)]
+
+
+async def test_slots_freed_one_at_a_time_go_round_robin_across_jobs(db: Database) -> None:
+    """Among jobs holding as many slots, a freed slot goes to the one served longest ago (a
+    job served never comes first), not to the oldest job over and over."""
+    async with db.write() as session:
+        await ensure_slots(session, "fal", 1)
+    for job_id, n in (("a", 3), ("b", 2), ("c", 2)):
+        await create(db, video_job(job_id, n))
+    waiting = [t for j in "abc" for t in await tasks_of(db, j)]
+    assert (await _start_all(db, *waiting)).count(T.WAITING) == 6
+    served = []
+    for _ in range(7):
+        ((job_id, index),) = await _holders(db)
+        served.append(job_id)
+        (task,) = [t for t in await tasks_of(db, job_id) if t.index == index]
+        await move(db, task, T.FAILED)  # frees the slot: the next job in turn is granted it
+    assert served == ["a", "b", "c", "a", "b", "c", "a"]
+
+
 async def test_the_committer_reruns_an_exclusive_work_on_fresh_records(db: Database) -> None:
     """A lock timeout, then a record gone stale: each run starts from a clean slate."""
     await create(db, video_job("j1", 1))

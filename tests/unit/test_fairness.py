@@ -49,6 +49,37 @@ def test_owners_share_first_then_their_jobs() -> None:
     assert {c.job_id for c in chosen if c.owner == "alice"} == {"a1", "a2", "a3"}
 
 
+def test_slots_freed_one_at_a_time_go_round_robin() -> None:
+    # One slot, handed out and given back again and again: each time the jobs hold as many
+    # (none), so the one served longest ago gets it, not the oldest job over and over.
+    waiting = {j: _queue(j, first, 3) for j, first in (("a", 1), ("b", 100), ("c", 200))}
+    shares = Shares({}, {}, {}, now=1.0)
+    served = []
+    for turn in range(7):
+        shares.now = 1.0 + turn
+        (chosen,) = grant_order([c for q in waiting.values() for c in q], 1, shares)
+        waiting[chosen.job_id].remove(chosen)
+        shares.give_back(chosen.job_id, chosen.owner)
+        served.append(chosen.job_id)
+    assert served == ["a", "b", "c", "a", "b", "c", "a"]
+
+
+def test_owners_take_turns_too_and_a_stored_turn_counts() -> None:
+    alice = _queue("a1", 1, 5, owner="alice") + _queue("a2", 10, 5, owner="alice")
+    bob = _queue("b1", 100, 5, owner="bob")
+    shares = Shares({}, {}, {}, now=50.0)
+    shares.seen("b1", "bob", 40.0)  # Bob was served last at 40, Alice's jobs never
+    (first,) = grant_order(alice + bob, 1, shares)
+    assert first.job_id == "a1"
+    shares.give_back("a1", "alice")
+    shares.now = 51.0
+    (second,) = grant_order(alice + bob, 1, shares)
+    assert second.job_id == "b1"  # Bob (40) before Alice (just now)
+    shares.give_back("b1", "bob")
+    (third,) = grant_order(alice + bob, 1, shares)
+    assert third.job_id == "a2"  # Alice again, and her job not served yet
+
+
 def test_priority_still_comes_first() -> None:
     low = _queue("low", 1, 5, priority=1)
     high = _queue("high", 100, 5, priority=3)
