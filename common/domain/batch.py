@@ -276,13 +276,13 @@ class BatchState:
         values = dict(op.values)
         new, message = op.new, op.message
         if op.start is not None:
+            budget: scheduling.Budget | None = None
             if op.start.budget is not None:
                 budget = self.budgets[op.start.budget]
                 wait = scheduling.budget_wait(budget, self.now, op.start.tokens)
                 if wait > 0:
                     self._defer_start(cs, live, op, wait)
                     return
-                scheduling.spend(budget, op.start.tokens)
             new = self._in_flight(live)
             pool = self.kinds.pool_of(live.kind)
             slots = self.slots[pool] if pool is not None else None
@@ -306,6 +306,10 @@ class BatchState:
             else:
                 new, message = TaskStatus.WAITING, op.start.waiting_message
                 values = {"deadline_at": None}
+            if budget is not None and new is not TaskStatus.WAITING:
+                # Only a call that starts spends the budget (one waiting for a slot spends
+                # it when it is handed the slot and starts).
+                scheduling.spend(budget, op.start.tokens)
         if new is None:  # a note
             self._write(cs, live, values)
             if op.event is not None:

@@ -113,6 +113,20 @@ def test_starting_takes_the_free_slot_then_makes_the_next_task_wait() -> None:
     assert state.updates[1]["holds_slot"] is True and state.updates[2]["deadline_at"] is None
 
 
+def test_only_a_start_that_gets_its_slot_spends_the_providers_budget() -> None:
+    a, b = _segment(1), _segment(2)
+    state = _state(a, b, capacity=1)
+    state.budgets["fal:m"] = scheduling.Budget("fal:m", rpm=2)
+    first, second = _cs(), _cs()
+    first.start(_record(a), message="go", deadline_at=NOW + 30, budget="fal:m", tokens=5)
+    second.start(_record(b), message="go", deadline_at=NOW + 30, budget="fal:m", tokens=5)
+    state.apply(first)
+    state.apply(second)
+    assert (first.applied[1], second.applied[2]) == (T.SUBMITTING, T.WAITING)
+    # One call was made: the waiting task spends when it is handed the slot and starts.
+    assert (state.budgets["fal:m"].requests, state.budgets["fal:m"].tokens) == (1, 5)
+
+
 def test_a_released_slot_goes_to_the_waiting_task_of_the_higher_priority_job() -> None:
     running = _segment(1, "a", T.RUNNING, holds_slot=True)
     low, high = _segment(2, "a", T.WAITING, priority=1), _segment(3, "b", T.WAITING, priority=3)
