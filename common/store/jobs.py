@@ -20,6 +20,9 @@ from common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, No
 from common.store.records import load_job, load_tasks
 from common.store.tables import Job, Task
 
+# The error class of a task the job's deadline stopped (common.resilience.ErrorClass).
+DEADLINE_EXCEEDED = "deadline_exceeded"
+
 
 @dataclass(frozen=True)
 class NewTask:
@@ -160,7 +163,8 @@ async def retry_failed(
     must be one of those, or succeeded when `regenerate` asks to run it again; its result is
     kept in its history). A task whose blocking task is re-run too (a story set and its plan)
     goes back to BLOCKED and follows it again, so a retried set is generated from the same
-    title and roster; a task others depend on (a plan) is never regenerated.
+    title and roster; a task others depend on (a plan) is never regenerated. The job's
+    deadline no longer holds for re-run tasks it stopped, nor for any once it has passed.
     """
     job = await _job(session, job_id)
     status = JobStatus(job.status)
@@ -196,6 +200,13 @@ async def retry_failed(
         if task.status == TaskStatus.SUCCEEDED:
             earlier = {"result": task.result, "attempt": task.attempt, "at": task.updated_at}
             history = [*(task.history or []), earlier]
+        # A task the job's deadline stopped is re-run without it (asking for it is the
+        # override: with it, it would stop again at once), and so is every task once the
+        # deadline has passed; the others keep the deadline that still lies ahead.
+        expires_at = task.expires_at
+        stopped = task.error_class == DEADLINE_EXCEEDED
+        if expires_at is not None and (stopped or expires_at <= tx.now):
+            expires_at = None
         tx.change(
             task,
             TaskStatus.BLOCKED if blocked else TaskStatus.QUEUED,
@@ -209,6 +220,7 @@ async def retry_failed(
             recoverable=False,
             deadline_at=None if blocked else tx.now + tx.timings.stale_after,
             next_attempt_at=None,
+            expires_at=expires_at,
         )
     return chosen
 

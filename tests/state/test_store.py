@@ -294,6 +294,32 @@ async def test_retry_failed_requeues_only_what_failed(db: Database) -> None:
     assert await cursors(db, "j1") == list(range(1, job.last_seq + 1))
 
 
+async def test_retry_failed_lifts_the_deadline_from_what_it_stopped_and_once_it_passed(
+    db: Database,
+) -> None:
+    now = time.time()
+    ahead = dataclasses.replace(video_job("ahead", 2), deadline_at=now + 3600)
+    passed = dataclasses.replace(video_job("passed", 1), deadline_at=now - 1)
+    await create(db, ahead, now)
+    await create(db, passed, now)
+    stopped, bad = await tasks_of(db, "ahead")
+    tx = new_tx()
+    late = Failure("the job's deadline is too close", "deadline_exceeded", True)
+    tx.change(stopped, T.FAILED, message="not started", failure=late)
+    await apply(db, tx)
+    await move(db, bad, T.SUBMITTING, T.FAILED)
+    (expired,) = await tasks_of(db, "passed")
+    await move(db, expired, T.SUBMITTING, T.FAILED)
+    for job_id in ("ahead", "passed"):
+        await apply(
+            db, new_tx(), lambda s, tx, j=job_id: jobs.retry_failed(s, tx, BUILTIN_KINDS, j, 3)
+        )
+    # The task the deadline stopped runs without it, the other keeps it while it lies ahead;
+    # once it has passed nothing keeps it (it could only stop the re-run at once).
+    assert [t.expires_at for t in await tasks_of(db, "ahead")] == [None, now + 3600]
+    assert [t.expires_at for t in await tasks_of(db, "passed")] == [None]
+
+
 async def test_cancel_job_cancels_open_tasks_and_owes_provider_cancels(db: Database) -> None:
     async with db.write() as session:
         await ensure_slots(session, "fal", 5)
