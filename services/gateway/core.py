@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import math
@@ -241,14 +242,15 @@ class JobsCore:
         view = await self.get(job_id, caller, with_tasks=False)
         with self.hub.watching(job_id, view.job.last_seq, view.status, view.job.owner) as feed:
             while (remaining := deadline - loop.time()) > 0:
-                changed = feed.changed
+                seen = feed.wakes
                 if feed.status is None or feed.status.terminal:
                     break
-                try:
-                    async with asyncio.timeout(min(remaining, FALLBACK_READ_SECONDS)):
-                        await changed.wait()
-                except TimeoutError:
-                    feed.poke()
+                wakeup = feed.next_wake(seen)
+                if wakeup is None:
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await wakeup  # at least every FALLBACK_READ_SECONDS
         return await self.get(job_id, caller)
 
     # Watch ------------------------------------------------------------------------------
@@ -309,7 +311,7 @@ class JobsCore:
         with self.hub.watching(job_id, *head) as feed:
             next_beat = loop.time() + interval
             while True:
-                changed = feed.changed  # taken before reading, so no wake-up is missed
+                seen = feed.wakes  # taken before reading, so no wake-up is missed
                 if cursor < feed.start:  # behind the live buffer: history from the store
                     # Shielded: a client hanging up mid-read must not cut the database call.
                     read = self.hub.read(job_id, cursor, EVENT_BATCH)
@@ -326,14 +328,17 @@ class JobsCore:
                     return  # the job was deleted (retention)
                 if not follow and feed.status.terminal and cursor >= feed.last_seq:
                     return
+                wakeup = feed.next_wake(seen)
+                if wakeup is None:
+                    continue
                 until_beat = next_beat - loop.time()
                 if until_beat > FALLBACK_READ_SECONDS:
                     # The feed wakes its watchers at least that often: no timer needed.
-                    await changed.wait()
+                    await wakeup
                     continue
                 try:
                     async with asyncio.timeout(max(0.0, until_beat)):
-                        await changed.wait()
+                        await wakeup
                 except TimeoutError:
                     yield Heartbeat(cursor=cursor, at=self.clock())
                     next_beat = loop.time() + interval

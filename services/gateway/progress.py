@@ -95,7 +95,8 @@ class JobFeed:
         self.events: list[Event] = []
         self.last_seq = last_seq
         self.status: JobStatus | None = status
-        self.changed = asyncio.Event()
+        self.wakes = 0  # wake-ups so far (see `next_wake`)
+        self._waiters: list[asyncio.Future[None]] = []
         self._read = read
         self._background = background
         self._noted = last_seq
@@ -120,6 +121,18 @@ class JobFeed:
             offset = cursor - self.start
             batch = self._batches[cursor] = Batch(self.events[offset : offset + BATCH])
         return batch
+
+    def next_wake(self, seen: int) -> asyncio.Future[None] | None:
+        """A future done at the feed's next wake-up, for a watcher that has seen `seen` of
+        them (read `wakes` before looking at the feed, so no wake-up is missed); None when
+        there was one since. (Cheaper than an asyncio.Event per feed: one future per waiting
+        watcher and nothing to undo after the wake-up; a cancelled waiter is simply skipped.)
+        """
+        if self.wakes != seen:
+            return None
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
 
     def start_reading(self) -> None:
         """Read now (the buffered tail, and events written since the first watcher's read),
@@ -171,9 +184,12 @@ class JobFeed:
                 return
 
     def _wake(self) -> None:
-        woken, self.changed = self.changed, asyncio.Event()
+        self.wakes += 1
         self._woken = True
-        woken.set()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 class ProgressHub:

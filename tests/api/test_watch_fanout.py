@@ -26,7 +26,7 @@ from services.gateway import progress
 from services.gateway import proto_convert as convert
 from services.gateway.feed_reads import FeedReads, Head, read_events
 from services.gateway.grpc_api import encode_batch
-from services.gateway.progress import BATCH, FALLBACK_READ_SECONDS, ProgressHub
+from services.gateway.progress import BATCH, FALLBACK_READ_SECONDS, JobFeed, ProgressHub
 from services.gateway.service import GC_YOUNG_THRESHOLD, settle_collector
 from services.simulator.app import SimulatorHandle
 from tests.support.client import Stub, events_until, watch_to_end
@@ -164,6 +164,12 @@ async def test_a_heartbeat_longer_than_the_feed_period_comes_on_time(
     assert beats[1] - beats[0] >= interval - 0.5
 
 
+async def woken(feed: JobFeed) -> None:
+    wakeup = feed.next_wake(feed.wakes)
+    assert wakeup is not None
+    await wakeup
+
+
 def _event(job_id: str, seq: int) -> Event:
     return Event(job_id=job_id, seq=seq, type="task_status", message=f"event {seq}", details={})
 
@@ -180,7 +186,7 @@ async def test_watchers_at_one_cursor_share_a_batch_until_the_feed_reads_again()
     with hub.watching("j", 0, JobStatus.RUNNING, "") as feed:
         async with asyncio.timeout(10):
             while feed.fetched < upto:
-                await feed.changed.wait()
+                await woken(feed)
         first = feed.batch_after(0)
         assert first is not None and [e.seq for e in first.events] == [1, 2, 3, 4, 5]
         assert feed.batch_after(0) is first  # the next watcher at cursor 0
@@ -194,7 +200,7 @@ async def test_watchers_at_one_cursor_share_a_batch_until_the_feed_reads_again()
         hub.on_note(ProgressNote("j", upto))
         async with asyncio.timeout(10):
             while feed.fetched < upto:
-                await feed.changed.wait()
+                await woken(feed)
         again = feed.batch_after(0)
         assert again is not first and again is not None and len(again) == BATCH  # at most
         assert (again.first, again.last) == (1, BATCH)
@@ -223,7 +229,7 @@ async def test_a_feed_wakes_its_watchers_even_while_its_reads_fail(
     with hub.watching("j", 0, JobStatus.RUNNING, "") as feed:
         async with asyncio.timeout(10):
             for _ in range(8):
-                await feed.changed.wait()
+                await woken(feed)
     assert reads >= 4
     hang.set()
     await background.drain(within=5)
