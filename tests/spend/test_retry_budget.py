@@ -25,7 +25,7 @@ FLOOR = 3  # retries a minute always allowed; 10 % of 13 calls is fewer
 BUDGET = "fal:fal-ai/kling-video/v1/standard/image-to-video"
 # The budget counts per wall-clock minute; the part of the test that counts must not straddle
 # two (the deferred retries come back when the minute ends).
-NEEDED = 8.0
+NEEDED = 5.0
 
 
 def _spent(event: pb.JobEvent) -> bool:
