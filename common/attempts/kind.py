@@ -129,6 +129,8 @@ class ProviderCalls:
         self.timeout = timeout
         self.provider = provider
         self._permit = permit
+        # Calls that reached (or were meant to reach) the provider: not those the circuit held.
+        self.made = 0
 
     async def __call__(self, endpoint: str, fn: Callable[[], Awaitable[T]]) -> T:
         """`await fn()`, a call of the provider's `endpoint` ("submit", "status", "chat"...),
@@ -157,6 +159,8 @@ class ProviderCalls:
             raise
         finally:
             seconds = time.perf_counter() - started
+            if outcome != "circuit_open":
+                self.made += 1
             metrics.record_call(self.provider, endpoint, outcome, code, seconds)
             log.debug(
                 "%s %s: %s%s in %.3fs",

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from common import metrics
 from common.attempts.estimates import Durations
@@ -41,6 +42,7 @@ from common.attempts.kind import (
     Work,
 )
 from common.attempts.steps import defer, fail_attempt, progress
+from common.attempts.usage import CallTally
 from common.breaker_events import BreakerEvents
 from common.committer import GroupCommitter
 from common.domain.changes import ChangeSet, Failure, JobTasksChange, StaleTask
@@ -63,6 +65,7 @@ from common.resilience import (
     RetryPolicy,
 )
 from common.resilience.retrying import retrying
+from common.settings import Settings
 from common.store import queries
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,17 @@ class AttemptOptions:
     # before it submits again. 0: submit again at once (no webhooks: nothing could tell).
     adopt_window: float = 0.0
 
+    @classmethod
+    def of(cls, settings: Settings, *, call_timeout: float, **kind: Any) -> AttemptOptions:
+        """A kind's options (`kind`: its polling and webhook ones) with the fleet-wide settings
+        every kind shares."""
+        return cls(
+            call_timeout=call_timeout,
+            reuse_ttl=settings.reuse_ttl,
+            max_pause=settings.max_retry_after,
+            **kind,
+        )
+
 
 @dataclass(frozen=True)
 class Registration:
@@ -118,6 +132,8 @@ class AttemptRunner:
         self.lease = lease
         self.durations = Durations(committer.db)
         self.kinds = {r.handler.spec.name: r for r in registrations}
+        self.tally = CallTally()
+        committer.hooks.append(self.tally)
 
     async def handle(self, message: TaskMessage, *, redelivered: bool) -> None:
         task = await self.committer.tasks.load(message.task_id)
@@ -236,6 +252,8 @@ class _Step:
             return
         finally:
             calls.release()
+            # The start spent one call of the budget; a kind may make more in one step.
+            self.runner.tally.add(self._budget(work), calls.made - 1)
         if isinstance(outcome, Submitted):
             await self._submitted(work, outcome)
         else:
@@ -407,10 +425,26 @@ class _Step:
             raise StaleTask(f"poll chain {message.chain} replaced by {task.poll_chain}")
         await self._poll_work(await self._work(task))
 
+    async def _check(self, work: Work) -> Pending | Succeeded | RequestFailed:
+        """The kind's check, its provider calls tallied for the shared budget."""
+        calls = self._calls()
+        try:
+            return await self.handler.check(work, calls, notified=self.message.once)
+        finally:
+            self.runner.tally.add(self._budget(work), calls.made)
+
+    async def _pause_if_limited(self, work: Work, error: ProviderError) -> None:
+        """A 429 with Retry-After on a status check pauses starts for every worker too."""
+        if error.error_class is not ErrorClass.RATE_LIMITED or not error.retry_after:
+            return
+        async with self.committer.transaction() as cs:
+            until = cs.now + min(error.retry_after, self.options.max_pause)
+            cs.pause(self._budget(work), until)
+
     async def _poll_work(self, work: Work) -> None:
         message = self.message
         try:
-            outcome = await self.handler.check(work, self._calls(), notified=message.once)
+            outcome = await self._check(work)
         except CircuitOpenError as exc:
             if not message.once:
                 await self._repoll(seen=message.seen, delay=exc.retry_in)
@@ -419,6 +453,7 @@ class _Step:
         except ProviderError as exc:
             if exc.retryable:
                 # The status call failed, not the request: check again later.
+                await self._pause_if_limited(work, exc)
                 log.info(
                     "status check failed (%s); checking again later",
                     exc.error_class,

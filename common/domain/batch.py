@@ -19,6 +19,7 @@ from common.domain import scheduling
 from common.domain.changes import (
     BudgetOp,
     ChangeSet,
+    ChargeRetry,
     Failure,
     JobHead,
     JobTasksChange,
@@ -26,6 +27,7 @@ from common.domain.changes import (
     Pause,
     StaleTask,
     StoreTimings,
+    Tally,
     TaskChange,
 )
 from common.domain.events import EventDraft, EventType
@@ -219,32 +221,44 @@ class BatchState:
             scheduling.pause(budget, op.until)
         elif isinstance(op, Learn):
             scheduling.learn(budget, rpm=op.rpm, tpm=op.tpm, used_requests=op.used_requests)
-        elif scheduling.retry_allowed(budget, self.now, self.policy):
+        elif isinstance(op, Tally):
+            scheduling.tally(budget, self.now, op.calls)
+        else:
+            wait = scheduling.retry_wait(budget, self.now, self.policy)
+            # The retry holds its place in the budget, waiting or not: retries queued behind
+            # it wait for their own room.
             budget.retries += 1
             budget.changed = True
-        else:  # over the retry budget: the retry waits for the minute to end
-            wait = budget.window_start + scheduling.WINDOW - self.now
-            live = self.tasks[op.task_id]
-            sends = [
-                replace(s, delay=max(s.delay, wait)) if s.message.task_id == op.task_id else s
-                for s in sends
-            ]
-            delay = max(s.delay for s in sends if s.message.task_id == op.task_id)
-            values = {
-                "next_attempt_at": self.now + delay,
-                "deadline_at": self.now + delay + self.timings.stale_after,
-            }
-            self._write(cs, live, values)
-            self.jobs[live.job_id].events.append(
-                EventDraft(
-                    EventType.TASK_DEFERRED,
-                    message=f"retry budget of {op.budget} spent: the retry waits {delay:.1f}s",
-                    task_index=live.index,
-                    task_status=live.status,
-                    details={"retry_in": round(delay, 3), "budget": op.budget},
-                )
+            if wait > 0:  # over the retry budget: the retry waits until it fits
+                sends = self._retry_later(cs, op, wait, sends)
+        return sends
+
+    def _retry_later(
+        self, cs: ChangeSet, op: ChargeRetry, wait: float, sends: list[Send]
+    ) -> list[Send]:
+        """The retry of `op.task_id` is sent `wait` seconds later than its backoff said, at
+        least (an event says why)."""
+        live = self.tasks[op.task_id]
+        sends = [
+            replace(s, delay=max(s.delay, wait)) if s.message.task_id == op.task_id else s
+            for s in sends
+        ]
+        delay = max(s.delay for s in sends if s.message.task_id == op.task_id)
+        values = {
+            "next_attempt_at": self.now + delay,
+            "deadline_at": self.now + delay + self.timings.stale_after,
+        }
+        self._write(cs, live, values)
+        self.jobs[live.job_id].events.append(
+            EventDraft(
+                EventType.TASK_DEFERRED,
+                message=f"retry budget of {op.budget} spent: the retry waits {delay:.1f}s",
+                task_index=live.index,
+                task_status=live.status,
+                details={"retry_in": round(delay, 3), "budget": op.budget},
             )
-            cs.deferred[op.task_id] = delay
+        )
+        cs.deferred[op.task_id] = delay
         return sends
 
     def _defer_start(self, cs: ChangeSet, live: LiveTask, op: TaskChange, wait: float) -> None:
@@ -253,6 +267,7 @@ class BatchState:
         assert start is not None and start.budget is not None
         budget = self.budgets[start.budget]
         why = "paused" if budget.paused_until > self.now else "per-minute budget spent"
+        wait += scheduling.release_spread(live.id, wait)
         self._write(cs, live, {"deadline_at": self.now + wait + self.timings.stale_after})
         self.jobs[live.job_id].events.append(
             EventDraft(

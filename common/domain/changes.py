@@ -115,7 +115,16 @@ class ChargeRetry:
     task_id: int
 
 
-BudgetOp = Pause | Learn | ChargeRetry
+@dataclass(frozen=True)
+class Tally:
+    """Provider calls made besides attempt starts (status checks, results): they count towards
+    `budget`'s calls of the minute."""
+
+    budget: str
+    calls: int
+
+
+BudgetOp = Pause | Learn | ChargeRetry | Tally
 
 
 @dataclass(frozen=True)
@@ -243,6 +252,9 @@ class ChangeSet:
 
     def charge_retry(self, budget: str, task: TaskRecord) -> None:
         self.budget_ops.append(ChargeRetry(budget, task.id))
+
+    def tally(self, budget: str, calls: int) -> None:
+        self.budget_ops.append(Tally(budget, calls))
 
     def observe(self, model: str, seconds: float) -> None:
         """A successful attempt of `model` took `seconds` (learned for deadlines)."""

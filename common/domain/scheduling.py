@@ -161,6 +161,9 @@ def outcome(
 # Shared provider budgets ---------------------------------------------------------------------
 
 WINDOW = 60.0  # budgets count per minute
+MIN_RETRY_WAIT = 0.1
+MAX_RELEASE_SPREAD = 10.0
+GOLDEN = 0.6180339887498949  # successive ids land far apart in [0, 1)
 
 
 @dataclass
@@ -178,6 +181,9 @@ class Budget:
     prev_requests: int = 0
     prev_retries: int = 0
     changed: bool = False
+    # Calls besides starts (status checks, results): the retry budget's calls, not the rpm's.
+    checks: int = 0
+    prev_checks: int = 0
 
     def roll(self, now: float) -> None:
         """Move to the minute `now` is in (the previous minute kept for the retry budget)."""
@@ -187,7 +193,18 @@ class Budget:
         adjacent = start - self.window_start == WINDOW
         self.prev_requests = self.requests if adjacent else 0
         self.prev_retries = self.retries if adjacent else 0
+        self.prev_checks = self.checks if adjacent else 0
         self.window_start, self.requests, self.tokens, self.retries = start, 0, 0, 0
+        self.checks = 0
+
+    @property
+    def calls(self) -> int:
+        """Every call of this minute: starts and the rest."""
+        return self.requests + self.checks
+
+    @property
+    def prev_calls(self) -> int:
+        return self.prev_requests + self.prev_checks
         self.changed = True
 
 
@@ -218,14 +235,50 @@ def spend(budget: Budget, tokens: int) -> None:
     budget.changed = True
 
 
-def retry_allowed(budget: Budget, now: float, policy: BudgetPolicy) -> bool:
-    """Whether one more retry fits the retry budget (sliding minute: the previous minute
-    weighted by how much of it still lies in the last 60 s)."""
+def retry_wait(budget: Budget, now: float, policy: BudgetPolicy) -> float:
+    """0 when one more retry fits the retry budget now; else the seconds until it will if the
+    provider's calls go on at this minute's rate (at most until the minute ends).
+
+    The budget is a sliding minute: the previous minute counts by how much of it still lies in
+    the last 60 s, so its calls and retries fade while new calls add room. `calls` are every
+    call the provider answered (starts, and the status checks tallied by common.attempts.usage).
+    """
     budget.roll(now)
-    weight = 1 - (now - budget.window_start) / WINDOW
-    calls = budget.requests + budget.prev_requests * weight
+    into = now - budget.window_start
+    weight = 1 - into / WINDOW
+    calls = budget.calls + budget.prev_calls * weight
     retries = budget.retries + budget.prev_retries * weight
-    return retries + 1 <= max(policy.retry_floor, policy.retry_ratio * calls)
+    excess = retries + 1 - max(policy.retry_floor, policy.retry_ratio * calls)
+    if excess <= 0:
+        return 0.0
+    rest = WINDOW - into
+    # Room gained per second: new calls at this minute's rate so far, less the old minute's
+    # calls fading, plus its retries fading.
+    rate = budget.calls / max(into, 1.0)
+    gain = policy.retry_ratio * (rate - budget.prev_calls / WINDOW) + (budget.prev_retries / WINDOW)
+    if gain <= 0:
+        return rest
+    return min(rest, max(MIN_RETRY_WAIT, excess / gain))
+
+
+def retry_allowed(budget: Budget, now: float, policy: BudgetPolicy) -> bool:
+    """Whether one more retry fits the retry budget now."""
+    return retry_wait(budget, now, policy) == 0.0
+
+
+def tally(budget: Budget, now: float, calls: int) -> None:
+    """Calls made besides starts (status checks, results) count towards the minute's calls."""
+    budget.roll(now)
+    budget.checks += calls
+    budget.changed = True
+
+
+def release_spread(task_id: int, wait: float) -> float:
+    """Extra seconds for one of many starts held back together (by a pause, or a spent
+    minute), so they do not all call the provider the moment the wait ends: a fixed offset per
+    task, spread evenly over up to the wait itself (1..10 s)."""
+    spread = min(max(wait, 1.0), MAX_RELEASE_SPREAD)
+    return spread * ((task_id * GOLDEN) % 1.0)
 
 
 def learn(budget: Budget, *, rpm: int | None, tpm: int | None, used_requests: int | None) -> None:

@@ -220,6 +220,10 @@ class ProviderBudget(Base):
     retries: Mapped[int] = mapped_column(Integer, default=0)
     prev_requests: Mapped[int] = mapped_column(Integer, default=0)
     prev_retries: Mapped[int] = mapped_column(Integer, default=0)
+    # Calls besides starts (status checks, results), this minute and the last: the retry budget
+    # weighs retries against every call, the per-minute request budget only limits starts.
+    checks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    prev_checks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ModelStats(Base):

@@ -35,7 +35,7 @@ async def running_story_worker(infra: Infra) -> AsyncIterator[AttemptRunner]:
         WorkerLease(infra.db, STORY_SET.queue, seconds=s.worker_lease_seconds) as lease,
     ):
         files = StoryFiles(s.output_root)
-        options = AttemptOptions(call_timeout=s.openai_timeout)
+        options = AttemptOptions.of(s, call_timeout=s.openai_timeout)
         runner = AttemptRunner(
             infra.committer,
             [

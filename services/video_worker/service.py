@@ -48,7 +48,8 @@ async def running_video_worker(infra: Infra) -> AsyncIterator[AttemptRunner]:
                 Registration(
                     VideoSegments(provider, webhook_base=webhook, webhook_secret=secret),
                     s.retry_policy(VIDEO_SEGMENT.name),
-                    AttemptOptions(
+                    AttemptOptions.of(
+                        s,
                         call_timeout=s.fal_timeout,
                         poll_interval=s.fal_poll_interval,
                         first_poll_delay=s.fal_first_poll_delay,

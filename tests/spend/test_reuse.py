@@ -100,11 +100,6 @@ async def test_an_identical_segment_takes_the_earlier_result_and_a_changed_one_i
         assert await _saved(http) == saved_before + 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the video worker never passes REUSE_TTL to its AttemptOptions"
-    " (services/video_worker/service.py), so results are reused for 24 h whatever it says",
-)
 async def test_a_result_older_than_reuse_ttl_is_not_reused(
     tmp_path: Path, sim: SimulatorHandle, amqp_url: str, broker_prefix: str
 ) -> None:

@@ -177,13 +177,6 @@ async def test_a_per_minute_request_budget_counts_calls_not_tasks_waiting_for_a_
     assert sorted(succeeded) == [1, 2, 3]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the workers never pass MAX_RETRY_AFTER to AttemptOptions.max_pause"
-    " (services/story_worker/service.py, services/video_worker/service.py): the pause every"
-    " worker keeps after a 429 lasts the provider's Retry-After up to 120 s, not up to"
-    " MAX_RETRY_AFTER",
-)
 async def test_the_shared_pause_is_capped_by_max_retry_after(
     tmp_path: Path, sim: SimulatorHandle, amqp_url: str, broker_prefix: str
 ) -> None:

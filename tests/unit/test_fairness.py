@@ -12,8 +12,11 @@ from common.domain.scheduling import (
     grant_order,
     learn,
     pause,
+    release_spread,
     retry_allowed,
+    retry_wait,
     spend,
+    tally,
 )
 
 
@@ -168,3 +171,39 @@ def test_the_retry_window_slides() -> None:
     gap = NOW + 3 * WINDOW  # a minute with no calls in between forgets the old one
     assert not retry_allowed(budget, gap, policy)
     assert (budget.prev_requests, budget.prev_retries) == (0, 0)
+
+
+def test_an_over_budget_retry_waits_until_calls_at_the_minutes_rate_make_room() -> None:
+    policy = BudgetPolicy(retry_ratio=0.1, retry_floor=0)
+    budget = Budget("fal:m")
+    budget.roll(NOW)
+    budget.requests, budget.retries = 600, 60  # 12 s in: 50 calls a second, budget used
+    wait = retry_wait(budget, NOW, policy)
+    # One more retry needs 10 more calls: 0.2 s at this rate, not the rest of the minute.
+    assert 0.1 <= wait <= 0.5
+    later = NOW + wait
+    budget.requests += round(50 * wait)
+    assert retry_wait(budget, later, policy) == 0
+    idle = Budget("fal:m")  # nothing is calling: only the minute's end brings room
+    idle.roll(NOW)
+    idle.retries = 5
+    assert retry_wait(idle, NOW, policy) == WINDOW - 12
+
+
+def test_status_checks_count_as_calls_of_the_minute() -> None:
+    policy = BudgetPolicy(retry_ratio=0.1, retry_floor=0)
+    budget = Budget("fal:m")
+    budget.roll(NOW)
+    budget.requests, budget.retries = 10, 1  # ten submits, one of them a retry
+    assert not retry_allowed(budget, NOW, policy)
+    tally(budget, NOW, 90)  # and the ninety status checks of their polling
+    assert retry_allowed(budget, NOW, policy)
+
+
+def test_starts_held_back_together_are_released_spread_out() -> None:
+    offsets = sorted(release_spread(task_id, 1.0) for task_id in range(1, 51))
+    assert offsets[0] >= 0 and offsets[-1] < 1.0
+    gaps = [b - a for a, b in zip(offsets, offsets[1:], strict=False)]
+    assert max(gaps) < 0.1  # fifty starts over a second, none bunched behind a long gap
+    assert release_spread(7, 1.0) == release_spread(7, 1.0)  # the same task, the same offset
+    assert max(release_spread(t, 600.0) for t in range(100)) <= 10.0
