@@ -200,7 +200,6 @@ class JobsClient:
         priority: pb.Priority.ValueType = pb.PRIORITY_UNSPECIFIED,
         max_retries: int = 0,
         idempotency_key: str | None = None,
-        max_concurrency: int = 0,
         deadline_seconds: int = 0,
     ) -> StartedJob:
         """Record a story job (a plan, then sets); fields as in `StartStoryJobRequest`."""
@@ -214,7 +213,6 @@ class JobsClient:
             idempotency_key=idempotency_key or new_idempotency_key(),
             priority=priority,
             max_retries=max_retries,
-            max_concurrency=max_concurrency,
             deadline_seconds=deadline_seconds,
         )
         return await self._start(self.stub.StartStoryJob, request, request.idempotency_key)

@@ -388,7 +388,6 @@ def story(
     model: Annotated[str, typer.Option(help="OpenAI model (default: the server's).")] = "",
     priority: PriorityOption = None,
     max_retries: MaxRetries = 0,
-    max_concurrency: MaxConcurrency = 0,
     deadline: Deadline = 0,
     idempotency_key: IdempotencyKey = None,
     watch: WatchFlag = True,
@@ -417,7 +416,6 @@ def story(
             priority=priority.proto if priority else pb.PRIORITY_UNSPECIFIED,
             max_retries=max_retries,
             idempotency_key=idempotency_key,
-            max_concurrency=max_concurrency,
             deadline_seconds=deadline,
         )
         return await _started(client, g, started, watch)

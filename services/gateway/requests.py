@@ -110,6 +110,14 @@ def _cap(requested: int, limits: Limits) -> int:
     return requested
 
 
+def _no_cap(requested: int) -> int:
+    """Story calls hold no provider slots (a worker runs at most STORY_PREFETCH at once): a
+    slot cap would silently do nothing, so it is refused."""
+    if requested:
+        raise InvalidArgument("max_concurrency", "story jobs hold no provider slots; leave it 0")
+    return 0
+
+
 def _deadline(seconds: int, now: float) -> float | None:
     check_range("deadline_seconds", seconds, 0, MAX_DEADLINE_SECONDS)
     return now + seconds if seconds else None
@@ -228,6 +236,6 @@ def plan_story_job(
         tasks=tasks,
         plural=STORY_SET.plural,
         owner=owner,
-        max_concurrency=_cap(r.max_concurrency, limits),
+        max_concurrency=_no_cap(r.max_concurrency),
         deadline_at=_deadline(r.deadline_seconds, now),
     )
