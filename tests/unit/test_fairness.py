@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from common.domain.scheduling import (
     WINDOW,
     Budget,
@@ -203,7 +205,7 @@ def test_status_checks_count_as_calls_of_the_minute() -> None:
 def test_starts_held_back_together_are_released_spread_out() -> None:
     offsets = sorted(release_spread(task_id, 1.0) for task_id in range(1, 51))
     assert offsets[0] >= 0 and offsets[-1] < 1.0
-    gaps = [b - a for a, b in zip(offsets, offsets[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(offsets)]
     assert max(gaps) < 0.1  # fifty starts over a second, none bunched behind a long gap
     assert release_spread(7, 1.0) == release_spread(7, 1.0)  # the same task, the same offset
     assert max(release_spread(t, 600.0) for t in range(100)) <= 10.0
