@@ -7,7 +7,8 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from common.attempts.runner import AttemptOptions, AttemptRunner, Registration
+from common.attempts.options import AttemptOptions, Registration
+from common.attempts.runner import AttemptRunner
 from common.domain.kinds import STORY_SET
 from common.leases import WorkerLease
 from common.metrics_server import serving_metrics

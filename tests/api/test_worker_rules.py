@@ -16,7 +16,8 @@ from orchestrator.v1 import jobs_pb2 as pb
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
-from common.attempts.runner import AttemptOptions, AttemptRunner, Registration
+from common.attempts.options import AttemptOptions, Registration
+from common.attempts.runner import AttemptRunner
 from common.breaker_events import BreakerEvents
 from common.broker import Incoming, MemoryBroker, Topology
 from common.domain.changes import StaleTask

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from common.attempts.runner import AttemptOptions
+from common.attempts.options import AttemptOptions
 from common.attempts.webhooks import Verdict, on_webhook
 from common.domain.changes import StaleTask
 from common.domain.events import EventType

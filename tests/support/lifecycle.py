@@ -19,7 +19,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.attempts.kind import KindHandler
-from common.attempts.runner import AttemptOptions, AttemptRunner, Registration
+from common.attempts.options import AttemptOptions, Registration
+from common.attempts.runner import AttemptRunner
 from common.broker import ProgressNote
 from common.committer import GroupCommitter
 from common.domain.changes import ChangeSet, StaleTask

@@ -1,0 +1,129 @@
+"""How an attempt ends: success (dependents released), failure (retried as a new attempt or
+given up, dependents skipped), and the provider request of a cancelled task cancelled."""
+
+from __future__ import annotations
+
+import logging
+
+from common import metrics
+from common.attempts.context import StepContext
+from common.attempts.kind import RateLimits, Succeeded, Work
+from common.attempts.steps import fail_attempt, progress
+from common.domain.changes import ChangeSet, Failure, JobTasksChange, StaleTask
+from common.domain.states import TaskStatus
+from common.resilience import CircuitOpenError, ErrorClass, GiveUp, ProviderError, Retry
+
+log = logging.getLogger(__name__)
+
+
+class Outcomes(StepContext):
+    """Recording what became of an attempt."""
+
+    async def _succeeded(self, work: Work, outcome: Succeeded) -> None:
+        task = work.task
+        async with self.committer.transaction() as cs:
+            cs.change(
+                task,
+                TaskStatus.SUCCEEDED,
+                message=outcome.message,
+                details=outcome.details,
+                result=outcome.result,
+            )
+            self.handler.on_success(cs, work, outcome)
+            self._learn(cs, work, outcome.limits)
+            cs.observe(self._budget(work), max(0.0, cs.now - (task.started_at or task.updated_at)))
+            for kind in self.kinds.dependents(task.kind):
+                cs.change_job_tasks(
+                    JobTasksChange(
+                        task.job_id,
+                        kind,
+                        TaskStatus.BLOCKED,
+                        TaskStatus.QUEUED,
+                        f"{self.spec.noun} ready",
+                        values={"deadline_at": cs.now + cs.timings.stale_after},
+                        send_run=True,
+                    )
+                )
+        metrics.task_outcomes.labels(self.spec.name, TaskStatus.SUCCEEDED).inc()
+        log.info(outcome.message, extra={"event": "success", **outcome.details})
+        await self.handler.after_commit(work, cs)
+
+    async def _failed(self, work: Work, error: ProviderError) -> None:
+        task = work.task
+        async with self.committer.transaction() as cs:
+            decision = fail_attempt(cs, task, error, self.policy)
+            budget = self._budget(work)
+            if error.error_class is ErrorClass.RATE_LIMITED and error.retry_after:
+                # The provider asked us to wait: every worker does, not only this task.
+                cs.pause(budget, cs.now + min(error.retry_after, self.options.max_pause))
+            if isinstance(decision, Retry):
+                cs.charge_retry(budget, task)
+            if isinstance(decision, GiveUp):
+                failure = Failure(
+                    f"the {self.spec.noun} failed: {error.message}",
+                    ErrorClass.DEPENDENCY_FAILED,
+                    True,
+                )
+                for kind in self.kinds.dependents(task.kind):
+                    cs.change_job_tasks(
+                        JobTasksChange(
+                            task.job_id,
+                            kind,
+                            TaskStatus.BLOCKED,
+                            TaskStatus.SKIPPED,
+                            f"skipped: the {self.spec.noun} failed",
+                            failure=failure,
+                        )
+                    )
+        if isinstance(decision, GiveUp):
+            metrics.task_outcomes.labels(self.spec.name, TaskStatus.FAILED).inc()
+            log.warning(
+                "attempt %d failed for good: %s",
+                task.attempt,
+                decision.reason,
+                extra={"event": "fatal", "error_class": error.error_class, "error": error.message},
+            )
+        else:
+            metrics.task_retries.labels(self.spec.name, error.error_class).inc()
+            log.info(
+                "attempt %d failed: %s; retrying in %.2fs",
+                task.attempt,
+                decision.reason,
+                decision.delay,
+                extra={
+                    "event": "retry",
+                    "retry_in": round(decision.delay, 3),
+                    "error_class": error.error_class,
+                    "error": error.message,
+                },
+            )
+        await self.handler.after_commit(work, cs)
+
+    def _learn(self, cs: ChangeSet, work: Work, limits: RateLimits | None) -> None:
+        if limits is not None:
+            cs.learn(
+                self._budget(work),
+                rpm=limits.requests,
+                tpm=limits.tokens,
+                used_requests=limits.used_requests,
+            )
+
+    async def cancel(self) -> None:
+        task = self.task
+        if task.status != TaskStatus.CANCELLED or not task.request_id:
+            raise StaleTask("nothing to cancel at the provider")
+        requested = await self._cancel_request(await self._work(task))
+        if requested is None:
+            return
+        provider = self.spec.provider
+        text = f"cancellation requested at {provider}" if requested else f"{provider} had finished"
+        async with self.committer.transaction() as cs:
+            cs.note(task, progress(task, text, request_id=task.request_id))
+
+    async def _cancel_request(self, work: Work) -> bool | None:
+        """Best effort; None when the provider could not be asked."""
+        try:
+            return await self.handler.cancel(work, self._calls())
+        except (ProviderError, CircuitOpenError) as exc:
+            log.warning("could not cancel request %s: %s", work.task.request_id, exc)
+            return None

@@ -1,0 +1,103 @@
+"""POLL steps: ask the provider about a submitted request and reschedule the check (through
+RabbitMQ's delay tiers) until it is done; a poll triggered by a webhook goes straight to the
+result."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from common.attempts.kind import Pending, RequestFailed, Succeeded, Work
+from common.attempts.outcomes import Outcomes
+from common.attempts.steps import progress
+from common.domain.changes import StaleTask
+from common.domain.events import EventDraft
+from common.domain.messages import Send
+from common.domain.states import TaskStatus
+from common.resilience import CircuitOpenError, ErrorClass, ProviderError
+
+log = logging.getLogger(__name__)
+
+
+class Polling(Outcomes):
+    """Status checks of a polled kind's request."""
+
+    async def poll(self) -> None:
+        task, message = self.task, self.message
+        if task.status != TaskStatus.RUNNING:
+            raise StaleTask(f"task is {task.status}")
+        if not message.once and message.chain != task.poll_chain:
+            raise StaleTask(f"poll chain {message.chain} replaced by {task.poll_chain}")
+        await self._poll_work(await self._work(task))
+
+    async def _check(self, work: Work) -> Pending | Succeeded | RequestFailed:
+        """The kind's check, its provider calls tallied for the shared budget."""
+        calls = self._calls()
+        try:
+            return await self.handler.check(work, calls, notified=self.message.once)
+        finally:
+            self.runner.tally.add(self._budget(work), calls.made)
+
+    async def _pause_if_limited(self, work: Work, error: ProviderError) -> None:
+        """A 429 with Retry-After on a status check pauses starts for every worker too."""
+        if error.error_class is not ErrorClass.RATE_LIMITED or not error.retry_after:
+            return
+        async with self.committer.transaction() as cs:
+            until = cs.now + min(error.retry_after, self.options.max_pause)
+            cs.pause(self._budget(work), until)
+
+    async def _poll_work(self, work: Work) -> None:
+        message = self.message
+        try:
+            outcome = await self._check(work)
+        except CircuitOpenError as exc:
+            if not message.once:
+                await self._repoll(seen=message.seen, delay=exc.retry_in)
+            log.info("status check put off: circuit open", extra={"event": "wait"})
+            return
+        except ProviderError as exc:
+            if exc.retryable:
+                # The status call failed, not the request: check again later.
+                await self._pause_if_limited(work, exc)
+                log.info(
+                    "status check failed (%s); checking again later",
+                    exc.error_class,
+                    extra={"event": "status_check", "error": exc.message},
+                )
+                if not message.once:
+                    delay = max(self.options.poll_interval, exc.retry_after or 0.0)
+                    await self._repoll(seen=message.seen, delay=delay)
+                return
+            await self._failed(work, exc)
+            return
+        log.info(
+            "status of request %s: %s",
+            work.task.request_id,
+            outcome.text if isinstance(outcome, Pending) else "done",
+            extra={"event": "status_check", "request_id": work.task.request_id},
+        )
+        if isinstance(outcome, Pending):
+            if not message.once:
+                await self._repoll(seen=outcome.seen, text=outcome.text)
+        elif isinstance(outcome, RequestFailed):
+            await self._failed(work, outcome.error)
+        else:
+            await self._succeeded(work, outcome)
+
+    async def _repoll(self, *, seen: str, delay: float | None = None, text: str = "") -> None:
+        """Schedule the next poll; write only when there is news or the deadline runs short."""
+        task, message = self.task, self.message
+        wait = self.options.poll_interval if delay is None else delay
+        news = seen != message.seen
+        now = self.committer.clock()
+        short = (task.deadline_at or 0.0) < now + wait + self.committer.timings.stale_after / 2
+        next_poll = replace(self._poll_message(task.poll_chain), seen=seen)
+        if not news and not short and not self.committer.hooks_pending:
+            await self.committer.send_now(Send(next_poll, task.kind, task.priority, delay=wait))
+            return
+        event: EventDraft | None = None
+        if news:
+            event = progress(task, text or seen, provider_status=seen)
+        async with self.committer.transaction() as cs:
+            cs.note(task, event, deadline_at=cs.now + wait + cs.timings.stale_after)
+            cs.send(task, next_poll, delay=wait)
