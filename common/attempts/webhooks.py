@@ -9,7 +9,7 @@ provider calls back, the request it names is either
   the request id was committed (the task is still in flight for that attempt, with no request
   id). The task adopts that request (RUNNING with it, like a committed submit) and polls it
   from there, so the segment is paid once. The worker that takes over such a task waits up to
-  WEBHOOK_ADOPT_WINDOW for this before it submits again (common.attempts.runner).
+  WEBHOOK_ADOPT_WINDOW for this before it submits again (common.attempts.guards).
 
 Anything else (a finished task, another attempt, an unknown request) is ignored.
 """
