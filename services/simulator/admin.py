@@ -19,10 +19,21 @@ def _problems(exc: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
+def _flag(request: web.Request, name: str, default: bool) -> bool:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    return raw.lower() not in {"0", "false"}
+
+
 async def get_stats(request: web.Request) -> web.Response:
-    """`?logs=false` leaves out call_log and chat_log (cheap to poll)."""
-    with_logs = request.query.get("logs", "true").lower() not in {"0", "false"}
-    return web.json_response(request.app[STATE].snapshot(with_logs=with_logs))
+    """`?logs=false` leaves out call_log and chat_log (cheap to poll); `?timeline=true` adds
+    `timeline`, each accepted request's accept, start and completion times (off by default:
+    one entry per request)."""
+    snapshot = request.app[STATE].snapshot(
+        with_logs=_flag(request, "logs", True), with_timeline=_flag(request, "timeline", False)
+    )
+    return web.json_response(snapshot)
 
 
 async def get_config(request: web.Request) -> web.Response:

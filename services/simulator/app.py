@@ -79,9 +79,9 @@ class SimulatorHandle:
         """Same as POST /_sim/webhook_keys/rotate: sign webhooks with a new key; its kid."""
         return self.state.signer.rotate(keep_previous=keep_previous)
 
-    def stats(self, *, with_logs: bool = True) -> dict[str, Any]:
+    def stats(self, *, with_logs: bool = True, with_timeline: bool = False) -> dict[str, Any]:
         """Same as GET /_sim/stats."""
-        return self.state.snapshot(with_logs=with_logs)
+        return self.state.snapshot(with_logs=with_logs, with_timeline=with_timeline)
 
 
 @contextlib.asynccontextmanager

@@ -176,6 +176,19 @@ class FalQueue:
                 self.on_complete(request)
         self._fill(now)
 
+    def timeline(self) -> dict[str, Any]:
+        """Every accepted request in acceptance order, as columns of simulator-clock seconds:
+        when it was accepted, when it started, when it completed (its due time; None while
+        waiting or running), and its outcome (None while unfinished). Call `advance()` first."""
+        requests = sorted(self._requests.values(), key=lambda r: r.sequence)
+        return {
+            "now": self._clock(),
+            "submitted_at": [r.submitted_at for r in requests],
+            "started_at": [r.started_at for r in requests],
+            "completed_at": [r.completed_at for r in requests],
+            "outcome": [None if (o := r.outcome) is None else o.value for r in requests],
+        }
+
     def next_deadline(self) -> float | None:
         return self._running[0][0] if self._running else None
 

@@ -68,8 +68,9 @@ class SimulatorState:
         self.stats = Stats(self.config.call_log_limit)
         self._apply(self.config, set(SimulatorConfig.model_fields))
 
-    def snapshot(self, *, with_logs: bool = True) -> dict[str, Any]:
-        """The `/_sim/stats` document."""
+    def snapshot(self, *, with_logs: bool = True, with_timeline: bool = False) -> dict[str, Any]:
+        """The `/_sim/stats` document; `with_timeline` adds `timeline` (see FalQueue.timeline:
+        one entry per accepted request, so only on request)."""
         self.queue.advance()
         data = self.stats.snapshot(with_logs=with_logs)
         data["max_in_progress"] = self.queue.max_in_progress
@@ -77,6 +78,8 @@ class SimulatorState:
         data["in_queue_now"] = self.queue.waiting_now
         data["rules_fired"] = self.faults.rule_fired()
         data["uploads"] = self.cdn.snapshot()
+        if with_timeline:
+            data["timeline"] = self.queue.timeline()
         return data
 
     async def pause(self, seconds: float) -> None:
