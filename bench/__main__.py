@@ -1,4 +1,5 @@
-"""`python -m bench [--smoke] [--only SCENARIO ...] [--json PATH] [--database sqlite|postgres]`.
+"""`python -m bench [--smoke] [--only SCENARIO ...] [--json PATH] [--database sqlite|postgres]
+[--pin [CORE]]`.
 
 Runs the scenarios in order, each on fresh processes, prints progress to stderr, then one table
 to stdout, and writes every raw number to the JSON file (default bench/results/latest.json).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import signal
 import sys
@@ -32,7 +34,7 @@ from bench.config import (
 )
 from bench.console import say
 from bench.figures import ScenarioResult
-from bench.procs import kill_survivors
+from bench.procs import Pinning, kill_survivors, pin_benchmark
 from bench.report import missed, render_table, write_json
 from bench.scenarios import (
     fairness,
@@ -76,7 +78,19 @@ def parse_args(argv: list[str]) -> RunOptions:
     parser.add_argument("--log-level", default="WARNING", help="LOG_LEVEL of the services")
     parser.add_argument("--keep-logs", action="store_true", help="keep the run directory")
     parser.add_argument("--strict", action="store_true", help="exit 3 when a target is missed")
+    parser.add_argument(
+        "--pin",
+        type=int,
+        nargs="?",
+        const=0,
+        default=None,
+        metavar="CORE",
+        help="run the benchmark and every process it starts on one core (default 0), as"
+        " `taskset -c CORE`: a stand-in for a slow day (RabbitMQ is not pinned)",
+    )
     args = parser.parse_args(argv)
+    if args.pin is not None and args.pin not in os.sched_getaffinity(0):
+        parser.error(f"--pin {args.pin}: not one of the cores this process may use")
     chosen = set(args.only or SCENARIOS)
     return RunOptions(
         smoke=args.smoke,
@@ -88,6 +102,7 @@ def parse_args(argv: list[str]) -> RunOptions:
         log_level=args.log_level,
         keep_logs=args.keep_logs,
         strict=args.strict,
+        pin=args.pin,
     )
 
 
@@ -117,12 +132,15 @@ async def run_all(options: RunOptions, workdir: Path, results: list[ScenarioResu
 
 def main(argv: list[str]) -> int:
     options = parse_args(argv)
+    if options.pin is not None:
+        # Before any child or thread exists: everything started from here on inherits it.
+        pin_benchmark({options.pin})
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     results: list[ScenarioResult] = []
     interrupted = False
     say(
         f"bench: {'smoke' if options.smoke else 'full'} run of {', '.join(options.scenarios)};"
-        f" logs in {workdir}"
+        f"{'' if options.pin is None else f' pinned to core {options.pin};'} logs in {workdir}"
     )
     try:
         uvloop.run(run_all(options, workdir, results))
@@ -132,6 +150,8 @@ def main(argv: list[str]) -> int:
     finally:
         if survivors := kill_survivors():
             say(f"killed leftover processes: {', '.join(survivors)}")
+    if Pinning.repinned:
+        say(f"warning: found unpinned and pinned them: {', '.join(Pinning.repinned)}")
     failed = [r for r in results if r.error is not None]
     print(render_table(results, options))
     write_json(options.json_path, results, options)

@@ -4,8 +4,10 @@ The driver publishes N persistent messages with publisher confirms (pipelined, a
 time, as the orchestrator's own publisher does); an echo worker in a separate process
 (`bench.echo_worker`) consumes each one, publishes a persistent confirmed completion and acks;
 the driver consumes the completions. Rate = N / (time from just before the first publish to the
-N-th completion received). No database, no HTTP, no state: what RabbitMQ and aio-pika allow on
-this machine, against which the orchestrator's segments per second are compared.
+N-th completion received). CPU over the same span: the echo process (`/proc/<pid>/stat`) and the
+driver (this benchmark process, `time.process_time()`). No database, no HTTP, no state: what
+RabbitMQ and aio-pika allow on this machine, against which the orchestrator's segments per
+second are compared.
 """
 
 from __future__ import annotations
@@ -100,12 +102,17 @@ async def raw_round_trip(amqp_url: str, prefix: str, n: int, log_dir: Path) -> d
         await channel.declare_queue(work, durable=True)
         done_queue = await channel.declare_queue(done, durable=True)
         await echo.start()
+        echo_before, driver_before = await echo.cpu_seconds(), time.process_time()
         async with asyncio.TaskGroup() as tasks:
             began = time.perf_counter()
             collector = tasks.create_task(collect(done_queue, n))
             await _publish_all(channel, work, n)
             published = time.perf_counter()
         ended = collector.result()
+        driver_cpu = time.process_time() - driver_before
+        echo_after = await echo.cpu_seconds()
+    if echo_before is None or echo_after is None:
+        raise RuntimeError("the echo worker exited during the round trip")
     seconds = ended - began
     return {
         "messages": n,
@@ -113,4 +120,5 @@ async def raw_round_trip(amqp_url: str, prefix: str, n: int, log_dir: Path) -> d
         "publish_seconds": published - began,
         "rate": n / seconds,
         "prefetch": PREFETCH,
+        "cpu_seconds": {"echo_worker": echo_after - echo_before, "driver": driver_cpu},
     }

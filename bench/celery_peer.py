@@ -12,7 +12,10 @@ provider — submit to the simulator's fal queue API, check the status (until CO
 the result — with a plain sync httpx client, then publishes a persistent completion message to
 a queue the driver consumes. The no-op variant only publishes the completion.
 
-Rate = N / (time from just before the first `send_task` to the N-th completion received).
+Rate = N / (time from just before the first `send_task` to the N-th completion received). CPU
+over the same span: the Celery worker's whole process tree (the main process, every prefork
+child, and children it reaped: `bench.procs.tree_cpu_seconds`), the simulator, and the driver
+(this benchmark process: `send_task` in a thread and the completion consumer).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from bench.broker_limit import collect, delete_amqp
 from bench.config import Sizes
 from bench.console import best_effort
 from bench.probes import consuming
-from bench.procs import ChildProcess
+from bench.procs import ChildProcess, descendants
 from bench.simulator import running_simulator
 
 if TYPE_CHECKING:
@@ -143,22 +146,53 @@ def _send_all(driver: Celery, task: str, n: int, queue: str) -> None:
         driver.send_task(task, args=(index,), queue=queue)
 
 
+async def _cpu(worker: ChildProcess, sim: ChildProcess) -> dict[str, float | None]:
+    return {
+        "celery_worker_tree": await worker.tree_cpu_seconds(),
+        "simulator": await sim.cpu_seconds(),
+        "driver": time.process_time(),
+    }
+
+
 async def _measure(
-    driver: Celery, amqp_url: str, task: str, n: int, queue: str, done: str
+    driver: Celery,
+    amqp_url: str,
+    task: str,
+    n: int,
+    queue: str,
+    done: str,
+    processes: tuple[ChildProcess, ChildProcess],
 ) -> dict[str, Any]:
+    """One run of n tasks; `processes` = (Celery worker, simulator), whose CPU is measured."""
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=256)
         done_queue = await channel.declare_queue(done, durable=True)
         await done_queue.purge()
+        cpu_before = await _cpu(*processes)
         async with asyncio.TaskGroup() as tasks:
             began = time.perf_counter()
             collector = tasks.create_task(collect(done_queue, n))
             await asyncio.to_thread(_send_all, driver, task, n, queue)
             sent = time.perf_counter()
         seconds = collector.result() - began
-    return {"tasks": n, "seconds": seconds, "send_seconds": sent - began, "rate": n / seconds}
+        cpu_after = await _cpu(*processes)
+    cpu = {
+        name: end - start
+        for name, end in cpu_after.items()
+        if end is not None and (start := cpu_before[name]) is not None
+    }
+    if "celery_worker_tree" not in cpu:
+        raise RuntimeError("the Celery worker exited during the run")
+    return {
+        "tasks": n,
+        "seconds": seconds,
+        "send_seconds": sent - began,
+        "rate": n / seconds,
+        "cpu_seconds": cpu,
+        "pool_processes": len(descendants(processes[0].pid)) if processes[0].pid else None,
+    }
 
 
 async def celery_rates(ctx: RunContext, sizes: Sizes) -> dict[str, Any]:
@@ -196,9 +230,10 @@ async def celery_rates(ctx: RunContext, sizes: Sizes) -> dict[str, Any]:
         worker = ChildProcess("celery_worker", argv, env, log_dir, consuming(opts.amqp_url, queue))
         exits.push_async_callback(worker.stop)
         await worker.start()
-        workload = await _measure(driver, opts.amqp_url, SEGMENT_TASK, n, queue, done)
+        processes = (worker, sim.process)
+        workload = await _measure(driver, opts.amqp_url, SEGMENT_TASK, n, queue, done, processes)
         workload["simulator"] = await sim.stats()
-        noop_run = await _measure(driver, opts.amqp_url, NOOP_TASK, n, queue, done)
+        noop_run = await _measure(driver, opts.amqp_url, NOOP_TASK, n, queue, done, processes)
     return {
         "workload": workload,
         "noop": noop_run,

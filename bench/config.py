@@ -173,6 +173,8 @@ class RunOptions:
     log_level: str
     keep_logs: bool
     strict: bool
+    # `--pin CORE`: the benchmark and every process it starts on this one core (None: unpinned).
+    pin: int | None = None
 
     @property
     def sizes(self) -> Sizes:

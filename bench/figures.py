@@ -90,3 +90,19 @@ def cpu_figure(name: str, cpu: dict[str, float], wall: float) -> Figure:
     """
     parts = ", ".join(f"{process} {seconds:.1f}" for process, seconds in cpu.items())
     return Figure(name, sum(cpu.values()), "cpu-s", ".1f", note=f"{parts} (wall {wall:.1f}s)")
+
+
+def cpu_per_unit_figure(
+    name: str, cpu: dict[str, float], units: int, wall: float, unit: str = "seg"
+) -> Figure:
+    """Information row: CPU milliseconds per unit of work, all the listed processes together;
+    the note has each process's share (`client` is this benchmark process) and the totals."""
+    parts = ", ".join(f"{process} {seconds * 1000 / units:.2f}" for process, seconds in cpu.items())
+    total = sum(cpu.values())
+    return Figure(
+        name,
+        total * 1000 / units,
+        f"ms/{unit}",
+        ".2f",
+        note=f"ms/{unit}: {parts} ({total:.1f} cpu-s / {units} {unit}, wall {wall:.1f}s)",
+    )

@@ -29,6 +29,38 @@ Probe = Callable[[], Awaitable[bool]]
 _LIVE: set[ChildProcess] = set()
 
 
+class Pinning:
+    """`--pin`: the cores this benchmark and every process it starts may run on (None: any).
+
+    Set once by `pin_benchmark` before anything is started; children inherit the affinity of
+    the thread that forks them, and `ChildProcess.start` checks each child's process tree.
+    """
+
+    cores: frozenset[int] | None = None
+    # Processes found with another affinity (and pinned then): should stay empty.
+    repinned: list[str] = []
+
+
+def pin_benchmark(cores: set[int]) -> None:
+    """Pin every thread of this process to `cores` (as `taskset -c`); children inherit it."""
+    Pinning.cores = frozenset(cores)
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(tid), cores)
+
+
+def check_pinned(name: str, pid: int) -> None:
+    """Make sure `pid` and its descendants run on the pinned cores (a no-op when unpinned)."""
+    cores = Pinning.cores
+    if cores is None:
+        return
+    for member in (pid, *descendants(pid)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.sched_getaffinity(member) != cores:
+                os.sched_setaffinity(member, cores)
+                Pinning.repinned.append(f"{name}:{member}")
+
+
 def kill_survivors() -> list[str]:
     """SIGKILL the process group of every child still alive; their names."""
     killed = []
@@ -80,6 +112,53 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def _parent_pids() -> dict[int, int]:
+    """pid -> parent pid of every process visible in /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid` (children, their children, ...)."""
+    children: dict[int, list[int]] = {}
+    for child, parent in _parent_pids().items():
+        children.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _reaped_children_seconds(pid: int) -> float:
+    """CPU seconds of the children `pid` has waited for (cutime + cstime)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / _TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of `pid`, every live descendant, and the children it reaped
+    (None when `pid` is gone): e.g. a Celery worker with its prefork pool."""
+    own = _cpu_seconds(pid)
+    if own is None:
+        return None
+    others = (_cpu_seconds(child) for child in descendants(pid))
+    return own + _reaped_children_seconds(pid) + sum(s for s in others if s is not None)
+
+
 class ChildProcess:
     """One child process (`python -m <module>` or any argv) with a log file and a probe."""
 
@@ -124,6 +203,8 @@ class ChildProcess:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}\n{self.tail()}")
             try:
                 if await self.probe():
+                    # Ready: any pool it forks (Celery's prefork children) exists by now.
+                    await asyncio.to_thread(check_pinned, self.name, self.proc.pid)
                     return
             except Exception:  # any failure of the probe means "not yet"
                 pass
@@ -146,6 +227,16 @@ class ChildProcess:
         if self.proc is None:
             return None
         return await asyncio.to_thread(_cpu_seconds, self.proc.pid)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    async def tree_cpu_seconds(self) -> float | None:
+        """CPU seconds of the process and all its descendants (see `tree_cpu_seconds`)."""
+        if self.proc is None:
+            return None
+        return await asyncio.to_thread(tree_cpu_seconds, self.proc.pid)
 
     async def stop(self, grace: float = 15.0) -> int | None:
         """SIGTERM, `grace` seconds to exit, then SIGKILL; the exit code (None: never started)."""

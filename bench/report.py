@@ -42,6 +42,7 @@ def machine_facts(options: RunOptions) -> dict[str, Any]:
         "platform": platform.platform(),
         "database": options.database,
         "smoke": options.smoke,
+        "pinned_to_core": options.pin,
     }
 
 
@@ -63,6 +64,11 @@ def render_table(results: list[ScenarioResult], options: RunOptions) -> str:
     judge = not options.smoke
     header = _row([name for name, _ in COLUMNS], "note")
     lines = [header, "-" * len(header)]
+    if options.pin is not None:
+        lines[:0] = [
+            f"PINNED (--pin): the benchmark and every process it started ran on core {options.pin}"
+            " only (a stand-in for a slow day); RabbitMQ is not ours to pin and used any core."
+        ]
     for result in results:
         if result.error is not None:
             first_line = (result.error.splitlines() or [""])[0]
@@ -103,6 +109,7 @@ def write_json(path: Path, results: list[ScenarioResult], options: RunOptions) -
             "scenarios": list(options.scenarios),
             "database": options.database,
             "log_level": options.log_level,
+            "pin": options.pin,
         },
         "sizes": asdict(options.sizes),
         "scenarios": {

@@ -42,6 +42,14 @@ class Simulator:
             data.pop(key, None)
         return data
 
+    async def timeline(self) -> dict[str, Any]:
+        """Each accepted request's accept, start and completion times (simulator clock)."""
+        response = await self._client.get(
+            f"{self.url}/_sim/stats", params={"logs": "false", "timeline": "true"}
+        )
+        response.raise_for_status()
+        return dict(response.json()["timeline"])
+
 
 def provider_calls(stats: dict[str, Any]) -> int:
     """Calls to the fal queue API (submit, status, result, cancel), faulted ones included."""

@@ -3,6 +3,10 @@
 Makespan = time from just before `StartVideoJob` to the job's terminal JOB_STATUS event reaching
 a watcher opened right after the RPC. Ideal = ceil(N / limit) x latency: the provider running
 `limit` generations back to back with no gap. Efficiency = ideal / makespan.
+
+Slot hand-off (see `bench.measures.slot_handoffs`): from a generation finishing at the provider
+to the next segment's submit being accepted into the slot it freed, from the simulator's
+timeline of the job.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 from bench.config import Sizes
 from bench.jobs import get_job, require_completed, start_video_job, watch, watch_timeout
+from bench.measures import handoff_stats
 from bench.simulator import provider_calls
 from bench.stack import RunContext, cpu_delta, orchestrator_stack
 
@@ -50,6 +55,7 @@ async def timed_job(
         require_completed(seen, job_id)
         job = await get_job(stack.stub, job_id)
         stats = await stack.sim.stats()
+        timeline = await stack.sim.timeline()
     attempts = [task.attempts for task in job.tasks]
     return {
         "segments": n,
@@ -70,6 +76,8 @@ async def timed_job(
         "event_types": dict(seen.types),
         "settings": settings,
         "cpu_seconds": cpu,
+        "handoff": handoff_stats(timeline, limit),
+        "timeline": timeline,
         "simulator_config": config,
         "simulator": stats,
     }

@@ -8,10 +8,18 @@
   before `StartVideoJob` to the job's terminal JOB_STATUS event reaching that watcher).
 - **raw broker round trip** (`bench.broker_limit`): the physical limit on this machine.
 - **Celery** (`bench.celery_peer`): the same workload as Celery tasks, and a no-op variant.
+
+CPU per unit of work, each measured over its own run above (same N, same run of the bench):
+per segment for each orchestrator process (gateway, video worker, simulator, this client); per
+message for the raw round trip's echo process alone and with the driver (this benchmark
+process); per task for the Celery worker's whole process tree (main process and prefork
+children). The video worker's CPU per segment is then compared with Celery's per task (target
+at most half) and with the echo process's per message (target at most 4x).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -19,14 +27,19 @@ from bench.broker_limit import raw_round_trip
 from bench.celery_peer import celery_rates
 from bench.config import Sizes
 from bench.console import say
-from bench.figures import Figure, ScenarioResult, Target, cpu_figure
+from bench.figures import Figure, ScenarioResult, Target, cpu_per_unit_figure
 from bench.jobs import require_completed, start_video_job, watch, watch_timeout
+from bench.measures import per_unit_ms, video_worker_seconds
 from bench.simulator import provider_calls
 from bench.stack import RunContext, cpu_delta, orchestrator_stack
 
 # Targets: ahead of Celery on the same workload, and at least a quarter of the raw round trip.
 VS_CELERY = Target(">", 1.0)
 VS_RAW = Target(">=", 0.25)
+# Video worker CPU per segment: at most half of Celery's per task (worker tree), at most 4x the
+# raw echo process's per message.
+CPU_VS_CELERY = Target("<=", 0.5)
+CPU_VS_RAW = Target("<=", 4.0, ".1f")
 
 
 async def orchestrator_rate(ctx: RunContext, sizes: Sizes) -> dict[str, Any]:
@@ -112,6 +125,98 @@ async def run(ctx: RunContext, sizes: Sizes, result: ScenarioResult) -> None:
         Figure("orchestrator / Celery (same workload)", orch["rate"] / work, "", ".2f", VS_CELERY)
     )
     result.add(Figure("orchestrator / Celery (no-op)", orch["rate"] / noop, "", ".2f"))
+    add_cpu_figures(result, n, orch, raw, celery)
+
+
+def add_cpu_figures(
+    result: ScenarioResult,
+    n: int,
+    orch: dict[str, Any],
+    raw: dict[str, Any],
+    celery: dict[str, Any],
+) -> None:
+    """CPU per segment / message / task, and the video worker's against the two yardsticks."""
+    worker_ms = video_worker_seconds(orch["cpu_seconds"]) * 1000 / n
+    orch_ms = per_unit_ms(orch["cpu_seconds"], n)
+    echo_ms = raw["cpu_seconds"]["echo_worker"] * 1000 / n
+    driver_ms = raw["cpu_seconds"]["driver"] * 1000 / n
+    work_cpu, noop_cpu = celery["workload"]["cpu_seconds"], celery["noop"]["cpu_seconds"]
+    celery_ms = work_cpu["celery_worker_tree"] * 1000 / n
+    noop_ms = noop_cpu["celery_worker_tree"] * 1000 / n
+    pool = celery["workload"]["pool_processes"]
     result.add(
-        cpu_figure("orchestrator: CPU used by the job", orch["cpu_seconds"], orch["seconds"])
+        cpu_per_unit_figure(
+            "orchestrator: CPU per segment", orch["cpu_seconds"], n, orch["seconds"]
+        )
+    )
+    result.add(
+        Figure(
+            "orchestrator: video worker CPU/segment",
+            worker_ms,
+            "ms",
+            ".2f",
+            note=f"gateway {orch_ms.get('gateway', math.nan):.2f} ms; gateway + worker"
+            f" {orch_ms.get('gateway', math.nan) + worker_ms:.2f} ms",
+        )
+    )
+    result.add(
+        Figure(
+            "raw broker: CPU/message, echo process",
+            echo_ms,
+            "ms",
+            ".3f",
+            note="bench.echo_worker alone (consume, publish confirmed, ack)",
+        )
+    )
+    result.add(
+        Figure(
+            "raw broker: CPU/message, driver + echo",
+            echo_ms + driver_ms,
+            "ms",
+            ".3f",
+            note=f"driver (this benchmark process: publish with confirms, consume) {driver_ms:.3f}"
+            " ms; RabbitMQ's own CPU not counted",
+        )
+    )
+    result.add(
+        Figure(
+            "Celery: CPU/task, worker process tree",
+            celery_ms,
+            "ms",
+            ".2f",
+            note=f"same workload; celery worker + {pool} prefork children (whole tree); simulator"
+            f" {work_cpu.get('simulator', math.nan) * 1000 / n:.2f} ms, driver"
+            f" {work_cpu.get('driver', math.nan) * 1000 / n:.2f} ms per task not included",
+        )
+    )
+    result.add(
+        Figure(
+            "Celery no-op: CPU/task, worker tree",
+            noop_ms,
+            "ms",
+            ".2f",
+            note="completion only",
+        )
+    )
+    result.add(
+        Figure(
+            "video worker / Celery, CPU per segment",
+            worker_ms / celery_ms,
+            "",
+            ".2f",
+            CPU_VS_CELERY,
+            note=f"{worker_ms:.2f} ms / {celery_ms:.2f} ms (video worker process / Celery worker"
+            " tree), same workload, this run",
+        )
+    )
+    result.add(
+        Figure(
+            "video worker / raw echo, CPU per segment",
+            worker_ms / echo_ms,
+            "",
+            ".1f",
+            CPU_VS_RAW,
+            note=f"{worker_ms:.2f} ms / {echo_ms:.3f} ms (video worker process / echo process),"
+            f" N={n}, this run; / (driver + echo): {worker_ms / (echo_ms + driver_ms):.1f}",
+        )
     )

@@ -43,6 +43,7 @@ from bench.jobs import (
     watch,
     watch_timeout,
 )
+from bench.measures import percentile
 from bench.scenarios.makespan import ideal_makespan
 from bench.stack import RunContext, Stack, cpu_delta, orchestrator_stack
 from bench.watchers import Fleet, FleetResult
@@ -57,14 +58,6 @@ LIMITS_ENV = {
     "RATE_LIMIT_PER_SECOND": "10000",
     "RATE_LIMIT_BURST": "10000",
 }
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of an ascending list."""
-    if not sorted_values:
-        return math.nan
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
 
 
 def latency_stats(seconds: list[float], seen: list[Watch] | None) -> dict[str, Any]:

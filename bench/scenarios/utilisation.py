@@ -9,19 +9,26 @@ N segments of `latency` s with `FAL_CONCURRENCY=limit`, the simulator itself unl
 
 Figures per run: makespan, efficiency = ideal / makespan (see `makespan.py`), the simulator's
 `max_in_progress` (must stay within the limit) and submits per segment (`accepted_requests / N`,
-exactly 1.00 without faults: nothing paid twice).
+exactly 1.00 without faults: nothing paid twice), the slot hand-off latency (p50 and p99: from a
+generation finishing at the provider to the next segment's submit accepted into the slot it
+freed; see `bench.measures.slot_handoffs`), and CPU per segment for each process.
 """
 
 from __future__ import annotations
 
+import math
+
 from bench.config import Sizes
 from bench.console import say
-from bench.figures import Figure, ScenarioResult, Target, cpu_figure
+from bench.figures import Figure, ScenarioResult, Target, cpu_per_unit_figure
+from bench.measures import video_worker_seconds
 from bench.scenarios.makespan import timed_job
 from bench.stack import RunContext
 
 EFFICIENCY = {"polling": Target(">=", 0.85), "webhooks": Target(">=", 0.95)}
 ONE_SUBMIT = Target("==", 1.0)
+# Slot hand-off p99, milliseconds; polling has no target (it waits for the next poll).
+HANDOFF_P99 = {"webhooks": Target("<=", 50.0, ".0f")}
 
 
 async def run(ctx: RunContext, sizes: Sizes, result: ScenarioResult) -> None:
@@ -71,7 +78,41 @@ async def run(ctx: RunContext, sizes: Sizes, result: ScenarioResult) -> None:
                 f" {raw['provider_calls'] / raw['segments']:.2f} provider calls per segment",
             )
         )
-        result.add(cpu_figure(f"{mode}: CPU used by the job", raw["cpu_seconds"], raw["makespan"]))
+        handoff = raw["handoff"]
+        result.add(
+            Figure(
+                f"{mode}: slot hand-off p50",
+                handoff["p50_ms"] if handoff["count"] else None,
+                "ms",
+                ".1f",
+                note=f"{handoff['count']} hand-offs (N - limit); p90 {handoff['p90_ms']:.1f} ms,"
+                f" mean {handoff['mean_ms']:.1f} ms",
+            )
+        )
+        result.add(
+            Figure(
+                f"{mode}: slot hand-off p99",
+                handoff["p99_ms"] if handoff["count"] else None,
+                "ms",
+                ".1f",
+                HANDOFF_P99.get(mode),
+                note=f"max {handoff['max_ms']:.1f} ms; {handoff['idle_slot_seconds']:.1f}"
+                " slot-seconds idle between generations",
+            )
+        )
+        n = raw["segments"]
+        result.add(
+            cpu_per_unit_figure(f"{mode}: CPU per segment", raw["cpu_seconds"], n, raw["makespan"])
+        )
+        result.add(
+            Figure(
+                f"{mode}: video worker CPU/segment",
+                video_worker_seconds(raw["cpu_seconds"]) * 1000 / n,
+                "ms",
+                ".2f",
+                note=f"gateway {raw['cpu_seconds'].get('gateway', math.nan) * 1000 / n:.2f} ms",
+            )
+        )
         if webhooks:
             result.add(
                 Figure(
