@@ -14,6 +14,7 @@ finished.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Self
 
 import fal_client
@@ -56,9 +57,10 @@ class FalVideoProvider:
         headers = {"User-Agent": f"generation-orchestrator fal-client/{fal_client.__version__}"}
         if key:
             headers["Authorization"] = f"Key {key}"
-        self._http = httpx.AsyncClient(
-            transport=FalTransport(queue_url, secrets), headers=headers, timeout=timeout
-        )
+        self._headers = headers
+        self._timeout = timeout
+        self._transport = FalTransport(queue_url, secrets)
+        self._http = httpx.AsyncClient(transport=self._transport, headers=headers, timeout=timeout)
         self._fal = _RoutedAsyncClient(key or "", timeout, self._http)
 
     async def __aenter__(self) -> Self:
@@ -81,6 +83,17 @@ class FalVideoProvider:
             client=self._http,
         )
 
+    def _url(self, request: ProviderRequest, name: str) -> str:
+        """The request's stored status or response URL (fal-client's, for an adopted one)."""
+        url = request.handle.get(name)
+        return str(url) if url else str(getattr(self._handle(request), name))
+
+    async def _get(self, url: str) -> bytes:
+        """A status check or result fetch: one GET straight on fal-client's transport, as
+        fal-client would send it (its headers, its routing, the same errors), without building
+        a fal-client handle and httpx request/response objects per call."""
+        return await self._transport.get(url, self._headers, read_timeout=self._timeout)
+
     async def submit(
         self,
         model: str,
@@ -98,24 +111,31 @@ class FalVideoProvider:
         )
 
     async def status(self, request: ProviderRequest) -> Progress:
+        url = self._url(request, "status_url")
         try:
-            status = await self._handle(request).status(with_logs=True)
+            data = json.loads(await self._get(url + ("&" if "?" in url else "?") + "logs=true"))
+            phase = data["status"]
         except TransientError as exc:
             raise _failed_generation(exc) from None
-        except (KeyError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise TransientError(
-                f"malformed status answer: {exc}",
+                f"malformed status answer: {type(exc).__name__}: {exc}",
                 provider=PROVIDER,
                 error_class=ErrorClass.SERVER_ERROR,
             ) from None
-        if isinstance(status, fal_client.Queued):
-            return Progress(Phase.QUEUED, queue_position=status.position)
-        if isinstance(status, fal_client.InProgress):
-            return Progress(Phase.IN_PROGRESS, logs=_log_lines(status.logs))
-        if isinstance(status, fal_client.Completed):
-            return Progress(Phase.COMPLETED, logs=_log_lines(status.logs))
+        if phase == "IN_QUEUE":
+            position = data.get("queue_position")
+            return Progress(
+                Phase.QUEUED, queue_position=position if isinstance(position, int) else None
+            )
+        if phase == "IN_PROGRESS":
+            return Progress(Phase.IN_PROGRESS, logs=_log_lines(data.get("logs")))
+        if phase == "COMPLETED":
+            return Progress(Phase.COMPLETED, logs=_log_lines(data.get("logs")))
         raise TransientError(
-            f"unknown status {status!r}", provider=PROVIDER, error_class=ErrorClass.SERVER_ERROR
+            f"unknown status {str(phase)[:50]!r}",
+            provider=PROVIDER,
+            error_class=ErrorClass.SERVER_ERROR,
         )
 
     async def result(self, request: ProviderRequest) -> Video | Progress:
@@ -123,7 +143,7 @@ class FalVideoProvider:
         # status again, and we only ask for the result once the status said COMPLETED (or a
         # webhook did).
         try:
-            response = await self._http.get(self._handle(request).response_url)
+            body = await self._get(self._url(request, "response_url"))
         except TransientError as exc:
             raise _failed_generation(exc) from None
         except PermanentError as exc:
@@ -131,14 +151,14 @@ class FalVideoProvider:
                 return Progress(Phase.IN_PROGRESS)
             raise
         try:
-            video = response.json()["video"]
+            video = json.loads(body)["video"]
             return Video(
                 url=str(video["url"]),
                 content_type=str(video.get("content_type", "")),
                 file_name=str(video.get("file_name", "")),
                 file_size=video.get("file_size"),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # not JSON, no video
             raise PermanentError(
                 f"result has no video URL ({type(exc).__name__}: {exc})",
                 provider=PROVIDER,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import fal_client.client
 import pytest
 
 from common.resilience import ErrorClass, PermanentError, TransientError
@@ -131,3 +132,39 @@ async def test_wrong_key_is_an_auth_error(sim: SimulatorHandle) -> None:
             await p.submit(MODEL, ARGS)
     assert caught.value.error_class is ErrorClass.AUTH
     assert "wrong" not in str(caught.value)
+
+
+async def test_status_and_result_are_direct_gets_with_the_key_not_fal_client_calls(
+    fal: FalVideoProvider, sim: SimulatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Polls are most of a segment's calls: they go straight on the transport (no fal-client
+    # handle, no httpx request per poll), still authenticated and routed the same way.
+    sim.configure(latency=0)
+    submitted = await fal.submit(MODEL, ARGS)
+
+    async def no_fal_client(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a status check or result fetch went through fal-client")
+
+    monkeypatch.setattr(fal_client.client, "_async_maybe_retry_request", no_fal_client)
+    for request in (submitted, ProviderRequest(submitted.request_id, {"model": MODEL})):
+        assert (await fal.status(request)).phase is Phase.COMPLETED
+        assert isinstance(await fal.result(request), Video)
+    async with FalVideoProvider(
+        key="wrong", queue_url=sim.url, timeout=1.0, secrets=["wrong"]
+    ) as stranger:
+        with pytest.raises(PermanentError) as caught:
+            await stranger.status(submitted)
+    assert caught.value.error_class is ErrorClass.AUTH
+
+
+async def test_a_malformed_status_answer_is_a_transient_failure(
+    fal: FalVideoProvider, sim: SimulatorHandle
+) -> None:
+    sim.configure(latency=0)
+    submitted = await fal.submit(MODEL, ARGS)
+    broken = ProviderRequest(
+        submitted.request_id, {**submitted.handle, "status_url": submitted.handle["response_url"]}
+    )
+    with pytest.raises(TransientError) as caught:  # a result body has no "status"
+        await fal.status(broken)
+    assert caught.value.error_class is ErrorClass.SERVER_ERROR
