@@ -59,9 +59,15 @@ class StepContext:
     def _poll_window(self) -> float:
         return self.options.poll_interval + self.committer.timings.stale_after
 
-    def _first_poll_delay(self) -> float:
+    def _first_poll_delay(self, work: Work) -> float:
         first = self.options.first_poll_delay
-        return self.options.poll_interval if first is None else first
+        if first is not None:
+            return first
+        if self.options.learn_first_poll:
+            learned = self.runner.run_times.expected(self._budget(work))
+            if learned is not None:
+                return learned
+        return self.options.poll_interval
 
     def _poll_message(self, chain: int) -> TaskMessage:
         task = self.task

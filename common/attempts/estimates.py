@@ -29,3 +29,26 @@ class Durations:
                 self._means = {name: mean for name, mean in rows}
             self._read_at = self.clock()
         return self._means.get(model, 0.0)
+
+
+RUN_TIME_WEIGHT = 0.2
+
+
+class RunTimes:
+    """How long a model's generations run, as the provider reports it (not as we saw it: our
+    own latency would feed back into when we look), learned in this process: the first status
+    check of a request is due when a generation like it usually ends, not after a fixed
+    interval followed by checks that can only say "not yet"."""
+
+    def __init__(self) -> None:
+        self._means: dict[str, float] = {}
+
+    def observe(self, model: str, seconds: float) -> None:
+        if seconds < 0:
+            return
+        mean = self._means.get(model)
+        self._means[model] = seconds if mean is None else mean + RUN_TIME_WEIGHT * (seconds - mean)
+
+    def expected(self, model: str) -> float | None:
+        """The moving average of reported run times (None before the first report)."""
+        return self._means.get(model)

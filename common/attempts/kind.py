@@ -92,6 +92,9 @@ class Succeeded:
     output: Any = None
     # What the provider's answer said of its rate limits, if anything.
     limits: RateLimits | None = None
+    # How long the provider says the generation itself ran (its own metrics), if it said:
+    # learned per model for the first status check of the next requests.
+    ran_for: float | None = None
 
 
 @dataclass(frozen=True)

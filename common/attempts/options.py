@@ -17,6 +17,11 @@ class AttemptOptions:
     # the interval; 0: right away, in the same step, for providers that finish very fast).
     poll_interval: float = 2.0
     first_poll_delay: float | None = None
+    # With `first_poll_delay` unset: the first check waits for the model's run time as the
+    # provider reported it for earlier requests (common.attempts.estimates.RunTimes), the poll
+    # interval until one is known. Off where a webhook says when a request ends (the interval
+    # is then only a fallback).
+    learn_first_poll: bool = False
     # How long a result may be reused by an identical task of a job that asks for reuse.
     reuse_ttl: float = 86_400.0
     # Cap on a provider's Retry-After when it pauses the provider for every worker.

@@ -32,6 +32,8 @@ class Outcomes(StepContext):
             self.handler.on_success(cs, work, outcome)
             self._learn(cs, work, outcome.limits)
             cs.observe(self._budget(work), max(0.0, cs.now - (task.started_at or task.updated_at)))
+            if outcome.ran_for is not None:
+                self.runner.run_times.observe(self._budget(work), outcome.ran_for)
             for kind in self.kinds.dependents(task.kind):
                 cs.change_job_tasks(
                     JobTasksChange(

@@ -85,13 +85,19 @@ class Polling(Outcomes):
             await self._succeeded(work, outcome)
 
     async def _repoll(self, *, seen: str, delay: float | None = None, text: str = "") -> None:
-        """Schedule the next poll; write only when there is news or the deadline runs short."""
+        """Schedule the next poll; write only when there is news or the deadline runs short.
+
+        A regular next check (no `delay` imposed) is due a poll interval after this one was
+        due, so the time each check spends in the broker and here does not push every later
+        check back; one that is already more than an interval late starts a new rhythm now."""
         task, message = self.task, self.message
-        wait = self.options.poll_interval if delay is None else delay
-        news = seen != message.seen
         now = self.committer.clock()
+        wait = self.options.poll_interval if delay is None else delay
+        if delay is None and message.due and now < message.due + wait:
+            wait = message.due + wait - now
+        news = seen != message.seen
         short = (task.deadline_at or 0.0) < now + wait + self.committer.timings.stale_after / 2
-        next_poll = replace(self._poll_message(task.poll_chain), seen=seen)
+        next_poll = replace(self._poll_message(task.poll_chain), seen=seen, due=now + wait)
         if not news and not short and not self.committer.hooks_pending:
             await self.committer.send_now(Send(next_poll, task.kind, task.priority, delay=wait))
             return

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from common import metrics
-from common.attempts.estimates import Durations
+from common.attempts.estimates import Durations, RunTimes
 from common.attempts.guards import Guards
 from common.attempts.kind import Submitted, Work
 from common.attempts.options import Registration
@@ -73,6 +73,7 @@ class AttemptRunner:
         # This worker's lease (None: tasks caught mid-call wait for their deadline).
         self.lease = lease
         self.durations = Durations(committer.db)
+        self.run_times = RunTimes()
         self.kinds = {r.handler.spec.name: r for r in registrations}
         self.tally = CallTally()
         committer.hooks.append(self.tally)
@@ -219,11 +220,9 @@ class _Step(Polling, Guards):
                     deadline_at=cs.now + self._poll_window(),
                 )
                 if not inline:
-                    cs.send(
-                        task,
-                        self._poll_message(task.poll_chain + 1),
-                        delay=self._first_poll_delay(),
-                    )
+                    delay = self._first_poll_delay(work)
+                    first = replace(self._poll_message(task.poll_chain + 1), due=cs.now + delay)
+                    cs.send(task, first, delay=delay)
             return cs
 
         try:

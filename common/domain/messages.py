@@ -9,7 +9,7 @@ message (queue, AMQP priority) is common.routing's business, not the domain's.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -41,9 +41,32 @@ class TaskMessage:
     # The provider state the previous poll saw ("queued:3", "in_progress"), so progress events
     # are written only when it changes, without a database write per poll.
     seen: str = ""
+    # POLL: when this check was due (epoch seconds; 0: unknown). The next one is due a poll
+    # interval after it, not after whenever this one was handled, so polls keep their rhythm.
+    due: float = 0.0
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        # The fields every message has, then only those that differ from their defaults: small
+        # bodies, and no `asdict` (a deep copy) per message.
+        body: dict[str, object] = {
+            "task_id": self.task_id,
+            "job_id": self.job_id,
+            "kind": str(self.kind),
+            "attempt": self.attempt,
+        }
+        if self.chain:
+            body["chain"] = self.chain
+        if self.reissued:
+            body["reissued"] = True
+        if self.once:
+            body["once"] = True
+        if self.recheck:
+            body["recheck"] = True
+        if self.seen:
+            body["seen"] = self.seen
+        if self.due:
+            body["due"] = self.due
+        return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, body: bytes) -> TaskMessage:
@@ -59,6 +82,7 @@ class TaskMessage:
                 once=bool(data.get("once", False)),
                 recheck=bool(data.get("recheck", False)),
                 seen=str(data.get("seen", "")),
+                due=float(data.get("due", 0.0)),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise BadMessage(f"not a task message: {exc}") from None

@@ -131,7 +131,9 @@ class FalVideoProvider:
         if phase == "IN_PROGRESS":
             return Progress(Phase.IN_PROGRESS, logs=_log_lines(data.get("logs")))
         if phase == "COMPLETED":
-            return Progress(Phase.COMPLETED, logs=_log_lines(data.get("logs")))
+            return Progress(
+                Phase.COMPLETED, logs=_log_lines(data.get("logs")), ran_for=_ran_for(data)
+            )
         raise TransientError(
             f"unknown status {str(phase)[:50]!r}",
             provider=PROVIDER,
@@ -173,6 +175,15 @@ class FalVideoProvider:
                 return False
             raise
         return True
+
+
+def _ran_for(status: dict[str, Any]) -> float | None:
+    """fal's `metrics.inference_time` of a COMPLETED status: seconds the generation ran."""
+    metrics = status.get("metrics")
+    seconds = metrics.get("inference_time") if isinstance(metrics, dict) else None
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds >= 0:
+        return float(seconds)
+    return None
 
 
 def _failed_generation(exc: TransientError) -> TransientError:

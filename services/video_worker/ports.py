@@ -30,6 +30,8 @@ class Progress:
     queue_position: int | None = None
     # Provider log lines (newest last), when the provider sent any.
     logs: tuple[str, ...] = ()
+    # COMPLETED: how long the generation ran, by the provider's own metrics (if it said).
+    ran_for: float | None = None
 
 
 @dataclass(frozen=True)

@@ -66,18 +66,20 @@ class VideoSegments(KindHandler):
         self, work: Work, calls: ProviderCalls, *, notified: bool
     ) -> Pending | Succeeded | RequestFailed:
         request = _request_of(work.task)
+        ran_for = None
         try:
             if not notified:
                 progress = await calls("status", lambda: self.provider.status(request))
                 if progress.phase is not Phase.COMPLETED:
                     return _pending(progress)
+                ran_for = progress.ran_for
             # Finished (or the provider called back to say so): fetch the result.
             video = await calls("result", lambda: self.provider.result(request))
         except GenerationFailed as exc:
             return RequestFailed(exc)
         if isinstance(video, Progress):
             return _pending(video)
-        return _succeeded(video)
+        return _succeeded(video, ran_for)
 
     async def cancel(self, work: Work, calls: ProviderCalls) -> bool:
         request = _request_of(work.task)
@@ -99,7 +101,7 @@ def _pending(progress: Progress) -> Pending:
     return Pending(progress.phase.value, "in progress")
 
 
-def _succeeded(video: Video) -> Succeeded:
+def _succeeded(video: Video, ran_for: float | None) -> Succeeded:
     return Succeeded(
         result={
             "url": video.url,
@@ -109,4 +111,5 @@ def _succeeded(video: Video) -> Succeeded:
         },
         message="video ready",
         details={"result_url": video.url},
+        ran_for=ran_for,
     )

@@ -54,6 +54,7 @@ async def running_video_worker(infra: Infra) -> AsyncIterator[AttemptRunner]:
                         call_timeout=s.fal_timeout,
                         poll_interval=s.fal_poll_interval,
                         first_poll_delay=s.fal_first_poll_delay,
+                        learn_first_poll=webhook is None,
                         adopt_window=s.webhook_adopt_window if webhook else 0.0,
                     ),
                 )

@@ -34,6 +34,12 @@ def test_secrets_stay_out_of_repr(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_task_message_round_trip_and_garbage() -> None:
     message = TaskMessage(7, "job", MessageKind.POLL, 2, chain=3, once=True, seen="queued:4")
     assert TaskMessage.decode(message.encode()) == message
+    due = TaskMessage(7, "job", MessageKind.POLL, 2, chain=3, due=1_764_000_000.125)
+    assert TaskMessage.decode(due.encode()) == due
+    # Defaults stay out of the body (small messages); a RUN is four fields.
+    run = TaskMessage(7, "job", MessageKind.RUN, 1)
+    assert run.encode() == b'{"task_id":7,"job_id":"job","kind":"run","attempt":1}'
+    assert TaskMessage.decode(run.encode()) == run
     for garbage in (
         b"",
         b"[]",
