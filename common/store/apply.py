@@ -195,10 +195,12 @@ class Batch:
         """Lock (making them if new) the budget rows the batch spends."""
         if not names:
             return
-        existing = set(
-            await self.conn.scalars(select(_budgets.c.name).where(_budgets.c.name.in_(names)))
+        locked = self._for_update(
+            select(_budgets).where(_budgets.c.name.in_(sorted(names))).order_by(_budgets.c.name)
         )
-        for name in sorted(names - existing):
+        rows = list(await self.conn.execute(locked))
+        missing = names - {r.name for r in rows}
+        for name in sorted(missing):
             rpm, tpm = self.budget_limits.get(name.split(":")[0], (0, 0))
             await self.conn.execute(
                 _upsert(self.conn)(_budgets)
@@ -209,11 +211,8 @@ class Batch:
                 )
                 .on_conflict_do_nothing(index_elements=["name"])
             )  # fmt: skip
-        rows = await self.conn.execute(
-            self._for_update(
-                select(_budgets).where(_budgets.c.name.in_(sorted(names))).order_by(_budgets.c.name)
-            )
-        )
+        if missing:  # made just now: read (and lock) them all again
+            rows = list(await self.conn.execute(locked))
         for r in rows:
             self.state.budgets[r.name] = Budget(
                 r.name, r.paused_until, r.rpm, r.tpm, r.window_start, r.requests, r.tokens,
@@ -258,7 +257,7 @@ class Batch:
                 .label("rank")
             )
             waiting = (
-                select(_tasks.c.id, rank)
+                select(_tasks.c.id, _tasks.c.job_id, rank)
                 .where(
                     _tasks.c.status == TaskStatus.WAITING,
                     _tasks.c.kind.in_(kinds),
@@ -266,14 +265,14 @@ class Batch:
                 )
                 .subquery()
             )
-            picked = (
-                await self.conn.scalars(select(waiting.c.id).where(waiting.c.rank <= free))
-            ).all()
-            if picked:
-                job_ids = await self.conn.scalars(
-                    select(_tasks.c.job_id).where(_tasks.c.id.in_(picked)).distinct()
+            candidates = (
+                await self.conn.execute(
+                    select(waiting.c.id, waiting.c.job_id).where(waiting.c.rank <= free)
                 )
-                await self._load_jobs(set(job_ids))
+            ).all()
+            picked = [task_id for task_id, _ in candidates]
+            if picked:
+                await self._load_jobs({job_id for _, job_id in candidates})
                 stmt = select(*_LIVE_COLUMNS).where(
                     _tasks.c.id.in_(picked), _tasks.c.status == TaskStatus.WAITING
                 )
@@ -344,17 +343,16 @@ class Batch:
                         checks=budget.checks, prev_checks=budget.prev_checks,
                     )
                 )  # fmt: skip
-        for model, seconds in self.state.durations:
+        for model, (fresh, decay, added, samples) in _moving_averages(self.state.durations):
+            # One statement per model, however many of its attempts the batch saw.
             await self.conn.execute(
                 _upsert(self.conn)(_stats)
-                .values(name=model, mean_seconds=seconds, samples=1)
+                .values(name=model, mean_seconds=fresh, samples=samples)
                 .on_conflict_do_update(
                     index_elements=["name"],
                     set_={
-                        # An exponential moving average: recent attempts count most.
-                        "mean_seconds": _stats.c.mean_seconds * (1 - DURATION_WEIGHT)
-                        + seconds * DURATION_WEIGHT,
-                        "samples": _stats.c.samples + 1,
+                        "mean_seconds": _stats.c.mean_seconds * decay + added,
+                        "samples": _stats.c.samples + samples,
                     },
                 )
             )
@@ -371,6 +369,29 @@ class Batch:
             await self.conn.execute(
                 update(_jobs).where(_jobs.c.warning.startswith(prefix)).values(warning="")
             )
+
+
+def _moving_averages(
+    durations: Sequence[tuple[str, float]],
+) -> list[tuple[str, tuple[float, float, float, int]]]:
+    """Per model, an exponential moving average (recent attempts count most) of its attempt
+    durations, folded in batch order: the mean if the model has none stored yet (the first
+    duration, then the others folded in), and `(decay, added)` such that folding them into a
+    stored mean `m` gives `m * decay + added`; and how many durations there were."""
+    folded: dict[str, tuple[float, float, float, int]] = {}
+    for model, seconds in durations:
+        if model not in folded:
+            folded[model] = (seconds, 1 - DURATION_WEIGHT, seconds * DURATION_WEIGHT, 1)
+            continue
+        fresh, decay, added, samples = folded[model]
+        keep = 1 - DURATION_WEIGHT
+        folded[model] = (
+            fresh * keep + seconds * DURATION_WEIGHT,
+            decay * keep,
+            added * keep + seconds * DURATION_WEIGHT,
+            samples + 1,
+        )
+    return list(folded.items())
 
 
 def _event_row(job_id: str, seq: int, e: EventDraft, now: float) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from common.store.apply import Batch
 from common.store.database import Database
 from common.store.records import load_tasks
 from common.store.slots import ensure_slots
-from common.store.tables import Event, Job, ProviderSlots, Task
+from common.store.tables import Event, Job, ModelStats, ProviderSlots, Task
 
 T = TaskStatus
 TIMINGS = StoreTimings(stale_after=60, queued_stale_after=600)
@@ -564,3 +564,40 @@ async def test_a_failed_publish_after_commit_does_not_fail_the_records(db: Datab
         await uow.close()
     (task,) = await tasks_of(db, "j1")
     assert task.status == "running" and task.deadline_at is not None  # the sweeper's cue
+
+
+async def test_durations_of_one_batch_fold_into_the_moving_average_in_order(db: Database) -> None:
+    # One statement per model and batch (issue 10): the same average as one batch per duration.
+    for one_batch in (False, True):
+        model = f"fal:m-{one_batch}"
+        batches: list[list[float]] = [[10.0], [20.0, 5.0, 8.0]]
+        if not one_batch:
+            batches = [[10.0], [20.0], [5.0], [8.0]]
+        for durations in batches:
+            tx = new_tx()
+            for seconds in durations:
+                tx.observe(model, seconds)
+            await apply(db, tx)
+        async with db.read() as session:
+            row = (
+                await session.execute(
+                    select(ModelStats.mean_seconds, ModelStats.samples).where(
+                        ModelStats.name == model
+                    )
+                )
+            ).one()
+        expected = 10.0
+        for seconds in (20.0, 5.0, 8.0):
+            expected = expected * 0.8 + seconds * 0.2
+        assert row.mean_seconds == pytest.approx(expected)
+        assert row.samples == 4
+    # A model new to the store, seen twice in its first batch.
+    tx = new_tx()
+    tx.observe("fal:new", 3.0)
+    tx.observe("fal:new", 6.0)
+    await apply(db, tx)
+    async with db.read() as session:
+        mean = await session.scalar(
+            select(ModelStats.mean_seconds).where(ModelStats.name == "fal:new")
+        )
+    assert mean == pytest.approx(3.0 * 0.8 + 6.0 * 0.2)
