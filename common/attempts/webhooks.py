@@ -39,14 +39,19 @@ class Verdict(StrEnum):
 
 async def on_webhook(committer: GroupCommitter, target: WebhookTarget, request_id: str) -> Verdict:
     """Act on a verified webhook for `target` saying `request_id` finished."""
+    # The task the signed URL names, read with the other webhooks of the moment in one query
+    # (the committer's task loader); the usual case, its committed request, needs no more.
+    named = await committer.tasks.load(target.task_id)
+    if named is not None and named.request_id == request_id:
+        if named.status != TaskStatus.RUNNING:
+            return Verdict.IGNORED
+        await committer.send_now(Send(_fetch(named), named.kind, named.priority))
+        return Verdict.ACCEPTED
     async with committer.db.read() as session:
         task = await queries.task_by_request_id(session, request_id)
-    if task is not None:
-        if task.id != target.task_id or task.status != TaskStatus.RUNNING:
-            return Verdict.IGNORED
-        await committer.send_now(Send(_fetch(task), task.kind, task.priority))
-        return Verdict.ACCEPTED
-    task = await committer.tasks.load(target.task_id)
+    if task is not None:  # another task's request (or another attempt's): not ours to act on
+        return Verdict.IGNORED
+    task = named  # adopting commits only if the task is still as read here
     if task is None or not _orphaned(committer, task, target):
         return Verdict.IGNORED
     try:

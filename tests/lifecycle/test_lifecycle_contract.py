@@ -310,6 +310,24 @@ async def test_an_interrupted_submit_waits_for_the_webhook_and_adopts_its_reques
 
 
 @polled_kinds
+async def test_a_webhook_naming_another_tasks_request_adopts_nothing(
+    tmp_path: Path, case: KindCase
+) -> None:
+    async with lifecycle(tmp_path, case, options=ADOPTING) as h:
+        job = await h.start_job(1)
+        assert (await h.finished(job)).status == JobStatus.COMPLETED
+        (done,) = await h.tasks(job)
+        assert done.request_id
+        (task,) = await h.record_only(1, "orphan")
+        task = await h.mid_call(task, worker="dead", deadline=time.time() + 60)
+        # The orphan's own (signed) URL, but a request another task committed: not its own.
+        target = WebhookTarget(task.id, task.attempt)
+        assert await on_webhook(h.committer, target, done.request_id) is Verdict.IGNORED
+        (still,) = await h.tasks("orphan")
+        assert still.request_id is None and still.status == task.status
+
+
+@polled_kinds
 async def test_an_interrupted_submit_no_webhook_names_is_made_again_after_the_window(
     tmp_path: Path, case: KindCase
 ) -> None:
