@@ -112,6 +112,8 @@ class GroupCommitter:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._in_flight: list[_Item] = []
+        # Committed batches whose messages are being published (see `_process`).
+        self._publishing: set[asyncio.Task[None]] = set()
 
     # API ------------------------------------------------------------------------------------
 
@@ -154,6 +156,8 @@ class GroupCommitter:
         waiting = [i.done for i in [*self._in_flight, *self._pending]]
         if waiting and self._loop_task is not None and not self._loop_task.done():
             await asyncio.gather(*waiting, return_exceptions=True)
+        if self._publishing:
+            await asyncio.gather(*self._publishing, return_exceptions=True)
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -255,17 +259,30 @@ class GroupCommitter:
                     _abort(item.cs)
                     _settle(item.done, error=exc)
                 return
-        # Committed. Watchers hear of it first; the owed messages wait for the broker's confirms.
-        await self.notify(notes)
-        owed = outgoing_all(sends, self.kinds)
+        # Committed. The next batch is written while this one's messages are published: waiting
+        # here for the broker's confirms would hold every change set queued behind it.
+        publishing = asyncio.create_task(self._publish(batch, result, notes, sends))
+        self._publishing.add(publishing)
+        publishing.add_done_callback(self._publishing.discard)
+
+    async def _publish(
+        self, batch: list[_Item], result: Any, notes: dict[str, int], sends: list[Send]
+    ) -> None:
+        """After a batch committed: wake watchers, publish the messages it owes (confirmed),
+        then tell its change sets' authors."""
         try:
+            await self.notify(notes)
+        except Exception as exc:  # a lost note only delays watchers until their next read
+            log.warning("progress notes for %d jobs failed: %s", len(notes), exc)
+        try:
+            owed = outgoing_all(sends, self.kinds)
             if owed:
                 await self.broker.publish(owed)
         except Exception as exc:
             # Not the change sets' failure: their state is committed, and every owed message
             # has a deadline after which the sweeper re-issues it (provider cancels are best
             # effort).
-            log.warning("publishing %d owed messages failed: %s", len(owed), exc)
+            log.warning("publishing %d owed messages failed: %s", len(sends), exc)
         now = self.clock()
         for item in batch:
             if item.cs.error is not None:

@@ -601,3 +601,37 @@ async def test_durations_of_one_batch_fold_into_the_moving_average_in_order(db: 
             select(ModelStats.mean_seconds).where(ModelStats.name == "fal:new")
         )
     assert mean == pytest.approx(3.0 * 0.8 + 6.0 * 0.2)
+
+
+async def test_the_next_batch_is_written_while_the_last_ones_messages_await_confirms(
+    db: Database,
+) -> None:
+    # A slow broker confirm holds only the change sets that owe the message, not every change
+    # set queued behind them (issue 10: commits sat behind confirms of other batches).
+    await create(db, video_job("j1", 1))
+    (first,) = await tasks_of(db, "j1")
+    async with MemoryBroker(Topology(prefix="t", queues=BUILTIN_KINDS.queues)) as broker:
+        confirmed = asyncio.Event()
+        publishing = asyncio.Event()
+        publish = broker.publish
+
+        async def slow_publish(messages: Any) -> None:
+            publishing.set()
+            await confirmed.wait()
+            await publish(messages)
+
+        broker.publish = slow_publish  # type: ignore[method-assign]
+        uow = GroupCommitter(db, broker, TIMINGS)
+        owing = uow.new_change_set()
+        owing.emit("j1", EventDraft(EventType.TASK_PROGRESS, message="owes a message"))
+        owing.send(first, TaskMessage(first.id, "j1", MessageKind.POLL, 1, chain=1))
+        waiting = asyncio.create_task(uow.commit(owing))
+        await publishing.wait()
+        later = uow.new_change_set()
+        later.emit("j1", EventDraft(EventType.TASK_PROGRESS, message="owes nothing"))
+        await asyncio.wait_for(uow.commit(later), timeout=5)  # not behind the confirm
+        assert not waiting.done()  # its author hears of the commit once the message is out
+        confirmed.set()
+        await waiting
+        await uow.close()
+    assert await cursors(db, "j1") == [1, 2, 3]
