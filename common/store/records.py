@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import fields
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.domain.records import JobRecord, TaskRecord
@@ -15,6 +15,8 @@ from common.store.tables import Job, Task
 
 TASK_COLUMNS = [Task.__table__.c[f.name] for f in fields(TaskRecord)]
 JOB_COLUMNS = [Job.__table__.c[f.name] for f in fields(JobRecord)]
+# Built once: SQLAlchemy then computes its cache key once, not on every load.
+_TASKS_BY_ID = select(*TASK_COLUMNS).where(Task.id.in_(bindparam("ids", expanding=True)))
 
 
 async def load_tasks(session: AsyncSession, *where: Any) -> list[TaskRecord]:
@@ -54,8 +56,9 @@ class TaskLoader:
             waiters = {i: self._waiting.pop(i) for i in ids}
             try:
                 async with self.db.read() as session:
-                    rows = await session.execute(select(*TASK_COLUMNS).where(Task.id.in_(ids)))
-                    found = {r.id: TaskRecord.of(r) for r in rows}
+                    rows = await session.execute(_TASKS_BY_ID, {"ids": ids})
+                    # The columns are the record's fields, in order.
+                    found = {r[0]: TaskRecord(*r) for r in rows}
             except Exception as exc:
                 for futures in waiters.values():
                     for f in futures:
