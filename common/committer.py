@@ -269,29 +269,32 @@ class GroupCommitter:
         self, batch: list[_Item], result: Any, notes: dict[str, int], sends: list[Send]
     ) -> None:
         """After a batch committed: wake watchers, publish the messages it owes (confirmed),
-        then tell its change sets' authors."""
+        then tell its change sets' authors (whatever happens here: they must never wait
+        forever for a batch that committed)."""
         try:
-            await self.notify(notes)
-        except Exception as exc:  # a lost note only delays watchers until their next read
-            log.warning("progress notes for %d jobs failed: %s", len(notes), exc)
-        try:
-            owed = outgoing_all(sends, self.kinds)
-            if owed:
-                await self.broker.publish(owed)
-        except Exception as exc:
-            # Not the change sets' failure: their state is committed, and every owed message
-            # has a deadline after which the sweeper re-issues it (provider cancels are best
-            # effort).
-            log.warning("publishing %d owed messages failed: %s", len(sends), exc)
-        now = self.clock()
-        for item in batch:
-            if item.cs.error is not None:
-                _abort(item.cs)
-                _settle(item.done, error=item.cs.error)
-            else:
-                for head in item.cs.finished:
-                    _log_finished(head, now)
-                _settle(item.done, result=result)
+            try:
+                await self.notify(notes)
+            except Exception as exc:  # a lost note only delays watchers until their next read
+                log.warning("progress notes for %d jobs failed: %s", len(notes), exc)
+            try:
+                owed = outgoing_all(sends, self.kinds)
+                if owed:
+                    await self.broker.publish(owed)
+            except Exception as exc:
+                # Not the change sets' failure: their state is committed, and every owed
+                # message has a deadline after which the sweeper re-issues it (provider
+                # cancels are best effort).
+                log.warning("publishing %d owed messages failed: %s", len(sends), exc)
+        finally:
+            now = self.clock()
+            for item in batch:
+                if item.cs.error is not None:
+                    _abort(item.cs)
+                    _settle(item.done, error=item.cs.error)
+                else:
+                    for head in item.cs.finished:
+                        _log_finished(head, now)
+                    _settle(item.done, result=result)
 
 
 def _log_finished(head: JobHead, now: float) -> None:

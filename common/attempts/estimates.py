@@ -32,6 +32,8 @@ class Durations:
 
 
 RUN_TIME_WEIGHT = 0.2
+# A reported run time beyond this is not a generation's (a provider's bug): ignored.
+MAX_RUN_TIME = 3600.0
 
 
 class RunTimes:
@@ -44,7 +46,7 @@ class RunTimes:
         self._means: dict[str, float] = {}
 
     def observe(self, model: str, seconds: float) -> None:
-        if seconds < 0:
+        if not 0 <= seconds <= MAX_RUN_TIME:  # NaN and Infinity fail this too
             return
         mean = self._means.get(model)
         self._means[model] = seconds if mean is None else mean + RUN_TIME_WEIGHT * (seconds - mean)

@@ -207,6 +207,11 @@ class _Step(Polling, Guards):
         task = work.task
         inline = self.options.first_poll_delay == 0
 
+        # The first check may be due later than the usual window (a model learned to run long):
+        # the deadline covers it, or the sweeper would take the waiting poll for a lost one.
+        delay = 0.0 if inline else self._first_poll_delay(work)
+        window = self._poll_window() + max(0.0, delay - self.options.poll_interval)
+
         async def commit() -> ChangeSet:
             async with self.committer.transaction() as cs:
                 cs.change(
@@ -217,10 +222,9 @@ class _Step(Polling, Guards):
                     request_id=request.request_id,
                     handle=request.handle,
                     poll_chain=task.poll_chain + 1,
-                    deadline_at=cs.now + self._poll_window(),
+                    deadline_at=cs.now + window,
                 )
                 if not inline:
-                    delay = self._first_poll_delay(work)
                     first = replace(self._poll_message(task.poll_chain + 1), due=cs.now + delay)
                     cs.send(task, first, delay=delay)
             return cs

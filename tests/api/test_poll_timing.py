@@ -149,3 +149,24 @@ async def test_polls_keep_their_rhythm(
     last, delay = sent.polls(task)[-1]
     assert delay == INTERVAL
     assert before + INTERVAL <= last.due <= time.time() + INTERVAL
+
+
+async def test_a_first_check_learned_to_come_late_is_inside_the_tasks_deadline(
+    stack: InProcStack, fal: FalVideoProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A model learned to run longer than the poll window (minutes, say): the sweeper must not
+    # take the task's first poll, still waiting in the delay queues, for a lost one.
+    sent = Sent(stack, monkeypatch)
+    learning = runner(stack, fal, learn_first_poll=True)
+    task = await one_task(stack)
+    model = "fal:" + task.payload["model"]
+    learning.run_times.observe(model, 200.0)
+    learning.run_times.observe(model, float("inf"))  # a provider's nonsense is not learned
+    learning.run_times.observe(model, float("nan"))
+    assert learning.run_times.expected(model) == 200.0
+    await run(learning, task)
+    ((poll, delay),) = sent.polls(task)
+    assert delay == pytest.approx(200.0)
+    after = await stack.infra.committer.tasks.load(task.id)
+    assert after is not None and after.deadline_at is not None
+    assert after.deadline_at >= poll.due + stack.settings.stale_after / 2

@@ -566,6 +566,26 @@ async def test_a_failed_publish_after_commit_does_not_fail_the_records(db: Datab
     assert task.status == "running" and task.deadline_at is not None  # the sweeper's cue
 
 
+async def test_a_publish_interrupted_after_commit_still_answers_the_authors(db: Database) -> None:
+    # The batch's messages are published apart from the write loop: if that is cut short
+    # (cancelled at shutdown, say), the change sets' authors still hear that they committed.
+    class Cut(MemoryBroker):
+        async def publish(self, messages: Any) -> None:
+            raise asyncio.CancelledError
+
+    await create(db, video_job("j1", 1))
+    (task,) = await tasks_of(db, "j1")
+    async with Cut(Topology(prefix="t", queues=BUILTIN_KINDS.queues)) as broker:
+        uow = GroupCommitter(db, broker, TIMINGS)
+        async with asyncio.timeout(10):
+            async with uow.transaction() as tx:
+                tx.change(task, T.RUNNING, message="running", deadline_at=tx.now + 30)
+                tx.send(task, TaskMessage(task.id, task.job_id, MessageKind.RUN, task.attempt))
+        await uow.close()
+    (task,) = await tasks_of(db, "j1")
+    assert task.status == "running"
+
+
 async def test_durations_of_one_batch_fold_into_the_moving_average_in_order(db: Database) -> None:
     # One statement per model and batch (issue 10): the same average as one batch per duration.
     for one_batch in (False, True):
