@@ -168,7 +168,7 @@ class GroupCommitter:
         trace = tracing.current()
         if trace is not None:
             sends = tuple(replace(s, trace=s.trace or trace) for s in sends)
-        await self.broker.publish(outgoing_all(sends, self.kinds))
+        await self.broker.publish(outgoing_all(sends, self.kinds, self.clock()))
 
     async def notify(self, notes: dict[str, int]) -> None:
         """Wake the watchers of these jobs. A lost note only delays them until their next read."""
@@ -277,7 +277,7 @@ class GroupCommitter:
             except Exception as exc:  # a lost note only delays watchers until their next read
                 log.warning("progress notes for %d jobs failed: %s", len(notes), exc)
             try:
-                owed = outgoing_all(sends, self.kinds)
+                owed = outgoing_all(sends, self.kinds, self.clock())
                 if owed:
                     await self.broker.publish(owed)
             except Exception as exc:

@@ -19,9 +19,15 @@ CANCEL_PRIORITY = 9
 TRACE_HEADER = "traceparent"
 
 
-def outgoing(send: Send, kinds: KindRegistry) -> Outgoing:
-    """The broker message for `send`, on its task kind's queue, at its priority."""
+def outgoing(send: Send, kinds: KindRegistry, now: float | None = None) -> Outgoing:
+    """The broker message for `send`, on its task kind's queue, at its priority. A poll that
+    says when it is due (epoch seconds) is delayed until then from `now`, the time of
+    publishing: the time between deciding on the delay and publishing (e.g. a commit) is not
+    added to it."""
     message = send.message
+    delay = send.delay
+    if now is not None and message.due and message.kind is MessageKind.POLL:
+        delay = max(0.0, min(delay, message.due - now))
     if message.kind is MessageKind.CANCEL:
         priority = CANCEL_PRIORITY
     else:
@@ -32,11 +38,13 @@ def outgoing(send: Send, kinds: KindRegistry) -> Outgoing:
         queue=kinds[send.task_kind].queue,
         body=message.encode(),
         priority=priority,
-        delay=send.delay,
+        delay=delay,
         message_id=message.message_id,
         headers={TRACE_HEADER: send.trace} if send.trace else {},
     )
 
 
-def outgoing_all(sends: Sequence[Send], kinds: KindRegistry) -> list[Outgoing]:
-    return [outgoing(s, kinds) for s in sends]
+def outgoing_all(
+    sends: Sequence[Send], kinds: KindRegistry, now: float | None = None
+) -> list[Outgoing]:
+    return [outgoing(s, kinds, now) for s in sends]

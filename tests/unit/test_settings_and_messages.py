@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from common.domain.messages import BadMessage, MessageKind, TaskMessage
+from common.domain.kinds import BUILTIN_KINDS, VIDEO_SEGMENT
+from common.domain.messages import BadMessage, MessageKind, Send, TaskMessage
 from common.domain.states import (
     JOB_TRANSITIONS,
     TASK_TRANSITIONS,
@@ -12,6 +13,7 @@ from common.domain.states import (
     JobStatus,
     TaskStatus,
 )
+from common.routing import outgoing
 from common.settings import Settings, SettingsError
 
 
@@ -58,3 +60,17 @@ def test_transition_tables_are_closed_and_terminal_states_only_reopen_by_retry()
         assert TASK_TRANSITIONS[status] <= {TaskStatus.QUEUED, TaskStatus.BLOCKED}
     for status in set(TaskStatus) - TERMINAL_TASK:
         assert TaskStatus.CANCELLED in TASK_TRANSITIONS[status]
+
+
+def test_a_poll_that_says_when_it_is_due_is_delayed_until_then_from_publishing() -> None:
+    # The first poll is decided before the request id's commit and published after it: the
+    # commit's time comes off its delay instead of being added to every request's wait.
+    poll = TaskMessage(7, "job", MessageKind.POLL, 1, chain=1, due=1000.0)
+    send = Send(poll, VIDEO_SEGMENT.name, delay=2.0)
+    assert outgoing(send, BUILTIN_KINDS, now=998.0).delay == 2.0
+    assert outgoing(send, BUILTIN_KINDS, now=998.5).delay == pytest.approx(1.5)
+    assert outgoing(send, BUILTIN_KINDS, now=1001.0).delay == 0.0  # overdue: at once
+    assert outgoing(send, BUILTIN_KINDS, now=997.0).delay == 2.0  # never later than asked
+    assert outgoing(send, BUILTIN_KINDS).delay == 2.0  # no clock: as asked
+    run = Send(TaskMessage(7, "job", MessageKind.RUN, 1), VIDEO_SEGMENT.name, delay=3.0)
+    assert outgoing(run, BUILTIN_KINDS, now=998.5).delay == 3.0
