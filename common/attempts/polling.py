@@ -14,7 +14,7 @@ from common.domain.changes import StaleTask
 from common.domain.events import EventDraft
 from common.domain.messages import Send
 from common.domain.states import TaskStatus
-from common.resilience import CircuitOpenError, ErrorClass, ProviderError
+from common.resilience import CircuitOpenError, ProviderError
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,6 @@ class Polling(Outcomes):
         finally:
             self.runner.tally.add(self._budget(work), calls.made)
 
-    async def _pause_if_limited(self, work: Work, error: ProviderError) -> None:
-        """A 429 with Retry-After on a status check pauses starts for every worker too."""
-        if error.error_class is not ErrorClass.RATE_LIMITED or not error.retry_after:
-            return
-        async with self.committer.transaction() as cs:
-            until = cs.now + min(error.retry_after, self.options.max_pause)
-            cs.pause(self._budget(work), until)
-
     async def _poll_work(self, work: Work) -> None:
         message = self.message
         try:
@@ -57,8 +49,9 @@ class Polling(Outcomes):
             return
         except ProviderError as exc:
             if exc.retryable:
-                # The status call failed, not the request: check again later.
-                await self._pause_if_limited(work, exc)
+                # The status call failed, not the request: check again later (after its
+                # Retry-After). A 429 here does not pause starts: submits have their own 429s,
+                # and a pause per refused status check stalls every start under random 429s.
                 log.info(
                     "status check failed (%s); checking again later",
                     exc.error_class,
