@@ -14,6 +14,7 @@ import glob
 import json
 import os
 import re
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -38,8 +39,29 @@ def metadata_file_name(title: str) -> str:
     return f"{safe_title(title)}_metadata.json"
 
 
+def _writer_tag() -> str:
+    """Who writes a temporary file: its host and process (`~` never in a host name)."""
+    return f"{socket.gethostname()}~{os.getpid()}~"
+
+
+def _dead_writers(leftover: Path, prefix: str) -> bool:
+    """The temporary file names a process of this host that no longer runs."""
+    host, _, rest = leftover.name[len(prefix) :].partition("~")
+    pid, _, _ = rest.partition("~")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def _write_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    prefix = f".{path.name}."
+    fd, tmp = tempfile.mkstemp(prefix=prefix + _writer_tag(), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2, ensure_ascii=False)
@@ -51,13 +73,14 @@ def _write_atomic(path: Path, data: Any) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     # A worker killed mid-write leaves its temporary file behind; the file it meant to replace
-    # is whole (old or new), and the leftover goes once the file is written again. A recent one
-    # may be another writer's, in progress (two sets finishing together both rewrite the
-    # metadata file): only old ones are leftovers.
+    # is whole (old or new), and the leftover goes once the file is written again. A live
+    # writer's file may be in progress (two sets finishing together both rewrite the metadata
+    # file): a leftover is one whose process on this host is gone, or one too old to be
+    # anybody's write (another host's, on a shared volume).
     stale = time.time() - LEFTOVER_AGE
-    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    for leftover in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
         with contextlib.suppress(FileNotFoundError):
-            if leftover.stat().st_mtime < stale:
+            if _dead_writers(leftover, prefix) or leftover.stat().st_mtime < stale:
                 leftover.unlink(missing_ok=True)
 
 

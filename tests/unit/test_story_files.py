@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -38,6 +41,30 @@ async def test_write_replaces_atomically_and_removes_a_killed_writers_leftover(
     assert json.loads(path.read_text()) == {"set_number": 1}
     assert sorted(p.name for p in folder.iterdir()) == ["T_set_01.json"]
     assert files.relative(path) == "job/T_set_01.json"
+
+
+async def test_a_fresh_leftover_of_a_dead_process_goes_a_live_ones_stays(tmp_path: Path) -> None:
+    # A worker SIGKILLed mid-write and restarted writes the file again seconds later: its dead
+    # predecessor's temporary file goes at once; a live process's stays (it may be writing).
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        host = socket.gethostname()
+        folder = tmp_path / "job"
+        folder.mkdir()
+        killed = folder / f".T_set_01.json.{host}~{dead.pid}~abc.tmp"
+        killed.write_text('{"half": ')
+        busy = folder / f".T_set_01.json.{host}~{alive.pid}~def.tmp"
+        busy.write_text("{")
+        elsewhere = folder / f".T_set_01.json.other-host~{dead.pid}~ghi.tmp"
+        elsewhere.write_text("{")  # another host's process: only its age could tell
+        await StoryFiles(tmp_path).write("job", "T_set_01.json", {"set_number": 1})
+        assert not killed.exists()
+        assert busy.exists() and elsewhere.exists()
+    finally:
+        alive.kill()
+        alive.wait()
 
 
 async def test_concurrent_writers_of_one_file_never_remove_each_others_work(
