@@ -276,8 +276,9 @@ def tally(budget: Budget, now: float, calls: int) -> None:
 def release_spread(task_id: int, wait: float) -> float:
     """Extra seconds for one of many starts held back together (by a pause, or a spent
     minute), so they do not all call the provider the moment the wait ends: a fixed offset per
-    task, spread evenly over up to the wait itself (1..10 s)."""
-    spread = min(max(wait, 1.0), MAX_RELEASE_SPREAD)
+    task, spread evenly over up to the wait itself (at most 10 s): a short pause (a scattered
+    429's half second) costs the held starts at most twice itself, not a whole second more."""
+    spread = min(wait, MAX_RELEASE_SPREAD)
     return spread * ((task_id * GOLDEN) % 1.0)
 
 

@@ -209,3 +209,4 @@ def test_starts_held_back_together_are_released_spread_out() -> None:
     assert max(gaps) < 0.1  # fifty starts over a second, none bunched behind a long gap
     assert release_spread(7, 1.0) == release_spread(7, 1.0)  # the same task, the same offset
     assert max(release_spread(t, 600.0) for t in range(100)) <= 10.0
+    assert max(release_spread(t, 0.5) for t in range(100)) <= 0.5  # short pauses stay short
