@@ -207,7 +207,6 @@ class Budget:
     @property
     def prev_calls(self) -> int:
         return self.prev_requests + self.prev_checks
-        self.changed = True
 
 
 @dataclass(frozen=True)
