@@ -124,15 +124,7 @@ class Tally:
     calls: int
 
 
-@dataclass(frozen=True)
-class Accepted:
-    """The provider accepted a submit of `budget` answered at `at` (see scheduling.accepted)."""
-
-    budget: str
-    at: float
-
-
-BudgetOp = Pause | Learn | ChargeRetry | Tally | Accepted
+BudgetOp = Pause | Learn | ChargeRetry | Tally
 
 
 @dataclass(frozen=True)
@@ -254,9 +246,6 @@ class ChangeSet:
 
     def pause(self, budget: str, until: float) -> None:
         self.budget_ops.append(Pause(budget, until))
-
-    def accepted(self, budget: str, at: float) -> None:
-        self.budget_ops.append(Accepted(budget, at))
 
     def learn(self, budget: str, **limits: int | None) -> None:
         self.budget_ops.append(Learn(budget, **limits))
