@@ -267,7 +267,7 @@ class BatchState:
         assert start is not None and start.budget is not None
         budget = self.budgets[start.budget]
         why = "paused" if budget.paused_until > self.now else "per-minute budget spent"
-        wait += scheduling.release_spread(live.id, wait)
+        wait += scheduling.release_spread(live.id, wait, self.now + wait)
         self._write(cs, live, {"deadline_at": self.now + wait + self.timings.stale_after})
         self.jobs[live.job_id].events.append(
             EventDraft(

@@ -272,13 +272,15 @@ def tally(budget: Budget, now: float, calls: int) -> None:
     budget.changed = True
 
 
-def release_spread(task_id: int, wait: float) -> float:
+def release_spread(task_id: int, wait: float, until: float = 0.0) -> float:
     """Extra seconds for one of many starts held back together (by a pause, or a spent
-    minute), so they do not all call the provider the moment the wait ends: a fixed offset per
-    task, spread evenly over up to the wait itself (at most 10 s): a short pause (a scattered
-    429's half second) costs the held starts at most twice itself, not a whole second more."""
+    minute), so they do not all call the provider the moment the wait ends: an offset per task,
+    spread evenly over up to the wait itself (at most 10 s). The order changes with the wait
+    (`until`: when it ends): the first to go after a pause meets the provider's next 429, and
+    with a fixed order the same few tasks would spend all their attempts on a long storm."""
     spread = min(wait, MAX_RELEASE_SPREAD)
-    return spread * ((task_id * GOLDEN) % 1.0)
+    turn = int(until * 1000) % 1_000_003
+    return spread * (((task_id + turn) * GOLDEN) % 1.0)
 
 
 def learn(budget: Budget, *, rpm: int | None, tpm: int | None, used_requests: int | None) -> None:

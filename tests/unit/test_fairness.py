@@ -210,3 +210,15 @@ def test_starts_held_back_together_are_released_spread_out() -> None:
     assert release_spread(7, 1.0) == release_spread(7, 1.0)  # the same task, the same offset
     assert max(release_spread(t, 600.0) for t in range(100)) <= 10.0
     assert max(release_spread(t, 0.5) for t in range(100)) <= 0.5  # short pauses stay short
+
+
+def test_the_first_released_after_a_pause_is_not_always_the_same_task() -> None:
+    # Under a long 429 storm each pause's first start meets the next 429 (an attempt spent):
+    # the lead must rotate, or the same task spends all its attempts.
+    tasks = range(1, 601)
+    leads = [
+        min(tasks, key=lambda task: release_spread(task, 1.0, NOW + pause * 1.37))
+        for pause in range(60)
+    ]
+    assert max(leads.count(task) for task in set(leads)) <= 2
+    assert release_spread(7, 1.0, NOW) == release_spread(7, 1.0, NOW)  # pure
