@@ -15,14 +15,13 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import pytest
-from sqlalchemy.engine import make_url
 
 from common.broker import Topology, delete_topology
 from common.domain.kinds import BUILTIN_KINDS
 from services.simulator.app import SimulatorHandle, run_simulator
 from services.simulator.config import SimulatorConfig
+from tests.support.databases import fresh_postgres
 from tests.support.stack import FAL_KEY, OPENAI_KEY
 
 PRIVATE_PORT = 5673
@@ -56,17 +55,8 @@ async def any_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path}/chaos.db"
         return
-    base = make_url(request.getfixturevalue("postgres_url"))
-    name = f"orch_chaos_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(
-        host=base.host, port=base.port, user=base.username, database=base.database
-    )
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield base.set(database=name).render_as_string(False)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with fresh_postgres(request.getfixturevalue("postgres_url"), "orch_chaos") as url:
+        yield url
 
 
 @dataclass

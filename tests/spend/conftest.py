@@ -4,16 +4,14 @@ or a fresh PostgreSQL database."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
-from sqlalchemy.engine import make_url
 
 from common.broker import Topology, delete_topology
 from common.domain.kinds import BUILTIN_KINDS
+from tests.support.databases import fresh_postgres
 
 
 @pytest.fixture
@@ -29,14 +27,5 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path}/orchestrator.db"
         return
-    base = make_url(request.getfixturevalue("postgres_url"))
-    name = f"orch_spend_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(
-        host=base.host, port=base.port, user=base.username, database=base.database
-    )
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield base.set(database=name).render_as_string(False)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with fresh_postgres(request.getfixturevalue("postgres_url"), "orch_spend") as url:
+        yield url

@@ -3,15 +3,13 @@ per test)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
-from sqlalchemy.engine import make_url
 
 from common.store.database import Database, open_database
+from tests.support.databases import fresh_postgres
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -20,17 +18,8 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path}/state.db"
         return
-    base = make_url(request.getfixturevalue("postgres_url"))
-    name = f"orch_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(
-        host=base.host, port=base.port, user=base.username, database=base.database
-    )
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield base.set(database=name).render_as_string(False)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with fresh_postgres(request.getfixturevalue("postgres_url"), "orch_test") as url:
+        yield url
 
 
 @pytest.fixture
