@@ -4,12 +4,14 @@ given up, dependents skipped), and the provider request of a cancelled task canc
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from common import metrics
 from common.attempts.context import StepContext
 from common.attempts.kind import RateLimits, Succeeded, Work
 from common.attempts.steps import fail_attempt, progress
 from common.domain.changes import ChangeSet, Failure, JobTasksChange, StaleTask
+from common.domain.records import TaskRecord
 from common.domain.states import TaskStatus
 from common.resilience import CircuitOpenError, ErrorClass, GiveUp, ProviderError, Retry
 
@@ -34,21 +36,26 @@ class Outcomes(StepContext):
             cs.observe(self._budget(work), max(0.0, cs.now - (task.started_at or task.updated_at)))
             if outcome.ran_for is not None:
                 self.runner.run_times.observe(self._budget(work), outcome.ran_for)
-            for kind in self.kinds.dependents(task.kind):
-                cs.change_job_tasks(
-                    JobTasksChange(
-                        task.job_id,
-                        kind,
-                        TaskStatus.BLOCKED,
-                        TaskStatus.QUEUED,
-                        f"{self.spec.noun} ready",
-                        values={"deadline_at": cs.now + cs.timings.stale_after},
-                        send_run=True,
-                    )
-                )
+            self._move_dependents(
+                cs,
+                task,
+                TaskStatus.QUEUED,
+                f"{self.spec.noun} ready",
+                values={"deadline_at": cs.now + cs.timings.stale_after},
+                send_run=True,
+            )
         metrics.task_outcomes.labels(self.spec.name, TaskStatus.SUCCEEDED).inc()
         log.info(outcome.message, extra={"event": "success", **outcome.details})
         await self.handler.after_commit(work, cs)
+
+    def _move_dependents(
+        self, cs: ChangeSet, task: TaskRecord, to: TaskStatus, message: str, **change: Any
+    ) -> None:
+        """The job's tasks of the kinds waiting for this one (BLOCKED) move on to `to`."""
+        for kind in self.kinds.dependents(task.kind):
+            cs.change_job_tasks(
+                JobTasksChange(task.job_id, kind, TaskStatus.BLOCKED, to, message, **change)
+            )
 
     async def _failed(self, work: Work, error: ProviderError) -> None:
         task = work.task
@@ -66,17 +73,10 @@ class Outcomes(StepContext):
                     ErrorClass.DEPENDENCY_FAILED,
                     True,
                 )
-                for kind in self.kinds.dependents(task.kind):
-                    cs.change_job_tasks(
-                        JobTasksChange(
-                            task.job_id,
-                            kind,
-                            TaskStatus.BLOCKED,
-                            TaskStatus.SKIPPED,
-                            f"skipped: the {self.spec.noun} failed",
-                            failure=failure,
-                        )
-                    )
+                self._move_dependents(
+                    cs, task, TaskStatus.SKIPPED, f"skipped: the {self.spec.noun} failed",
+                    failure=failure,
+                )  # fmt: skip
         if isinstance(decision, GiveUp):
             metrics.task_outcomes.labels(self.spec.name, TaskStatus.FAILED).inc()
             log.warning(
