@@ -249,16 +249,8 @@ class BatchState:
             "deadline_at": self.now + delay + self.timings.stale_after,
         }
         self._write(cs, live, values)
-        self.jobs[live.job_id].events.append(
-            EventDraft(
-                EventType.TASK_DEFERRED,
-                message=f"retry budget of {op.budget} spent: the retry waits {delay:.1f}s",
-                task_index=live.index,
-                task_status=live.status,
-                details={"retry_in": round(delay, 3), "budget": op.budget},
-            )
-        )
-        cs.deferred[op.task_id] = delay
+        text = f"retry budget of {op.budget} spent: the retry waits {delay:.1f}s"
+        self._deferred(cs, live, op.budget, delay, text)
         return sends
 
     def _defer_start(self, cs: ChangeSet, live: LiveTask, op: TaskChange, wait: float) -> None:
@@ -269,18 +261,24 @@ class BatchState:
         why = "paused" if budget.paused_until > self.now else "per-minute budget spent"
         wait += scheduling.release_spread(live.id, wait, self.now + wait)
         self._write(cs, live, {"deadline_at": self.now + wait + self.timings.stale_after})
+        self._deferred(cs, live, start.budget, wait, f"{start.budget} {why}; deferred {wait:.1f}s")
+        if start.resend is not None:
+            self.sends.append(Send(start.resend, live.kind, live.priority, delay=wait))
+
+    def _deferred(
+        self, cs: ChangeSet, live: LiveTask, budget: str, seconds: float, message: str
+    ) -> None:
+        """A budget put the task off for `seconds`: the event, and what its author learns."""
         self.jobs[live.job_id].events.append(
             EventDraft(
                 EventType.TASK_DEFERRED,
-                message=f"{start.budget} {why}; deferred {wait:.1f}s",
+                message=message,
                 task_index=live.index,
                 task_status=live.status,
-                details={"retry_in": round(wait, 3), "budget": start.budget},
+                details={"retry_in": round(seconds, 3), "budget": budget},
             )
         )
-        if start.resend is not None:
-            self.sends.append(Send(start.resend, live.kind, live.priority, delay=wait))
-        cs.deferred[live.id] = wait
+        cs.deferred[live.id] = seconds
 
     def _in_flight(self, task: LiveTask) -> TaskStatus:
         return TaskStatus(self.kinds[task.kind].in_flight_status)
