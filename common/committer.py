@@ -27,6 +27,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -40,8 +41,10 @@ from common.resilience import Backoff
 from common.resilience.retrying import Sleep
 from common.routing import outgoing_all
 from common.store.apply import Batch
+from common.store.apply import Connection as StoreConnection
 from common.store.database import Database
 from common.store.records import TaskLoader
+from common.store.threaded import SyncConnection, run_to_end
 
 log = logging.getLogger(__name__)
 
@@ -219,22 +222,35 @@ class GroupCommitter:
         change_sets = [item.cs for item in batch]
         for cs in change_sets:
             cs.reset_results()
+        writer = self.db.batch_writer
+        if work is None and writer is not None:  # SQLite: the whole batch in one trip
+            now = self.clock()
+
+            def write(conn: Connection) -> tuple[Batch, list[Send]]:
+                applied = self._batch(SyncConnection(conn), now)
+                return applied, run_to_end(applied.run(change_sets))
+
+            applied, sends = await writer.transaction(write)
+            return None, applied.notes, sends
         result: Any = None
         async with self.db.write() as session:
             if work is not None:
                 result = await work(session, change_sets[0])
-            applied = Batch(
-                await session.connection(),
-                self.clock(),
-                self.timings,
-                self.kinds,
-                policy=self.policy,
-                budget_limits=self.budget_limits,
-            )
+            applied = self._batch(await session.connection(), self.clock())
             sends = await applied.run(change_sets)
             if work is not None:
                 _roll_back_if_stale(change_sets[0])
         return result, applied.notes, sends
+
+    def _batch(self, conn: StoreConnection, now: float) -> Batch:
+        return Batch(
+            conn,
+            now,
+            self.timings,
+            self.kinds,
+            policy=self.policy,
+            budget_limits=self.budget_limits,
+        )
 
     async def _process(self, batch: list[_Item]) -> None:
         retry = 0

@@ -72,8 +72,8 @@ def install(provider: TracerProvider) -> None:
 
 
 def instrument_engine(engine: Any) -> None:
-    """Statement spans for an async engine (its sync core), when tracing is on: the
-    instrumentation's engine tracer, attached to this engine (async engines are not created
+    """Statement spans for an engine (an async one's sync core), when tracing is on: the
+    instrumentation's engine tracer, attached to this engine (our engines are not created
     through the `create_engine` the instrumentor patches)."""
     if _provider is None:
         return
@@ -81,7 +81,8 @@ def instrument_engine(engine: Any) -> None:
     from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer  # noqa: PLC0415
 
     usage = otel_metrics.get_meter(__name__).create_up_down_counter("db.client.connections.usage")
-    EngineTracer(_provider.get_tracer("sqlalchemy"), engine.sync_engine, usage)  # type: ignore[no-untyped-call]
+    core = getattr(engine, "sync_engine", engine)
+    EngineTracer(_provider.get_tracer("sqlalchemy"), core, usage)  # type: ignore[no-untyped-call]
 
 
 def uninstall() -> None:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Dialect
 
 from common.domain.batch import BatchState, JobWrite, LiveJob, Slots, live_task
 from common.domain.changes import ChangeSet, JobTasksChange, StoreTimings, TaskChange
@@ -57,12 +57,26 @@ _LIVE_COLUMNS = [
 IN_CHUNK = 5000  # stay far below SQLite's limit on bound parameters
 
 
+class Connection(Protocol):
+    """What a batch needs of its connection: an `AsyncConnection`, or a synchronous one on the
+    writer thread (common.store.threaded.SyncConnection)."""
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Any: ...
+
+    async def scalar(self, statement: Any, parameters: Any = None) -> Any: ...
+
+    async def scalars(self, statement: Any, parameters: Any = None) -> Any: ...
+
+
 class Batch:
     """One application of a list of change sets; `run` returns the messages owed."""
 
     def __init__(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         now: float,
         timings: StoreTimings,
         kinds: KindRegistry,
@@ -409,7 +423,7 @@ def _event_row(job_id: str, seq: int, e: EventDraft, now: float) -> dict[str, An
     }
 
 
-def _upsert(conn: AsyncConnection) -> Any:
+def _upsert(conn: Connection) -> Any:
     return pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
 
 

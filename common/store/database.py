@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import (
 
 from common import tracing
 from common.store.migrate import upgrade_to_head
+from common.store.threaded import SqliteThread
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,14 @@ def _sqlite_engine(
     url: URL, *, immediate: bool, pool_size: int, foreign_keys: bool = True
 ) -> AsyncEngine:
     engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=60)
+    _tune_sqlite(engine.sync_engine, immediate=immediate, foreign_keys=foreign_keys)
+    return engine
 
-    @event.listens_for(engine.sync_engine, "connect")
+
+def _tune_sqlite(engine: Engine, *, immediate: bool, foreign_keys: bool = True) -> None:
+    """Pragmas on every new connection, and BEGIN (IMMEDIATE for writers) taken over."""
+
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take over transaction control from the driver, so BEGIN is ours (see below).
         dbapi_connection.isolation_level = None
@@ -50,11 +57,9 @@ def _sqlite_engine(
         cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    return engine
 
 
 class Database:
@@ -64,11 +69,18 @@ class Database:
         parsed = make_url(url)
         self.url = parsed
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        # Group-commit batches written in one trip (SQLite on disk; common.store.threaded).
+        self.batch_writer: SqliteThread | None = None
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             self.write_engine = _sqlite_engine(parsed, immediate=True, pool_size=1)
             self.read_engine = _sqlite_engine(parsed, immediate=False, pool_size=4)
+            if self.on_disk:  # an in-memory database is one connection's alone
+                self.batch_writer = SqliteThread(
+                    parsed, lambda engine: _tune_sqlite(engine, immediate=True), "batch-writer"
+                )
+                tracing.instrument_engine(self.batch_writer.engine)
         else:
             self.write_engine = create_async_engine(parsed, pool_size=10, max_overflow=10)
             self.read_engine = self.write_engine
@@ -79,6 +91,17 @@ class Database:
             self.write_engine, expire_on_commit=False, autoflush=False
         )
         self._reader = async_sessionmaker(self.read_engine, expire_on_commit=False, autoflush=False)
+
+    @property
+    def on_disk(self) -> bool:
+        """A SQLite file (not an in-memory database, which only its own connection sees)."""
+        database = self.url.database
+        return (
+            self.is_sqlite
+            and bool(database)
+            and database != ":memory:"
+            and "mode=memory" not in (database or "")
+        )
 
     def __repr__(self) -> str:
         return f"Database({self.url.render_as_string(hide_password=True)})"
@@ -114,6 +137,8 @@ class Database:
             await engine.dispose()
 
     async def close(self) -> None:
+        if self.batch_writer is not None:
+            await self.batch_writer.close()
         await self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             await self.read_engine.dispose()

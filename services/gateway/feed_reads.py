@@ -6,24 +6,23 @@ each statement's cursor, execute, fetch and close, commit, the pool's reset), an
 for its turn on that busy loop: measured, the read of a few events then took 10-100 ms and more,
 behind the fan-out. So on SQLite the feed reads through a synchronous engine of its own, on one
 thread of its own: the whole read (both statements, in one snapshot) is a single hand-off to
-that thread and a single wake-up back. Other databases (and an in-memory SQLite, which only its
-own connection sees) read through the ordinary async session.
+that thread and a single wake-up back (common.store.threaded). Other databases (and an in-memory
+SQLite, which only its own connection sees) read through the ordinary async session.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session
 
 from common.domain.states import JobStatus
 from common.store import queries
 from common.store.database import SQLITE_BUSY_TIMEOUT_MS, Database
 from common.store.tables import Event, Job
+from common.store.threaded import SqliteThread
 from services.gateway.progress import Reader
 
 Head = tuple[JobStatus, int] | None
@@ -44,16 +43,11 @@ class FeedReads:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._engine: Engine | None = None
-        self._thread: ThreadPoolExecutor | None = None
-        database = db.url.database
-        if db.is_sqlite and database and database != ":memory:" and "mode=memory" not in database:
-            self._engine = _sqlite_reader(db)
-            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feed-reads")
+        self._thread = SqliteThread(db.url, _read_only, "feed-reads") if db.on_disk else None
 
     @property
     def read(self) -> Reader:
-        return self._read_in_thread if self._engine is not None else self._read_async
+        return self._read_in_thread if self._thread is not None else self._read_async
 
     async def _read_async(
         self, job_id: str, cursor: int, limit: int
@@ -63,35 +57,30 @@ class FeedReads:
     async def _read_in_thread(
         self, job_id: str, cursor: int, limit: int
     ) -> tuple[Sequence[Event], Head]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._read_now, job_id, cursor, limit)
-
-    def _read_now(self, job_id: str, cursor: int, limit: int) -> tuple[Sequence[Event], Head]:
-        assert self._engine is not None
-        with Session(self._engine, expire_on_commit=False) as session, session.begin():
-            events = session.scalars(
-                select(Event)
-                .where(Event.job_id == job_id, Event.seq > cursor)
-                .order_by(Event.seq)
-                .limit(limit)
-            ).all()
-            job = session.execute(select(Job.status, Job.last_seq).where(Job.id == job_id)).first()
-        return events, None if job is None else (JobStatus(job.status), job.last_seq)
+        assert self._thread is not None
+        engine = self._thread.engine
+        return await self._thread.run(lambda: _read_now(engine, job_id, cursor, limit))
 
     async def close(self) -> None:
-        if self._engine is None or self._thread is None:
-            return
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._thread, self._engine.dispose)
-        self._thread.shutdown(wait=False)
+        if self._thread is not None:
+            await self._thread.close()
 
 
-def _sqlite_reader(db: Database) -> Engine:
-    """A synchronous engine on the same SQLite file: one connection, read-only, transactions
-    that begin with BEGIN (so both statements of a read see one snapshot)."""
-    engine = create_engine(
-        db.url.set(drivername="sqlite+pysqlite"), pool_size=1, max_overflow=0, pool_timeout=60
-    )
+def _read_now(engine: Engine, job_id: str, cursor: int, limit: int) -> tuple[Sequence[Event], Head]:
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        events = session.scalars(
+            select(Event)
+            .where(Event.job_id == job_id, Event.seq > cursor)
+            .order_by(Event.seq)
+            .limit(limit)
+        ).all()
+        job = session.execute(select(Job.status, Job.last_seq).where(Job.id == job_id)).first()
+    return events, None if job is None else (JobStatus(job.status), job.last_seq)
+
+
+def _read_only(engine: Engine) -> None:
+    """One connection, read-only, transactions that begin with BEGIN (so both statements of a
+    read see one snapshot)."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -104,5 +93,3 @@ def _sqlite_reader(db: Database) -> Engine:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN")
-
-    return engine
