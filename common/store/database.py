@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,10 @@ class Database:
         parsed = make_url(url)
         self.url = parsed
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
-        # Group-commit batches written in one trip (SQLite on disk; common.store.threaded).
+        # Group-commit batches written, and tasks loaded by id, in one trip each (SQLite on
+        # disk; common.store.threaded).
         self.batch_writer: SqliteThread | None = None
+        self.task_reads: SqliteThread | None = None
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -78,9 +81,13 @@ class Database:
             self.read_engine = _sqlite_engine(parsed, immediate=False, pool_size=4)
             if self.on_disk:  # an in-memory database is one connection's alone
                 self.batch_writer = SqliteThread(
-                    parsed, lambda engine: _tune_sqlite(engine, immediate=True), "batch-writer"
+                    parsed, partial(_tune_sqlite, immediate=True), "batch-writer"
+                )
+                self.task_reads = SqliteThread(
+                    parsed, partial(_tune_sqlite, immediate=False), "task-reads"
                 )
                 tracing.instrument_engine(self.batch_writer.engine)
+                tracing.instrument_engine(self.task_reads.engine)
         else:
             self.write_engine = create_async_engine(parsed, pool_size=10, max_overflow=10)
             self.read_engine = self.write_engine
@@ -137,8 +144,9 @@ class Database:
             await engine.dispose()
 
     async def close(self) -> None:
-        if self.batch_writer is not None:
-            await self.batch_writer.close()
+        for thread in (self.batch_writer, self.task_reads):
+            if thread is not None:
+                await thread.close()
         await self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             await self.read_engine.dispose()

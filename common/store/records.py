@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable, Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -55,10 +56,7 @@ class TaskLoader:
             ids = list(self._waiting)[: self.max_batch]
             waiters = {i: self._waiting.pop(i) for i in ids}
             try:
-                async with self.db.read() as session:
-                    rows = await session.execute(_TASKS_BY_ID, {"ids": ids})
-                    # The columns are the record's fields, in order.
-                    found = {r[0]: TaskRecord(*r) for r in rows}
+                found = await self._read(ids)
             except Exception as exc:
                 for futures in waiters.values():
                     for f in futures:
@@ -70,6 +68,20 @@ class TaskLoader:
                     if not f.done():
                         f.set_result(found.get(task_id))
 
+    async def _read(self, ids: list[int]) -> dict[int, TaskRecord]:
+        thread = self.db.task_reads
+        if thread is not None:  # SQLite: in one trip (common.store.threaded)
+            return await thread.transaction(
+                lambda conn: _by_id(conn.execute(_TASKS_BY_ID, {"ids": ids}))
+            )
+        async with self.db.read() as session:
+            return _by_id(await session.execute(_TASKS_BY_ID, {"ids": ids}))
+
     async def close(self) -> None:
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
+
+
+def _by_id(rows: Iterable[Sequence[Any]]) -> dict[int, TaskRecord]:
+    # The columns are the record's fields, in order.
+    return {r[0]: TaskRecord(*r) for r in rows}
