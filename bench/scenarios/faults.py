@@ -23,7 +23,7 @@ from bench.figures import Figure, ScenarioResult, Target, cpu_figure
 from bench.scenarios.makespan import timed_job
 from bench.stack import RunContext
 
-MAKESPAN_RATIO = Target("<=", 1.5)
+MAKESPAN_RATIO = Target("<=", 1.3)
 ENDPOINTS = ["submit", "status", "result"]
 RETRY_AFTER = 0.5
 

@@ -25,7 +25,7 @@ from bench.measures import video_worker_seconds
 from bench.scenarios.makespan import timed_job
 from bench.stack import RunContext
 
-EFFICIENCY = {"polling": Target(">=", 0.85), "webhooks": Target(">=", 0.95)}
+EFFICIENCY = {"polling": Target(">=", 0.95), "webhooks": Target(">=", 0.98)}
 ONE_SUBMIT = Target("==", 1.0)
 # Slot hand-off p99, milliseconds; polling has no target (it waits for the next poll).
 HANDOFF_P99 = {"webhooks": Target("<=", 50.0, ".0f")}

@@ -211,6 +211,7 @@ class _Step(Polling, Guards):
         # the deadline covers it, or the sweeper would take the waiting poll for a lost one.
         delay = 0.0 if inline else self._first_poll_delay(work)
         window = self._poll_window() + max(0.0, delay - self.options.poll_interval)
+        answered = self.committer.clock()
 
         async def commit() -> ChangeSet:
             async with self.committer.transaction() as cs:
@@ -224,6 +225,7 @@ class _Step(Polling, Guards):
                     poll_chain=task.poll_chain + 1,
                     deadline_at=cs.now + window,
                 )
+                cs.accepted(self._budget(work), answered)
                 if not inline:
                     first = replace(self._poll_message(task.poll_chain + 1), due=cs.now + delay)
                     cs.send(task, first, delay=delay)

@@ -17,6 +17,7 @@ from typing import Any
 
 from common.domain import scheduling
 from common.domain.changes import (
+    Accepted,
     BudgetOp,
     ChangeSet,
     ChargeRetry,
@@ -218,7 +219,9 @@ class BatchState:
     def _budget_op(self, cs: ChangeSet, op: BudgetOp, sends: list[Send]) -> list[Send]:
         budget = self.budgets[op.budget]
         if isinstance(op, Pause):
-            scheduling.pause(budget, op.until)
+            scheduling.pause(budget, op.until, self.now)
+        elif isinstance(op, Accepted):
+            scheduling.accepted(budget, op.at, self.now)
         elif isinstance(op, Learn):
             scheduling.learn(budget, rpm=op.rpm, tpm=op.tpm, used_requests=op.used_requests)
         elif isinstance(op, Tally):

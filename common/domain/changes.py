@@ -124,7 +124,15 @@ class Tally:
     calls: int
 
 
-BudgetOp = Pause | Learn | ChargeRetry | Tally
+@dataclass(frozen=True)
+class Accepted:
+    """The provider accepted a submit of `budget` answered at `at` (see scheduling.accepted)."""
+
+    budget: str
+    at: float
+
+
+BudgetOp = Pause | Learn | ChargeRetry | Tally | Accepted
 
 
 @dataclass(frozen=True)
@@ -246,6 +254,9 @@ class ChangeSet:
 
     def pause(self, budget: str, until: float) -> None:
         self.budget_ops.append(Pause(budget, until))
+
+    def accepted(self, budget: str, at: float) -> None:
+        self.budget_ops.append(Accepted(budget, at))
 
     def learn(self, budget: str, **limits: int | None) -> None:
         self.budget_ops.append(Learn(budget, **limits))

@@ -184,6 +184,8 @@ class Budget:
     # Calls besides starts (status checks, results): the retry budget's calls, not the rpm's.
     checks: int = 0
     prev_checks: int = 0
+    # When the pause now running began (the 429 that set it was recorded).
+    paused_at: float = 0.0
 
     def roll(self, now: float) -> None:
         """Move to the minute `now` is in (the previous minute kept for the retry budget)."""
@@ -294,7 +296,19 @@ def learn(budget: Budget, *, rpm: int | None, tpm: int | None, used_requests: in
     budget.changed = True
 
 
-def pause(budget: Budget, until: float) -> None:
+def pause(budget: Budget, until: float, now: float) -> None:
     if until > budget.paused_until:
+        if budget.paused_until <= now:  # a new pause, not a longer one
+            budget.paused_at = now
         budget.paused_until = until
+        budget.changed = True
+
+
+def accepted(budget: Budget, answered_at: float, now: float) -> None:
+    """A submit the provider accepted after a pause began ends it: it takes work again. A
+    lone 429 among accepted calls (fal answering one in 25 with 429 under load) then costs the
+    fleet milliseconds, not its Retry-After each time; a storm refuses every submit, and its
+    pause holds."""
+    if budget.paused_until > now and answered_at > budget.paused_at:
+        budget.paused_until = now
         budget.changed = True

@@ -224,6 +224,8 @@ class ProviderBudget(Base):
     # weighs retries against every call, the per-minute request budget only limits starts.
     checks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     prev_checks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When the running pause began: a submit accepted after it ends the pause.
+    paused_at: Mapped[float] = mapped_column(Double, default=0.0, server_default="0")
 
 
 class ModelStats(Base):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from common.domain.scheduling import (
     WINDOW,
     Budget,
     BudgetPolicy,
     Candidate,
     Shares,
+    accepted,
     budget_wait,
     grant_order,
     learn,
@@ -114,11 +117,28 @@ NOW = 10 * WINDOW + 12.0  # 12 s into a minute
 
 def test_a_pause_holds_every_call_until_it_ends() -> None:
     budget = Budget("openai:m")
-    pause(budget, NOW + 5)
+    pause(budget, NOW + 5, NOW)
     assert budget_wait(budget, NOW, 0) == 5
     assert budget_wait(budget, NOW + 5, 0) == 0
-    pause(budget, NOW + 1)  # a shorter pause never shortens a longer one
+    pause(budget, NOW + 1, NOW)  # a shorter pause never shortens a longer one
     assert budget.paused_until == NOW + 5
+
+
+def test_a_submit_accepted_after_the_pause_began_ends_it() -> None:
+    budget = Budget("fal:m")
+    pause(budget, NOW + 1, NOW)
+    accepted(budget, NOW - 0.01, NOW + 0.02)  # answered before the 429: tells nothing
+    assert budget_wait(budget, NOW + 0.02, 0) > 0
+    pause(budget, NOW + 1.1, NOW + 0.1)  # a second 429 lengthens the pause, same start
+    assert budget.paused_at == NOW
+    accepted(budget, NOW + 0.03, NOW + 0.04)  # fal took a submit after refusing one
+    assert budget_wait(budget, NOW + 0.04, 0) == 0
+    accepted(budget, NOW + 0.05, NOW + 0.05)  # no pause: nothing to end
+    assert budget.paused_until == NOW + 0.04
+    pause(budget, NOW + 2, NOW + 1)  # the next pause starts afresh
+    assert budget.paused_at == NOW + 1
+    accepted(budget, NOW + 0.9, NOW + 1.2)
+    assert budget_wait(budget, NOW + 1.2, 0) == pytest.approx(0.8)
 
 
 def test_a_spent_minute_makes_calls_wait_for_the_next() -> None:
