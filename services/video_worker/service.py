@@ -12,7 +12,7 @@ from common.attempts.runner import AttemptRunner
 from common.domain.kinds import VIDEO_SEGMENT
 from common.leases import WorkerLease
 from common.metrics_server import serving_metrics
-from common.service import Infra, open_infra
+from common.service import Infra, open_infra, settle_collector
 from common.settings import Settings
 from common.store.slots import ensure_slots
 from common.worker import start_consumer
@@ -79,4 +79,5 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         open_infra(settings) as infra,
         running_video_worker(infra),
     ):
+        settle_collector()
         await stop.wait()

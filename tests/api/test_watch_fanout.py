@@ -21,13 +21,13 @@ from orchestrator.v1 import jobs_pb2 as pb
 from common.broker import ProgressNote
 from common.domain.states import JobStatus
 from common.lifecycle import Background
+from common.service import GC_YOUNG_THRESHOLD, settle_collector
 from common.store.tables import Event
 from services.gateway import progress
 from services.gateway import proto_convert as convert
 from services.gateway.feed_reads import FeedReads, Head, read_events
 from services.gateway.grpc_api import encode_batch
 from services.gateway.progress import BATCH, FALLBACK_READ_SECONDS, JobFeed, ProgressHub
-from services.gateway.service import GC_YOUNG_THRESHOLD, settle_collector
 from services.simulator.app import SimulatorHandle
 from tests.support.client import Stub, events_until, watch_to_end
 from tests.support.inproc import inproc_stack, stack_settings
