@@ -23,6 +23,21 @@ log = logging.getLogger(__name__)
 LEASE_MARGIN = 0.5
 # A delayed message may come back this early (the broker's delay tolerance).
 ADOPT_EARLY = 0.5
+# A provider calls back when the generation ends: an interrupted submit waits for its webhook
+# this many times the model's usual attempt, plus the margin, at most (see `adopt_window`).
+ADOPT_RUN_TIMES = 3.0
+ADOPT_MARGIN = 10.0
+
+
+def adopt_window(configured: float, expected: float) -> float:
+    """How long a task whose submit was cut off waits for the provider's webhook naming the
+    request: the configured window, or less once the model's attempts are known (`expected`
+    seconds on average, 0 when unknown) to end well within it. A submit the provider never
+    received never calls back, and waiting the whole window for it (300 s by default, sized for
+    slow models) stalled every such task of a fast model."""
+    if expected <= 0:
+        return configured
+    return min(configured, ADOPT_RUN_TIMES * expected + ADOPT_MARGIN)
 
 
 class Guards(Outcomes):
@@ -55,6 +70,8 @@ class Guards(Outcomes):
         task, window = self.task, self.options.adopt_window
         if not (self.spec.polled and window > 0):
             return False
+        work = await self._work(task)
+        window = adopt_window(window, await self.runner.durations.expected(self._budget(work)))
         until = (task.started_at or task.updated_at) + window
         wait = until - self.committer.clock()
         if wait <= ADOPT_EARLY:
