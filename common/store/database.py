@@ -40,12 +40,15 @@ def _sqlite_engine(
     url: URL, *, immediate: bool, pool_size: int, foreign_keys: bool = True
 ) -> AsyncEngine:
     engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=60)
-    _tune_sqlite(engine.sync_engine, immediate=immediate, foreign_keys=foreign_keys)
+    tune_sqlite(engine.sync_engine, immediate=immediate, foreign_keys=foreign_keys)
     return engine
 
 
-def _tune_sqlite(engine: Engine, *, immediate: bool, foreign_keys: bool = True) -> None:
-    """Pragmas on every new connection, and BEGIN (IMMEDIATE for writers) taken over."""
+def tune_sqlite(
+    engine: Engine, *, immediate: bool, foreign_keys: bool = True, read_only: bool = False
+) -> None:
+    """Pragmas on every new connection of a SQLite engine (`read_only`: it refuses writes), and
+    BEGIN (IMMEDIATE for writers) taken over."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -56,6 +59,8 @@ def _tune_sqlite(engine: Engine, *, immediate: bool, foreign_keys: bool = True) 
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
+        if read_only:
+            cursor.execute("PRAGMA query_only = ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -75,16 +80,16 @@ class Database:
         self.batch_writer: SqliteThread | None = None
         self.task_reads: SqliteThread | None = None
         if self.is_sqlite:
-            if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            if self.on_disk:
+                Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
             self.write_engine = _sqlite_engine(parsed, immediate=True, pool_size=1)
             self.read_engine = _sqlite_engine(parsed, immediate=False, pool_size=4)
             if self.on_disk:  # an in-memory database is one connection's alone
                 self.batch_writer = SqliteThread(
-                    parsed, partial(_tune_sqlite, immediate=True), "batch-writer"
+                    parsed, partial(tune_sqlite, immediate=True), "batch-writer"
                 )
                 self.task_reads = SqliteThread(
-                    parsed, partial(_tune_sqlite, immediate=False), "task-reads"
+                    parsed, partial(tune_sqlite, immediate=False), "task-reads"
                 )
                 tracing.instrument_engine(self.batch_writer.engine)
                 tracing.instrument_engine(self.task_reads.engine)
@@ -102,13 +107,8 @@ class Database:
     @property
     def on_disk(self) -> bool:
         """A SQLite file (not an in-memory database, which only its own connection sees)."""
-        database = self.url.database
-        return (
-            self.is_sqlite
-            and bool(database)
-            and database != ":memory:"
-            and "mode=memory" not in (database or "")
-        )
+        database = self.url.database or ""
+        return self.is_sqlite and database not in ("", ":memory:") and "mode=memory" not in database
 
     def __repr__(self) -> str:
         return f"Database({self.url.render_as_string(hide_password=True)})"

@@ -13,19 +13,22 @@ SQLite, which only its own connection sees) read through the ordinary async sess
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from functools import partial
 
-from sqlalchemy import Engine, event, select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from common.domain.states import JobStatus
 from common.store import queries
-from common.store.database import SQLITE_BUSY_TIMEOUT_MS, Database
+from common.store.database import Database, tune_sqlite
 from common.store.tables import Event, Job
 from common.store.threaded import SqliteThread
 from services.gateway.progress import Reader
 
 Head = tuple[JobStatus, int] | None
+# One read-only connection whose transactions begin with BEGIN (both statements of a read see
+# one snapshot).
+_READ_ONLY = partial(tune_sqlite, immediate=False, read_only=True)
 
 
 async def read_events(
@@ -43,7 +46,13 @@ class FeedReads:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._thread = SqliteThread(db.url, _read_only, "feed-reads") if db.on_disk else None
+        self._thread = (
+            SqliteThread(
+                db.url, partial(tune_sqlite, immediate=False, read_only=True), "feed-reads"
+            )
+            if db.on_disk
+            else None
+        )
 
     @property
     def read(self) -> Reader:
@@ -76,20 +85,3 @@ def _read_now(engine: Engine, job_id: str, cursor: int, limit: int) -> tuple[Seq
         ).all()
         job = session.execute(select(Job.status, Job.last_seq).where(Job.id == job_id)).first()
     return events, None if job is None else (JobStatus(job.status), job.last_seq)
-
-
-def _read_only(engine: Engine) -> None:
-    """One connection, read-only, transactions that begin with BEGIN (so both statements of a
-    read see one snapshot)."""
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # BEGIN is ours (see _on_begin)
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA query_only = ON")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN")
