@@ -20,7 +20,7 @@ import pytest
 from common.broker import Topology, delete_topology
 from common.domain.kinds import BUILTIN_KINDS
 from services.simulator.app import SimulatorHandle, run_simulator
-from services.simulator.config import SimulatorConfig
+from services.simulator.config import SLOW_RESPONSE, Rule, SimulatorConfig
 from tests.support.databases import fresh_postgres
 from tests.support.stack import FAL_KEY, OPENAI_KEY
 
@@ -30,8 +30,19 @@ PRIVATE_NODE = "chaos@localhost"
 
 @pytest.fixture
 async def chaos_sim() -> AsyncIterator[SimulatorHandle]:
+    """The simulator, with every fal submit answered 1.5 s after fal accepted it.
+
+    A plain submit is in flight only a few ms once its commits are quick, so a test looking for a
+    video worker mid-submit every 50 ms (`Chaos.in_flight`) could miss every one of them; held
+    answers also make a kill land between payment and record.
+    """
     config = SimulatorConfig(
-        latency=1.0, chat_latency=1.0, hang_seconds=1.5, fal_key=FAL_KEY, openai_key=OPENAI_KEY
+        latency=1.0,
+        chat_latency=1.0,
+        hang_seconds=1.5,
+        rules=[Rule(endpoint="submit", fault=SLOW_RESPONSE)],
+        fal_key=FAL_KEY,
+        openai_key=OPENAI_KEY,
     )
     async with run_simulator(config) as handle:
         yield handle

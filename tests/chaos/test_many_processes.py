@@ -25,10 +25,6 @@ PROCESSES = (
 async def test_two_of_each_on_one_database(
     tmp_path: Path, amqp_url: str, prefix: str, chaos_sim: SimulatorHandle, any_database: str
 ) -> None:
-    # Every submit's answer is held 1.5 s after fal accepted it, so a video worker is always
-    # caught mid-submit: with quick commits the window of a plain submit is a few ms, and
-    # looking for one every 50 ms could miss all sixteen.
-    chaos_sim.configure(rules=[{"endpoint": "submit", "fault": "slow_response"}])
     async with chaos_stack(tmp_path, amqp_url, prefix, chaos_sim, any_database) as chaos:
         for label in PROCESSES:
             await chaos.start(label)

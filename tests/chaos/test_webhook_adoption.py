@@ -36,8 +36,8 @@ async def _orphans(chaos: Chaos, timeout: float = 20) -> int:
 async def test_submits_cut_off_by_a_kill_are_adopted_from_their_webhooks_and_paid_once(
     tmp_path: Path, amqp_url: str, prefix: str, chaos_sim: SimulatorHandle, sqlite_url: str
 ) -> None:
-    # Each submit is answered 1.5 s after fal accepted it: kills land between payment and record.
-    chaos_sim.configure(rules=[{"endpoint": "submit", "fault": "slow_response"}])
+    # Each submit is answered 1.5 s after fal accepted it (the chaos simulator's rule): kills land
+    # between payment and record.
     http = f"127.0.0.1:{free_port()}"
     webhooks = {
         "PUBLIC_HTTP_URL": f"http://{http}",
