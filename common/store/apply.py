@@ -26,6 +26,7 @@ from common.domain.kinds import KindRegistry
 from common.domain.messages import Send
 from common.domain.scheduling import SHOWN_NOT_DONE, Budget, BudgetPolicy, Shares
 from common.domain.states import JobStatus, TaskStatus
+from common.store import slots
 from common.store.tables import (
     Base,
     Event,
@@ -265,23 +266,10 @@ class Batch:
             # `free` waiting tasks (the fair-share rule picks among jobs). They are picked
             # unlocked, then locked job first, task second (the order every transaction
             # takes), and kept only if still WAITING.
-            rank = (
-                func.row_number()
-                .over(partition_by=_tasks.c.job_id, order_by=_tasks.c.id)
-                .label("rank")
-            )
-            waiting = (
-                select(_tasks.c.id, _tasks.c.job_id, rank)
-                .where(
-                    _tasks.c.status == TaskStatus.WAITING,
-                    _tasks.c.kind.in_(kinds),
-                    _tasks.c.id.not_in(list(self.state.tasks)),
-                )
-                .subquery()
-            )
             candidates = (
                 await self.conn.execute(
-                    select(waiting.c.id, waiting.c.job_id).where(waiting.c.rank <= free)
+                    slots.oldest_waiting(tuple(kinds), self.conn.dialect.name),
+                    {"per_job": free, "exclude": list(self.state.tasks)},
                 )
             ).all()
             picked = [task_id for task_id, _ in candidates]
@@ -337,10 +325,10 @@ class Batch:
             await self.conn.execute(stmt, params)
 
     async def _flush_slots(self) -> None:
-        for name, slots in self.state.slots.items():
-            if slots.changed:
+        for name, pool in self.state.slots.items():
+            if pool.changed:
                 await self.conn.execute(
-                    update(_slots).where(_slots.c.name == name).values(in_flight=slots.in_flight)
+                    update(_slots).where(_slots.c.name == name).values(in_flight=pool.in_flight)
                 )
 
     async def _flush_budgets(self) -> None:

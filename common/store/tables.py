@@ -146,6 +146,8 @@ class Task(Base):
         UniqueConstraint("job_id", "index"),
         Index("ix_tasks_deadline", "deadline_at"),
         Index("ix_tasks_waiting", "status", "priority", "id"),
+        # A freed slot's candidates: each job's oldest waiting tasks (common.store.slots).
+        Index("ix_tasks_grant", "status", "kind", "job_id", "id"),
         Index("ix_tasks_request", "request_id"),
         Index("ix_tasks_holding", "holds_slot", "kind"),
         Index("ix_tasks_reuse", "payload_hash", "status"),
