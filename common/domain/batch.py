@@ -262,7 +262,8 @@ class BatchState:
         assert start is not None and start.budget is not None
         budget = self.budgets[start.budget]
         why = "paused" if budget.paused_until > self.now else "per-minute budget spent"
-        wait += scheduling.release_spread(live.id, wait, self.now + wait)
+        over = scheduling.held_spread(budget, self.now, wait)
+        wait += scheduling.release_spread(live.id, over, self.now + wait)
         self._write(cs, live, {"deadline_at": self.now + wait + self.timings.stale_after})
         self._deferred(cs, live, start.budget, wait, f"{start.budget} {why}; deferred {wait:.1f}s")
         if start.resend is not None:

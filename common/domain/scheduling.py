@@ -186,6 +186,9 @@ class Budget:
     prev_checks: int = 0
     # When the pause now running began (the 429 that set it was recorded).
     paused_at: float = 0.0
+    # Pauses in a row with no call accepted since the first began: 1 is a lone 429, more a
+    # provider refusing every call (a storm).
+    pause_streak: int = 0
 
     def roll(self, now: float) -> None:
         """Move to the minute `now` is in (the previous minute kept for the retry budget)."""
@@ -274,13 +277,14 @@ def tally(budget: Budget, now: float, calls: int) -> None:
     budget.changed = True
 
 
-def release_spread(task_id: int, wait: float, until: float = 0.0) -> float:
+def release_spread(task_id: int, over: float, until: float = 0.0) -> float:
     """Extra seconds for one of many starts held back together (by a pause, or a spent
     minute), so they do not all call the provider the moment the wait ends: an offset per task,
-    spread evenly over up to the wait itself (at most 10 s). The order changes with the wait
-    (`until`: when it ends): the first to go after a pause meets the provider's next 429, and
-    with a fixed order the same few tasks would spend all their attempts on a long storm."""
-    spread = min(wait, MAX_RELEASE_SPREAD)
+    spread evenly over `over` seconds (the wait itself, see `held_spread`; at most 10 s). The
+    order changes with the wait (`until`: when it ends): the first to go after a pause meets the
+    provider's next 429, and with a fixed order the same few tasks would spend all their
+    attempts on a long storm."""
+    spread = min(over, MAX_RELEASE_SPREAD)
     turn = int(until * 1000) % 1_000_003
     return spread * (((task_id + turn) * GOLDEN) % 1.0)
 
@@ -300,6 +304,7 @@ def pause(budget: Budget, until: float, now: float) -> None:
     if until > budget.paused_until:
         if budget.paused_until <= now:  # a new pause, not a longer one
             budget.paused_at = now
+            budget.pause_streak += 1
         budget.paused_until = until
         budget.changed = True
 
@@ -308,7 +313,23 @@ def accepted(budget: Budget, answered_at: float, now: float) -> None:
     """A submit the provider accepted after a pause began ends it: it takes work again. A
     lone 429 among accepted calls (fal answering one in 25 with 429 under load) then costs the
     fleet milliseconds, not its Retry-After each time; a storm refuses every submit, and its
-    pause holds."""
-    if budget.paused_until > now and answered_at > budget.paused_at:
+    pause holds. The streak of pauses ends too: the next 429 is a lone one again."""
+    if answered_at <= budget.paused_at:
+        return
+    if budget.paused_until > now:
         budget.paused_until = now
         budget.changed = True
+    if budget.pause_streak:
+        budget.pause_streak = 0
+        budget.changed = True
+
+
+def held_spread(budget: Budget, now: float, wait: float) -> float:
+    """Over how long the starts a budget holds back for `wait` seconds are released (see
+    `release_spread`). Those held by a lone 429's pause go together when it ends: one of them
+    meeting another 429 pauses again, and the rest are accepted and end that pause. A pause
+    that follows a pause with nothing accepted between (a storm) releases them spread out, so
+    the first meets the next 429 and the others are held again instead of all being refused;
+    so does a spent per-minute budget."""
+    lone = budget.paused_until > now and budget.pause_streak <= 1
+    return 0.0 if lone else wait

@@ -222,7 +222,7 @@ class Batch:
                 .values(
                     name=name, paused_until=0.0, rpm=rpm, tpm=tpm, window_start=0.0,
                     requests=0, tokens=0, retries=0, prev_requests=0, prev_retries=0,
-                    checks=0, prev_checks=0, paused_at=0.0,
+                    checks=0, prev_checks=0, paused_at=0.0, pause_streak=0,
                 )
                 .on_conflict_do_nothing(index_elements=["name"])
             )  # fmt: skip
@@ -232,7 +232,7 @@ class Batch:
             self.state.budgets[r.name] = Budget(
                 r.name, r.paused_until, r.rpm, r.tpm, r.window_start, r.requests, r.tokens,
                 r.retries, r.prev_requests, r.prev_retries, checks=r.checks,
-                prev_checks=r.prev_checks, paused_at=r.paused_at,
+                prev_checks=r.prev_checks, paused_at=r.paused_at, pause_streak=r.pause_streak,
             )  # fmt: skip
 
     async def _load_tasks(self, conditions: Iterable[Any]) -> list[int]:
@@ -343,7 +343,7 @@ class Batch:
                         tokens=budget.tokens, retries=budget.retries,
                         prev_requests=budget.prev_requests, prev_retries=budget.prev_retries,
                         checks=budget.checks, prev_checks=budget.prev_checks,
-                        paused_at=budget.paused_at,
+                        paused_at=budget.paused_at, pause_streak=budget.pause_streak,
                     )
                 )  # fmt: skip
         for model, (fresh, decay, added, samples) in _moving_averages(self.state.durations):

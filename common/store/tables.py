@@ -228,6 +228,8 @@ class ProviderBudget(Base):
     prev_checks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # When the running pause began: a submit accepted after it ends the pause.
     paused_at: Mapped[float] = mapped_column(Double, default=0.0, server_default="0")
+    # Pauses in a row with no call accepted since: how held starts are released.
+    pause_streak: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ModelStats(Base):

@@ -15,6 +15,7 @@ from common.domain.scheduling import (
     accepted,
     budget_wait,
     grant_order,
+    held_spread,
     learn,
     pause,
     release_spread,
@@ -139,6 +140,27 @@ def test_a_submit_accepted_after_the_pause_began_ends_it() -> None:
     assert budget.paused_at == NOW + 1
     accepted(budget, NOW + 0.9, NOW + 1.2)
     assert budget_wait(budget, NOW + 1.2, 0) == pytest.approx(0.8)
+
+
+def test_a_lone_429s_held_starts_go_together_a_storms_spread_out() -> None:
+    budget = Budget("fal:m")
+    pause(budget, NOW + 0.5, NOW)  # a 429 after calls were accepted: a lone one
+    assert budget.pause_streak == 1
+    assert held_spread(budget, NOW + 0.1, 0.4) == 0
+    pause(budget, NOW + 0.7, NOW + 0.2)  # another while it runs: the same pause
+    assert budget.pause_streak == 1
+    pause(budget, NOW + 1.6, NOW + 0.8)  # refused again right after it, nothing accepted
+    assert budget.pause_streak == 2
+    assert held_spread(budget, NOW + 0.9, 0.7) == 0.7  # a storm: spread over the wait
+    accepted(budget, NOW + 0.85, NOW + 0.95)  # fal takes a submit: the storm is over
+    assert budget.pause_streak == 0 and budget_wait(budget, NOW + 0.95, 0) == 0
+    pause(budget, NOW + 2.5, NOW + 2)
+    assert budget.pause_streak == 1  # the next 429 is a lone one again
+    accepted(budget, NOW + 1.9, NOW + 2.1)  # answered before it: tells nothing
+    assert budget.pause_streak == 1
+    assert held_spread(budget, NOW + 2.6, 5.0) == 5.0  # no pause: a spent minute spreads
+    accepted(budget, NOW + 2.7, NOW + 2.8)  # accepted once the pause ran out
+    assert budget.pause_streak == 0
 
 
 def test_a_spent_minute_makes_calls_wait_for_the_next() -> None:
