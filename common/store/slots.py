@@ -4,6 +4,7 @@ queries that find the waiting tasks a freed slot may go to."""
 from __future__ import annotations
 
 import functools
+import sqlite3
 from typing import Any
 
 from sqlalchemy import BindParameter, Integer, Select, bindparam, func, select, true
@@ -92,13 +93,13 @@ def oldest_waiting(kinds: tuple[str, ...], dialect: str) -> Select[tuple[int, st
         .limit(1)
         .scalar_subquery()
     )
-    # Materialized: each job's bound is found once, not once per task row of the join.
+    # Materialized: each job's bound is found once, not once per task row of the join (the
+    # hint is SQLite 3.35's; an older one takes the CTE as it is: the same rows, slower).
     heads = (
-        select(found.c.job_id, bound.label("bound"))
-        .where(found.c.job_id.is_not(None))
-        .cte("heads")
-        .prefix_with("MATERIALIZED")
+        select(found.c.job_id, bound.label("bound")).where(found.c.job_id.is_not(None)).cte("heads")
     )
+    if sqlite3.sqlite_version_info >= (3, 35):
+        heads = heads.prefix_with("MATERIALIZED")
     # An outer join, so SQLite walks the jobs and, for each, its range of the index (an inner
     # join may be turned round into a scan of every waiting task). Each job found has a
     # waiting task, so no row comes back empty.
