@@ -46,13 +46,7 @@ class FeedReads:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._thread = (
-            SqliteThread(
-                db.url, partial(tune_sqlite, immediate=False, read_only=True), "feed-reads"
-            )
-            if db.on_disk
-            else None
-        )
+        self._thread = SqliteThread(db.url, _READ_ONLY, "feed-reads") if db.on_disk else None
 
     @property
     def read(self) -> Reader:

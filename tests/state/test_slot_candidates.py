@@ -3,42 +3,23 @@ pool's kinds, every job with one found, tasks the batch already holds left out."
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 
 from sqlalchemy import select, update
 
-from common.domain.changes import ChangeSet, StoreTimings
-from common.domain.kinds import BUILTIN_KINDS
 from common.domain.states import TaskKind, TaskStatus
-from common.store import jobs, slots
-from common.store.apply import Batch
+from common.store import slots
 from common.store.database import Database
 from common.store.tables import Task
+from tests.state.test_store import create, video_job
 
-TIMINGS = StoreTimings(stale_after=60, queued_stale_after=600)
 VIDEO = (TaskKind.VIDEO_SEGMENT.value,)
 
 
 async def _job(db: Database, job_id: str, n: int) -> list[int]:
     """A video job of `n` segments, every task WAITING; their ids."""
-    job = jobs.NewJob(
-        id=job_id,
-        kind="video",
-        priority=2,
-        idempotency_key=None,
-        request_hash="h",
-        params={"total_segments": n},
-        max_attempts=2,
-        tasks=[
-            jobs.NewTask(index=i, kind=TaskKind.VIDEO_SEGMENT, payload={"i": i})
-            for i in range(1, n + 1)
-        ],
-    )
-    tx = ChangeSet(now=time.time(), timings=TIMINGS)
+    await create(db, video_job(job_id, n))
     async with db.write() as session:
-        await jobs.create_job(session, tx, job)
-        await Batch(await session.connection(), tx.now, TIMINGS, BUILTIN_KINDS).run([tx])
         await session.execute(
             update(Task).where(Task.job_id == job_id).values(status=TaskStatus.WAITING)
         )
