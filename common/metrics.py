@@ -40,6 +40,11 @@ provider_call_seconds = Histogram(
     ["provider", "endpoint"],
     buckets=CALL_BUCKETS,
 )
+hedged_reads = Counter(
+    f"{PREFIX}_provider_hedged_reads_total",
+    "Second copies of a provider read (status, result), by why: slow or failed first copy.",
+    ["provider", "reason"],
+)
 task_retries = Counter(
     f"{PREFIX}_task_retries_total",
     "Failed attempts that are retried, by task kind and error class.",

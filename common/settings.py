@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     # Seconds from a submit to its first status check; unset: the poll interval. 0 checks right
     # away in the same step (models that answer in well under a poll interval).
     fal_first_poll_delay: float | None = Field(None, ge=0)
+    # Send a second copy of a slow or failed status check / result fetch (common.resilience.
+    # hedging); never of a submit.
+    fal_hedged_reads: bool = True
 
     # OpenAI
     openai_api_key: SecretStr | None = None

@@ -26,10 +26,13 @@ from common.resilience import (
     ProviderError,
     TransientError,
 )
+from common.resilience.hedging import Hedge
 from services.video_worker.fal_transport import PROVIDER, FalTransport
 from services.video_worker.ports import GenerationFailed, Phase, Progress, ProviderRequest, Video
 
 _URLS = ("status_url", "response_url", "cancel_url")
+# The shortest hedge delay: below it, a second copy would mostly race an answer on its way.
+HEDGE_FLOOR = 0.05
 
 
 def _log_lines(logs: list[dict[str, Any]] | None) -> tuple[str, ...]:
@@ -52,7 +55,13 @@ class FalVideoProvider:
     """`VideoProvider` for fal.ai's queue API."""
 
     def __init__(
-        self, *, key: str | None, queue_url: str, timeout: float, secrets: list[str]
+        self,
+        *,
+        key: str | None,
+        queue_url: str,
+        timeout: float,
+        secrets: list[str],
+        hedged_reads: bool = True,
     ) -> None:
         headers = {"User-Agent": f"generation-orchestrator fal-client/{fal_client.__version__}"}
         if key:
@@ -62,6 +71,10 @@ class FalVideoProvider:
         self._transport = FalTransport(queue_url, secrets)
         self._http = httpx.AsyncClient(transport=self._transport, headers=headers, timeout=timeout)
         self._fal = _RoutedAsyncClient(key or "", timeout, self._http)
+        # Status checks and result fetches are reads: a slow or failed one gets a second copy.
+        self.hedge = (
+            Hedge(PROVIDER, floor=HEDGE_FLOOR, ceiling=timeout / 2) if hedged_reads else None
+        )
 
     async def __aenter__(self) -> Self:
         return self
@@ -91,8 +104,13 @@ class FalVideoProvider:
     async def _get(self, url: str) -> bytes:
         """A status check or result fetch: one GET straight on fal-client's transport, as
         fal-client would send it (its headers, its routing, the same errors), without building
-        a fal-client handle and httpx request/response objects per call."""
-        return await self._transport.get(url, self._headers, read_timeout=self._timeout)
+        a fal-client handle and httpx request/response objects per call; hedged (see
+        common.resilience.hedging) unless turned off."""
+        if self.hedge is None:
+            return await self._transport.get(url, self._headers, read_timeout=self._timeout)
+        return await self.hedge.read(
+            lambda: self._transport.get(url, self._headers, read_timeout=self._timeout)
+        )
 
     async def submit(
         self,

@@ -40,6 +40,7 @@ async def running_video_worker(infra: Infra) -> AsyncIterator[AttemptRunner]:
             queue_url=s.fal_queue_url,
             timeout=s.fal_timeout,
             secrets=s.secrets(),
+            hedged_reads=s.fal_hedged_reads,
         ) as provider,
         WorkerLease(infra.db, VIDEO_SEGMENT.queue, seconds=s.worker_lease_seconds) as lease,
     ):

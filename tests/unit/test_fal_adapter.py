@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import fal_client.client
@@ -168,3 +169,45 @@ async def test_a_malformed_status_answer_is_a_transient_failure(
     with pytest.raises(TransientError) as caught:  # a result body has no "status"
         await fal.status(broken)
     assert caught.value.error_class is ErrorClass.SERVER_ERROR
+
+
+async def test_a_hung_or_failed_read_is_answered_by_its_second_copy(
+    fal: FalVideoProvider, sim: SimulatorHandle
+) -> None:
+    # The status check hangs past the call's timeout (1 s): its second copy, sent after the
+    # hedge delay (half the timeout while no latency is known), answers in time.
+    sim.configure(
+        latency=0,
+        hang_seconds=3,
+        rules=[
+            {"endpoint": "status", "match": "duel", "fault": "timeout", "times": 1},
+            {"endpoint": "result", "match": "duel", "fault": "503", "times": 1},
+        ],
+    )
+    request = await fal.submit(MODEL, ARGS)
+    started = time.perf_counter()
+    assert (await fal.status(request)).phase is Phase.COMPLETED
+    assert time.perf_counter() - started < 0.9
+    assert isinstance(await fal.result(request), Video)  # the 503 is read over at once
+    calls = sim.stats(with_logs=False)["calls"]
+    assert (calls["status"], calls["result"]) == (2, 2)
+
+
+async def test_submits_and_unhedged_reads_are_sent_once(sim: SimulatorHandle) -> None:
+    sim.configure(
+        latency=0,
+        rules=[
+            {"endpoint": "submit", "match": "duel", "fault": "503", "times": 1},
+            {"endpoint": "status", "match": "duel", "fault": "503", "times": 1},
+        ],
+    )
+    async with FalVideoProvider(
+        key=FAL_KEY, queue_url=sim.url, timeout=1.0, secrets=[FAL_KEY], hedged_reads=False
+    ) as fal:
+        with pytest.raises(TransientError):  # a submit may be paid for: never sent twice
+            await fal.submit(MODEL, ARGS)
+        request = await fal.submit(MODEL, ARGS)
+        with pytest.raises(TransientError):  # FAL_HEDGED_READS=false
+            await fal.status(request)
+    calls = sim.stats(with_logs=False)["calls"]
+    assert (calls["submit"], calls["status"]) == (2, 1)
