@@ -37,6 +37,7 @@ from bench.figures import ScenarioResult
 from bench.procs import Pinning, kill_survivors, pin_benchmark
 from bench.report import missed, render_table, write_json
 from bench.scenarios import (
+    delays,
     fairness,
     faults,
     overhead,
@@ -58,6 +59,7 @@ RUNNERS: dict[str, Runner] = {
     "fairness": fairness.run,
     "storm": storm.run,
     "spend": spend.run,
+    "delays": delays.run,
 }
 
 

@@ -11,7 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-SCENARIOS = ("overhead", "utilisation", "faults", "progress", "scale", "fairness", "storm", "spend")
+SCENARIOS = (
+    "overhead",
+    "utilisation",
+    "faults",
+    "progress",
+    "scale",
+    "fairness",
+    "storm",
+    "spend",
+    "delays",
+)
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -70,6 +80,10 @@ class Sizes:
     retry_budget_floor: int | None
     # Celery peer: prefork pool size.
     celery_concurrency: int
+    # 10. Delayed delivery: messages, and the range their delays are drawn from (seconds).
+    delay_messages: int
+    delay_min: float
+    delay_max: float
 
 
 CORES = os.cpu_count() or 1
@@ -112,6 +126,9 @@ FULL = Sizes(
     spend_submit_hold=0.5,
     retry_budget_floor=None,
     celery_concurrency=CORES,
+    delay_messages=600,
+    delay_min=0.05,
+    delay_max=2.5,
 )
 
 SMOKE = Sizes(
@@ -157,6 +174,9 @@ SMOKE = Sizes(
     # end: up to a minute per smoke run.
     retry_budget_floor=1000,
     celery_concurrency=CORES,
+    delay_messages=100,
+    delay_min=0.05,
+    delay_max=0.5,
 )
 
 

@@ -36,8 +36,10 @@ class Topology:
     """Every queue and exchange name the brokers use, plus the delay-tier policy.
 
     `delay_tolerance_ms`: a delayed message whose remaining delay is at most this is delivered
-    (after waiting out the rest in-process) instead of taking one more tier hop, which would make
-    it late by at least the smallest tier.
+    (after waiting out the rest in-process) instead of taking one more tier hop. None: the
+    smallest tier, so a delay is never rounded up to a whole tier: parking 20 ms in the 50 ms
+    tier made every fourth or so poll, retry and deferral ~30 ms late (measured with
+    `bench --only delays`: mean lateness 15 ms with a 15 ms tolerance, 3 ms with this one).
     """
 
     prefix: str = "orchestrator"
@@ -45,7 +47,7 @@ class Topology:
     queues: tuple[str, ...] = ()
     delay_tiers_ms: tuple[int, ...] = DEFAULT_DELAY_TIERS_MS
     max_priority: int = 10
-    delay_tolerance_ms: int = 15
+    delay_tolerance_ms: int | None = None
 
     def __post_init__(self) -> None:
         if not self.prefix:
@@ -61,7 +63,7 @@ class Topology:
             )
         if not 1 <= self.max_priority <= 255:
             raise ValueError(f"Topology.max_priority must be 1..255, got {self.max_priority}")
-        if self.delay_tolerance_ms < 0:
+        if self.delay_tolerance_ms is not None and self.delay_tolerance_ms < 0:
             raise ValueError("Topology.delay_tolerance_ms must not be negative")
 
     def work_queue(self, q: str) -> str:
@@ -87,15 +89,22 @@ class Topology:
     def progress_exchange(self) -> str:
         return f"{self.prefix}.progress"
 
+    @property
+    def tolerance_ms(self) -> int:
+        """`delay_tolerance_ms`, or the smallest tier when it is None."""
+        if self.delay_tolerance_ms is None:
+            return self.delay_tiers_ms[0]
+        return self.delay_tolerance_ms
+
     def next_tier(self, remaining_seconds: float) -> int | None:
         """The delay tier (ms) to park a message in, or None to deliver it now.
 
         The largest tier that does not overshoot the remaining delay, so a message is never
-        parked past its due time; below the smallest tier (but above the tolerance) the smallest
-        tier, accepting that much lateness rather than early delivery.
+        parked past its due time; below the smallest tier (but above a tolerance set lower than
+        it) the smallest tier, accepting that much lateness rather than early delivery.
         """
         remaining_ms = remaining_seconds * 1000.0
-        if remaining_ms <= self.delay_tolerance_ms:
+        if remaining_ms <= self.tolerance_ms:
             return None
         index = bisect.bisect_right(self.delay_tiers_ms, remaining_ms)
         return self.delay_tiers_ms[max(index - 1, 0)]

@@ -22,8 +22,9 @@ def test_names_derive_from_the_prefix() -> None:
     ("remaining", "tier"),
     [
         (0.0, None),
-        (0.015, None),  # within the tolerance: deliver now
-        (0.02, 50),  # below the smallest tier: the smallest
+        (0.015, None),  # within the tolerance (the smallest tier): deliver now, after
+        (0.05, None),  # waiting out the rest in-process, never rounded up to a tier
+        (0.051, 50),
         (0.3, 250),  # the largest tier that does not overshoot
         (1.3, 1000),
         (1.0, 1000),
@@ -32,6 +33,11 @@ def test_names_derive_from_the_prefix() -> None:
 )
 def test_next_tier_never_overshoots(remaining: float, tier: int | None) -> None:
     assert Topology().next_tier(remaining) == tier
+
+
+def test_a_tolerance_below_the_smallest_tier_parks_the_rest_there() -> None:
+    t = Topology(delay_tolerance_ms=15)
+    assert (t.next_tier(0.015), t.next_tier(0.02)) == (None, 50)
 
 
 def test_a_long_delay_takes_few_hops() -> None:
