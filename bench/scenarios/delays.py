@@ -40,15 +40,14 @@ async def lateness(url: str, topology: Topology, sizes: Sizes) -> list[float]:
             received.set()
 
     rnd = random.Random(10)
-    queue = topology.work_queue(QUEUE)
     try:
         async with open_broker(url, topology) as broker:
-            await broker.consume(queue, handler, prefetch=100)
+            await broker.consume(QUEUE, handler, prefetch=100)
             for start in range(0, n, BATCH):
                 batch = []
                 for _ in range(min(BATCH, n - start)):
                     delay = rnd.uniform(sizes.delay_min, sizes.delay_max)
-                    batch.append(Outgoing(queue, str(time.time() + delay).encode(), delay=delay))
+                    batch.append(Outgoing(QUEUE, str(time.time() + delay).encode(), delay=delay))
                 await broker.publish(batch)
                 await asyncio.sleep(sizes.delay_max / (n / BATCH))  # spread over one max delay
             await asyncio.wait_for(received.wait(), timeout=sizes.delay_max * 4 + 30)

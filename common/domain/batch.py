@@ -219,7 +219,7 @@ class BatchState:
     def _budget_op(self, cs: ChangeSet, op: BudgetOp, sends: list[Send]) -> list[Send]:
         budget = self.budgets[op.budget]
         if isinstance(op, Pause):
-            scheduling.pause(budget, op.until, self.now)
+            scheduling.pause(budget, op.until, self.now, op.refused_at)
         elif isinstance(op, Accepted):
             scheduling.accepted(budget, op.at, self.now)
         elif isinstance(op, Learn):

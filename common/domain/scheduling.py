@@ -300,10 +300,13 @@ def learn(budget: Budget, *, rpm: int | None, tpm: int | None, used_requests: in
     budget.changed = True
 
 
-def pause(budget: Budget, until: float, now: float) -> None:
+def pause(budget: Budget, until: float, now: float, refused_at: float | None = None) -> None:
+    """Hold every start of `budget` until `until`. `refused_at`: when the provider's 429 was
+    answered (default `now`); a submit accepted after that moment ends the pause (`accepted`),
+    even when its answer came before this pause was committed."""
     if until > budget.paused_until:
         if budget.paused_until <= now:  # a new pause, not a longer one
-            budget.paused_at = now
+            budget.paused_at = now if refused_at is None else min(refused_at, now)
             budget.pause_streak += 1
         budget.paused_until = until
         budget.changed = True

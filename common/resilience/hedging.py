@@ -4,10 +4,11 @@ A status check or result fetch that hangs costs its whole call timeout, then a p
 while the generation it asks about may be long finished and its provider slot idle ("The Tail
 at Scale", Dean and Barroso, CACM 2013). `Hedge.read` sends the read; when no answer came
 within the hedge delay, or the first answer is a failure another copy may not meet (a 5xx, a
-timeout, a lost connection), it sends it once more. The first answer a second copy would not
-change wins: a success, or an error such as a 429 or a 4xx; the other copy is cancelled. A read
-is sent at most twice: the step's retry, Retry-After and the circuit breaker stay with the
-caller.
+timeout, a lost connection), it sends it once more. With both in flight, a success or an answer
+about the request itself (a 4xx, fal's 422) wins at once and the other copy is cancelled; a
+transient failure, a 429 included, waits for the other copy. A 429 before any second copy is
+sent is raised at once (the provider asked us to wait). A read is sent at most twice: the
+step's retry, Retry-After and the circuit breaker stay with the caller.
 
 The hedge delay follows the reads' own latency: twice the 95th percentile of the last
 `WINDOW` successful reads, within [`floor`, `ceiling`]. Only reads may be hedged, never a call
@@ -72,9 +73,7 @@ class Hedge:
             self._delay = min(self.ceiling, max(self.floor, FACTOR * p95))
 
     async def read(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """`await fn()`, hedged (see module doc): the first success or decisive error (one a
-        second copy would not change: a 429, a 4xx, fal's 422); when both copies fail
-        transiently, the error of the one that failed last."""
+        """`await fn()`, hedged (see module doc)."""
         first = asyncio.ensure_future(self._timed(fn))
         try:
             done, _ = await asyncio.wait({first}, timeout=self._delay)
@@ -85,7 +84,7 @@ class Hedge:
                 return await self._timed(fn)
             metrics.hedged_reads.labels(self.provider, "slow").inc()
             second = asyncio.ensure_future(self._timed(fn))
-            return await _first_decisive(first, second)
+            return await _race(first, second)
         finally:
             first.cancel()
 
@@ -100,23 +99,36 @@ class Hedge:
 _CHANCY = frozenset({ErrorClass.SERVER_ERROR, ErrorClass.TIMEOUT, ErrorClass.CONNECTION})
 
 
-def _worth_another(copy: asyncio.Future[T]) -> bool:
+def _error_class(copy: asyncio.Future[T]) -> ErrorClass | None:
+    """The class of a copy's transient failure; None for a success or any other error (an
+    answer about the request itself: a 4xx, fal's 422 on a failed generation)."""
     error = copy.exception()
-    return isinstance(error, TransientError) and error.error_class in _CHANCY
+    if isinstance(error, TransientError) and error.error_class is not ErrorClass.UNPROCESSABLE:
+        return error.error_class
+    return None
 
 
-async def _first_decisive(*copies: asyncio.Future[T]) -> T:
+def _worth_another(copy: asyncio.Future[T]) -> bool:
+    """A failure another copy may not meet (not a 429: the provider asked us to wait)."""
+    return _error_class(copy) in _CHANCY
+
+
+async def _race(*copies: asyncio.Future[T]) -> T:
+    """Two copies in flight: a success, or an answer about the request, wins at once; a
+    transient failure (a 429 included: the other copy may already be through) waits for the
+    other copy. Both failed: the 429 if one was refused (its Retry-After is honoured), else the
+    error of the copy that failed last."""
     pending = set(copies)
-    last: asyncio.Future[T] | None = None
+    failed: list[asyncio.Future[T]] = []
     try:
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for copy in done:
-                last = copy
-                if not _worth_another(copy):
+                if _error_class(copy) is None:
                     return copy.result()
-        assert last is not None
-        return last.result()
+                failed.append(copy)
+        limited = [c for c in failed if _error_class(c) is ErrorClass.RATE_LIMITED]
+        return (limited or failed)[-1].result()
     finally:
         for copy in copies:
             if not copy.done():

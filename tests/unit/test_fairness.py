@@ -142,6 +142,15 @@ def test_a_submit_accepted_after_the_pause_began_ends_it() -> None:
     assert budget_wait(budget, NOW + 1.2, 0) == pytest.approx(0.8)
 
 
+def test_a_pause_begins_when_the_429_was_answered_not_when_it_was_committed() -> None:
+    budget = Budget("fal:m")
+    # The 429 came back at NOW; its commit waited 50 ms for the group commit's batch.
+    pause(budget, NOW + 0.5, NOW + 0.05, refused_at=NOW)
+    assert budget.paused_at == NOW and budget_wait(budget, NOW + 0.05, 0) == pytest.approx(0.45)
+    accepted(budget, NOW + 0.02, NOW + 0.06)  # answered after the 429: fal takes work again
+    assert budget_wait(budget, NOW + 0.06, 0) == 0 and budget.pause_streak == 0
+
+
 def test_a_lone_429s_held_starts_go_together_a_storms_spread_out() -> None:
     budget = Budget("fal:m")
     pause(budget, NOW + 0.5, NOW)  # a 429 after calls were accepted: a lone one

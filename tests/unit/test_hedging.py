@@ -110,14 +110,31 @@ async def test_a_decisive_error_is_not_read_again(error: Exception) -> None:
     assert caught.value is error and reads.sent == 1
 
 
-async def test_a_decisive_error_of_either_copy_ends_the_race() -> None:
+async def test_an_answer_about_the_request_from_either_copy_ends_the_race() -> None:
+    h = hedge()
+    h._delay = 0.05
+    failed = err(ErrorClass.UNPROCESSABLE, 422)  # fal: the generation failed
+    reads = Reads((30, "late"), (0, failed))
+    with pytest.raises(TransientError) as caught:
+        await asyncio.wait_for(h.read(reads), 5)
+    assert caught.value is failed and reads.cancelled == 1
+
+
+async def test_a_429_of_one_copy_waits_for_the_other_already_on_its_way() -> None:
+    h = hedge()
+    h._delay = 0.05
+    reads = Reads((0.2, "first"), (0, err(ErrorClass.RATE_LIMITED, 429)))
+    assert await asyncio.wait_for(h.read(reads), 5) == "first"
+
+
+async def test_when_both_copies_fail_a_429_is_what_the_caller_sees() -> None:
     h = hedge()
     h._delay = 0.05
     limited = err(ErrorClass.RATE_LIMITED, 429)
-    reads = Reads((30, "late"), (0, limited))
+    reads = Reads((0.2, err(ErrorClass.SERVER_ERROR, 502)), (0, limited))
     with pytest.raises(TransientError) as caught:
         await asyncio.wait_for(h.read(reads), 5)
-    assert caught.value is limited and reads.cancelled == 1
+    assert caught.value is limited  # its Retry-After is honoured
 
 
 async def test_a_transient_failure_of_one_copy_waits_for_the_other() -> None:
