@@ -59,16 +59,15 @@ class Outcomes(StepContext):
 
     async def _failed(self, work: Work, error: ProviderError) -> None:
         task = work.task
-        answered = self.committer.clock()  # before the commit's wait: when the provider said it
         async with self.committer.transaction() as cs:
             decision = fail_attempt(cs, task, error, self.policy)
             budget = self._budget(work)
             if error.error_class is ErrorClass.RATE_LIMITED and error.retry_after:
                 # The provider asked us to wait: every worker does, not only this task.
-                # Counted from the commit (the safe side of the provider's Retry-After); a
-                # submit accepted after the 429 came back ends it (scheduling.accepted).
+                # cs.now: when the 429 came back (the change set opens right after it; the
+                # batch may commit later). A submit accepted after that ends the pause.
                 wait = min(error.retry_after, self.options.max_pause)
-                cs.pause(budget, cs.now + wait, refused_at=answered)
+                cs.pause(budget, cs.now + wait, refused_at=cs.now)
             if isinstance(decision, Retry):
                 cs.charge_retry(budget, task)
             if isinstance(decision, GiveUp):

@@ -125,8 +125,8 @@ class AmqpConsumer:
         if tier is not None:
             return await self._repark(message, tier)
         if remaining > 0:
-            # Within the tolerance: waiting a few ms here beats a >= 50 ms hop, and keeps
-            # "delivered no earlier than the delay" exact.
+            # Within the tolerance (at most the smallest tier): waiting here beats one more
+            # hop, and keeps "delivered no earlier than the delay" exact.
             await asyncio.sleep(remaining)
         incoming = Incoming(
             queue=self._queue,

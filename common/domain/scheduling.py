@@ -302,8 +302,9 @@ def learn(budget: Budget, *, rpm: int | None, tpm: int | None, used_requests: in
 
 def pause(budget: Budget, until: float, now: float, refused_at: float | None = None) -> None:
     """Hold every start of `budget` until `until`. `refused_at`: when the provider's 429 was
-    answered (default `now`); a submit accepted after that moment ends the pause (`accepted`),
-    even when its answer came before this pause was committed."""
+    answered (default `now`, the batch's time); a submit accepted after that moment and
+    applied after this pause ends it (`accepted`), even when its answer came before the pause
+    was committed. One applied before the pause does not (the budget keeps no record of it)."""
     if until > budget.paused_until:
         if budget.paused_until <= now:  # a new pause, not a longer one
             budget.paused_at = now if refused_at is None else min(refused_at, now)

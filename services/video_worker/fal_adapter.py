@@ -73,7 +73,9 @@ class FalVideoProvider:
         self._fal = _RoutedAsyncClient(key or "", timeout, self._http)
         # Status checks and result fetches are reads: a slow or failed one gets a second copy.
         self.hedge = (
-            Hedge(PROVIDER, floor=HEDGE_FLOOR, ceiling=timeout / 2) if hedged_reads else None
+            Hedge(PROVIDER, floor=min(HEDGE_FLOOR, timeout / 2), ceiling=timeout / 2)
+            if hedged_reads
+            else None
         )
 
     async def __aenter__(self) -> Self:

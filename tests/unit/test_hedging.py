@@ -120,11 +120,46 @@ async def test_an_answer_about_the_request_from_either_copy_ends_the_race() -> N
     assert caught.value is failed and reads.cancelled == 1
 
 
-async def test_a_429_of_one_copy_waits_for_the_other_already_on_its_way() -> None:
+async def test_a_429_of_one_copy_waits_a_little_for_the_other_already_on_its_way() -> None:
     h = hedge()
     h._delay = 0.05
-    reads = Reads((0.2, "first"), (0, err(ErrorClass.RATE_LIMITED, 429)))
+    reads = Reads((0.07, "first"), (0, err(ErrorClass.RATE_LIMITED, 429)))
     assert await asyncio.wait_for(h.read(reads), 5) == "first"
+
+
+async def test_a_429_beside_a_hung_copy_reaches_the_caller_within_its_call_timeout() -> None:
+    h = hedge()
+    h._delay = 0.05
+    limited = TransientError(
+        "x", provider="test", error_class=ErrorClass.RATE_LIMITED, status_code=429, retry_after=3
+    )
+    reads = Reads((30, "hung"), (0, limited))
+    async with asyncio.timeout(1):  # the call's timeout (common.resilience.guard) is outside
+        with pytest.raises(TransientError) as caught:
+            await h.read(reads)
+    await asyncio.sleep(0)  # the hung copy's cancellation runs on the loop's next turn
+    assert caught.value is limited and reads.cancelled == 1
+
+
+async def test_a_failure_with_retry_after_is_not_read_again() -> None:
+    busy = TransientError(
+        "x", provider="test", error_class=ErrorClass.SERVER_ERROR, status_code=503, retry_after=30
+    )
+    reads = Reads((0, busy), (0, "never"))
+    with pytest.raises(TransientError):
+        await hedge().read(reads)
+    assert reads.sent == 1
+
+
+async def test_second_copies_are_a_bounded_share_of_the_reads() -> None:
+    h = hedge()
+    n = 200
+    reads = Reads(*[(0, err(ErrorClass.SERVER_ERROR, 502))] * (2 * n))
+    for _ in range(n):
+        with pytest.raises(TransientError):
+            await h.read(reads)
+    # A provider failing every read gets the burst, then one second copy per 4 reads.
+    assert n < reads.sent <= n + 10 + n // 4 + 1
 
 
 async def test_when_both_copies_fail_a_429_is_what_the_caller_sees() -> None:
@@ -160,6 +195,8 @@ async def test_cancelling_the_read_cancels_both_copies() -> None:
 def test_the_hedge_delay_is_twice_the_p95_of_recent_reads_within_its_bounds() -> None:
     h = hedge()
     assert h.delay == CEILING  # nothing known yet: the longest hedge delay
+    h.observe(0.001)
+    assert h.delay == CEILING  # one quick read says little: not yet
     for _ in range(100):
         h.observe(0.010)
     assert h.delay == pytest.approx(0.05)  # 2 x 10 ms is below the floor
