@@ -20,6 +20,7 @@ import time
 from bench.config import Sizes
 from bench.console import say
 from bench.figures import Figure, ScenarioResult
+from bench.measures import percentile
 from bench.stack import RunContext
 from common.broker import Incoming, Outgoing, Topology, delete_topology, open_broker
 
@@ -56,10 +57,6 @@ async def lateness(url: str, topology: Topology, sizes: Sizes) -> list[float]:
     return sorted(late)
 
 
-def _at(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
 async def run(ctx: RunContext, sizes: Sizes, result: ScenarioResult) -> None:
     n = sizes.delay_messages
     say(f"delays: {n} messages, delays {sizes.delay_min}-{sizes.delay_max}s")
@@ -70,8 +67,8 @@ async def run(ctx: RunContext, sizes: Sizes, result: ScenarioResult) -> None:
     result.raw = {
         name: {
             "mean_ms": statistics.fmean(late) * 1000,
-            "p50_ms": _at(late, 0.5),
-            "p99_ms": _at(late, 0.99),
+            "p50_ms": percentile(late, 50) * 1000,
+            "p99_ms": percentile(late, 99) * 1000,
             "min_ms": late[0] * 1000,
         }
         for name, late in runs.items()

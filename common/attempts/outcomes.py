@@ -64,10 +64,9 @@ class Outcomes(StepContext):
             budget = self._budget(work)
             if error.error_class is ErrorClass.RATE_LIMITED and error.retry_after:
                 # The provider asked us to wait: every worker does, not only this task.
-                # cs.now: when the 429 came back (the change set opens right after it; the
-                # batch may commit later). A submit accepted after that ends the pause.
-                wait = min(error.retry_after, self.options.max_pause)
-                cs.pause(budget, cs.now + wait, refused_at=cs.now)
+                # From cs.now: when the 429 came back (the change set opens right after it;
+                # the batch may commit later). A submit accepted after that ends the pause.
+                cs.pause(budget, cs.now + min(error.retry_after, self.options.max_pause))
             if isinstance(decision, Retry):
                 cs.charge_retry(budget, task)
             if isinstance(decision, GiveUp):

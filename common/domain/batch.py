@@ -219,7 +219,8 @@ class BatchState:
     def _budget_op(self, cs: ChangeSet, op: BudgetOp, sends: list[Send]) -> list[Send]:
         budget = self.budgets[op.budget]
         if isinstance(op, Pause):
-            scheduling.pause(budget, op.until, self.now, op.refused_at)
+            # The change set's time: when its author saw the 429, before the batch's wait.
+            scheduling.pause(budget, op.until, self.now, refused_at=cs.now)
         elif isinstance(op, Accepted):
             scheduling.accepted(budget, op.at, self.now)
         elif isinstance(op, Learn):

@@ -94,8 +94,6 @@ class Pause:
 
     budget: str
     until: float
-    # When the provider's 429 was answered (None: when it is committed).
-    refused_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -254,8 +252,8 @@ class ChangeSet:
         start = Start(deadline_at=deadline_at, budget=budget, tokens=tokens, resend=resend)
         self.ops.append(TaskChange(Seen.of(task), None, message, values=values, start=start))
 
-    def pause(self, budget: str, until: float, *, refused_at: float | None = None) -> None:
-        self.budget_ops.append(Pause(budget, until, refused_at))
+    def pause(self, budget: str, until: float) -> None:
+        self.budget_ops.append(Pause(budget, until))
 
     def accepted(self, budget: str, at: float) -> None:
         self.budget_ops.append(Accepted(budget, at))

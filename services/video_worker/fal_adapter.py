@@ -15,6 +15,7 @@ finished.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 from typing import Any, Self
 
 import fal_client
@@ -108,11 +109,11 @@ class FalVideoProvider:
         fal-client would send it (its headers, its routing, the same errors), without building
         a fal-client handle and httpx request/response objects per call; hedged (see
         common.resilience.hedging) unless turned off."""
-        if self.hedge is None:
-            return await self._transport.get(url, self._headers, read_timeout=self._timeout)
-        return await self.hedge.read(
-            lambda: self._transport.get(url, self._headers, read_timeout=self._timeout)
-        )
+
+        def read() -> Awaitable[bytes]:
+            return self._transport.get(url, self._headers, read_timeout=self._timeout)
+
+        return await (read() if self.hedge is None else self.hedge.read(read))
 
     async def submit(
         self,
