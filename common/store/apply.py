@@ -6,15 +6,21 @@ of deadlocking); hand them to a `BatchState` (common.domain.batch), which applie
 in order and hands out freed slots; then write all task updates with executemany, one UPDATE per
 job and all events with one executemany INSERT. The store decides nothing: it loads, locks and
 flushes, and returns the messages the batch owes.
+
+Its statements are built once (module level, or cached per shape) with bound parameters:
+building a SQLAlchemy statement and computing its cache key on every execution cost more than
+SQLite running it (a one-row select 129 against 41 us, an update 79 against 15 us, measured on
+this machine), and a batch runs a dozen of them.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import BindParameter, Double, Integer, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
@@ -55,7 +61,124 @@ _LIVE_COLUMNS = [
     _tasks.c.holds_slot,
     _tasks.c.priority,
 ]
+_JOB_COLUMNS = [
+    _jobs.c[name]
+    for name in (
+        "id", "kind", "status", "open_tasks", "last_seq", "cancel_requested", "created_at",
+        "owner", "max_concurrency", "slot_at",
+    )
+]  # fmt: skip
+_BUDGET_FIELDS = (
+    "paused_until", "rpm", "tpm", "window_start", "requests", "tokens", "retries",
+    "prev_requests", "prev_retries", "checks", "prev_checks", "paused_at", "pause_streak",
+)  # fmt: skip
 IN_CHUNK = 5000  # stay far below SQLite's limit on bound parameters
+
+
+def _many(name: str) -> BindParameter[Any]:
+    """A list parameter (`IN (...)`), expanded when the statement runs."""
+    return bindparam(name, expanding=True)
+
+
+def _lockable(stmt: Any, **lock: Any) -> tuple[Any, Any]:
+    """A select as it is (SQLite) and locking its rows (PostgreSQL)."""
+    return stmt, stmt.with_for_update(**lock)
+
+
+_SLOTS = _lockable(
+    select(_slots.c.name, _slots.c.in_flight, _slots.c.capacity)
+    .where(_slots.c.name.in_(_many("names")))
+    .order_by(_slots.c.name)
+)
+_BUDGETS = _lockable(
+    select(_budgets).where(_budgets.c.name.in_(_many("names"))).order_by(_budgets.c.name)
+)
+_JOBS = _lockable(select(*_JOB_COLUMNS).where(_jobs.c.id.in_(_many("ids"))).order_by(_jobs.c.id))
+_TASKS = _lockable(
+    select(*_LIVE_COLUMNS).where(_tasks.c.id.in_(_many("ids"))).order_by(_tasks.c.id)
+)
+_TASK_GROUP = _lockable(
+    select(*_LIVE_COLUMNS)
+    .where(
+        _tasks.c.job_id == bindparam("job_id"),
+        _tasks.c.kind == bindparam("kind"),
+        _tasks.c.status == bindparam("status"),
+    )
+    .order_by(_tasks.c.id)
+)
+# Candidates another transaction holds are skipped (PostgreSQL), not waited for.
+_STILL_WAITING = _lockable(
+    select(*_LIVE_COLUMNS).where(
+        _tasks.c.id.in_(_many("ids")), _tasks.c.status == TaskStatus.WAITING
+    ),
+    skip_locked=True,
+)
+_SLOTS_UPDATE = (
+    update(_slots).where(_slots.c.name == bindparam("_name")).values(in_flight=bindparam("_n"))
+)
+_BUDGET_UPDATE = (
+    update(_budgets)
+    .where(_budgets.c.name == bindparam("_name"))
+    .values({f: bindparam(f"_{f}", type_=_budgets.c[f].type) for f in _BUDGET_FIELDS})
+)
+_INSERT_EVENTS = insert(_events)
+
+
+@functools.cache
+def _update_by_id(table: str, keys: tuple[str, ...]) -> Any:
+    """`UPDATE table SET keys... WHERE id = :_id`, one per table and set of columns."""
+    t = Base.metadata.tables[table]
+    return (
+        update(t)
+        .where(t.c.id == bindparam("_id"))
+        .values({k: bindparam(k, type_=t.c[k].type) for k in keys})
+    )
+
+
+@functools.cache
+def _held_by(kinds: tuple[str, ...], excluded_chunks: int) -> Any:
+    """Slots of `kinds` held per job and owner, the tasks of `exclude_0..` left out."""
+    return (
+        select(_tasks.c.job_id, _jobs.c.owner, func.count())
+        .select_from(_tasks.join(_jobs, _jobs.c.id == _tasks.c.job_id))
+        .where(
+            _tasks.c.holds_slot.is_(True),
+            _tasks.c.kind.in_(kinds),
+            *(_tasks.c.id.not_in(_many(f"exclude_{i}")) for i in range(excluded_chunks)),
+        )
+        .group_by(_tasks.c.job_id, _jobs.c.owner)
+    )
+
+
+@functools.cache
+def _held_count(kinds: tuple[str, ...]) -> Any:
+    return (
+        select(func.count())
+        .select_from(_tasks)
+        .where(_tasks.c.holds_slot.is_(True), _tasks.c.kind.in_(kinds))
+    )
+
+
+@functools.cache
+def _stats_upsert(dialect: str) -> Any:
+    """Fold a model's attempt durations into its moving average (see `_moving_averages`)."""
+    upsert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return (
+        upsert(_stats)
+        .values(
+            name=bindparam("_model"),
+            mean_seconds=bindparam("_fresh", type_=Double),
+            samples=bindparam("_samples", type_=Integer),
+        )
+        .on_conflict_do_update(
+            index_elements=["name"],
+            set_={
+                "mean_seconds": _stats.c.mean_seconds * bindparam("_decay", type_=Double)
+                + bindparam("_added", type_=Double),
+                "samples": _stats.c.samples + bindparam("_samples", type_=Integer),
+            },
+        )
+    )
 
 
 class Connection(Protocol):
@@ -111,19 +234,14 @@ class Batch:
 
     # Loading (and locking) ------------------------------------------------------------------
 
-    def _for_update(self, stmt: Any) -> Any:
-        return stmt.with_for_update() if self.locking else stmt
+    def _select(self, statement: tuple[Any, Any]) -> Any:
+        """The statement as it is, or locking its rows (PostgreSQL)."""
+        return statement[1] if self.locking else statement[0]
 
     async def _load(self, change_sets: Sequence[ChangeSet]) -> None:
         pools = self.state.pools_named(change_sets)
         if pools:
-            rows = await self.conn.execute(
-                self._for_update(
-                    select(_slots.c.name, _slots.c.in_flight, _slots.c.capacity)
-                    .where(_slots.c.name.in_(sorted(pools)))
-                    .order_by(_slots.c.name)
-                )
-            )
+            rows = await self.conn.execute(self._select(_SLOTS), {"names": sorted(pools)})
             self.state.slots = {r.name: Slots(r.in_flight, r.capacity) for r in rows}
         await self._load_budgets(self.state.budgets_named(change_sets))
         job_ids = sorted(set().union(*(cs.job_ids for cs in change_sets)))
@@ -134,26 +252,21 @@ class Batch:
         changed = {
             op.seen.task_id for cs in change_sets for op in cs.ops if isinstance(op, TaskChange)
         }
-        await self._load_tasks(_tasks.c.id.in_(c) for c in _chunks(sorted(changed)))
+        for chunk in _chunks(sorted(changed)):
+            await self._load_tasks(_TASKS, {"ids": chunk})
         for cs in change_sets:
             for op in cs.ops:
                 if isinstance(op, JobTasksChange):
                     key = (op.job_id, op.kind, op.old)
                     if key not in self.state.groups:
                         self.state.groups[key] = await self._load_tasks(
-                            [
-                                (_tasks.c.job_id == op.job_id)
-                                & (_tasks.c.kind == op.kind)
-                                & (_tasks.c.status == op.old)
-                            ]
+                            _TASK_GROUP, {"job_id": op.job_id, "kind": op.kind, "status": op.old}
                         )
 
     async def _load_jobs(self, job_ids: Iterable[str]) -> None:
         missing = sorted(j for j in job_ids if j not in self.state.jobs)
         for chunk in _chunks(missing):
-            rows = await self.conn.execute(
-                self._for_update(select(_jobs).where(_jobs.c.id.in_(chunk)).order_by(_jobs.c.id))
-            )
+            rows = await self.conn.execute(self._select(_JOBS), {"ids": chunk})
             for r in rows:
                 self.state.add_job(
                     LiveJob(
@@ -181,16 +294,10 @@ class Batch:
         if pool in self.state.shares:
             return
         kinds = self.kinds.in_pool(pool)
-        batch = list(self.state.tasks)
+        chunks = _chunks(list(self.state.tasks))
         rows = await self.conn.execute(
-            select(_tasks.c.job_id, _jobs.c.owner, func.count())
-            .select_from(_tasks.join(_jobs, _jobs.c.id == _tasks.c.job_id))
-            .where(
-                _tasks.c.holds_slot.is_(True),
-                _tasks.c.kind.in_(kinds),
-                *(_tasks.c.id.not_in(chunk) for chunk in _chunks(batch)),
-            )
-            .group_by(_tasks.c.job_id, _jobs.c.owner)
+            _held_by(tuple(kinds), len(chunks)),
+            {f"exclude_{i}": chunk for i, chunk in enumerate(chunks)},
         )
         jobs = self.state.jobs.values()
         shares = Shares({}, {}, {job.id: job.cap for job in jobs}, now=self.state.now)
@@ -210,10 +317,8 @@ class Batch:
         """Lock (making them if new) the budget rows the batch spends."""
         if not names:
             return
-        locked = self._for_update(
-            select(_budgets).where(_budgets.c.name.in_(sorted(names))).order_by(_budgets.c.name)
-        )
-        rows = list(await self.conn.execute(locked))
+        locked, params = self._select(_BUDGETS), {"names": sorted(names)}
+        rows = list(await self.conn.execute(locked, params))
         missing = names - {r.name for r in rows}
         for name in sorted(missing):
             rpm, tpm = self.budget_limits.get(name.split(":")[0], (0, 0))
@@ -227,7 +332,7 @@ class Batch:
                 .on_conflict_do_nothing(index_elements=["name"])
             )  # fmt: skip
         if missing:  # made just now: read (and lock) them all again
-            rows = list(await self.conn.execute(locked))
+            rows = list(await self.conn.execute(locked, params))
         for r in rows:
             self.state.budgets[r.name] = Budget(
                 r.name, r.paused_until, r.rpm, r.tpm, r.window_start, r.requests, r.tokens,
@@ -235,15 +340,11 @@ class Batch:
                 prev_checks=r.prev_checks, paused_at=r.paused_at, pause_streak=r.pause_streak,
             )  # fmt: skip
 
-    async def _load_tasks(self, conditions: Iterable[Any]) -> list[int]:
+    async def _load_tasks(self, statement: tuple[Any, Any], params: dict[str, Any]) -> list[int]:
         found: list[int] = []
-        for condition in conditions:
-            rows = await self.conn.execute(
-                self._for_update(select(*_LIVE_COLUMNS).where(condition).order_by(_tasks.c.id))
-            )
-            for r in rows:
-                self.state.add_task(live_task(r))
-                found.append(r.id)
+        for r in await self.conn.execute(self._select(statement), params):
+            self.state.add_task(live_task(r))
+            found.append(r.id)
         return found
 
     # Provider slots -------------------------------------------------------------------------
@@ -252,11 +353,7 @@ class Batch:
         for pool in self.state.pools_to_grant():
             kinds = self.kinds.in_pool(pool)
             if pool in self.state.rebalance:
-                held = await self.conn.scalar(
-                    select(func.count())
-                    .select_from(_tasks)
-                    .where(_tasks.c.holds_slot.is_(True), _tasks.c.kind.in_(kinds))
-                )
+                held = await self.conn.scalar(_held_count(tuple(kinds)))
                 self.state.recount(pool, int(held or 0))
             free = self.state.free(pool)
             if free <= 0:
@@ -275,13 +372,7 @@ class Batch:
             picked = [task_id for task_id, _ in candidates]
             if picked:
                 await self._load_jobs({job_id for _, job_id in candidates})
-                stmt = select(*_LIVE_COLUMNS).where(
-                    _tasks.c.id.in_(picked), _tasks.c.status == TaskStatus.WAITING
-                )
-                if self.locking:
-                    stmt = stmt.with_for_update(skip_locked=True)
-                for r in await self.conn.execute(stmt):
-                    self.state.add_task(live_task(r))
+                await self._load_tasks(_STILL_WAITING, {"ids": picked})
             self.state.grant(pool)
 
     # Reading a finishing job's outcome ------------------------------------------------------
@@ -317,57 +408,40 @@ class Batch:
             if values:
                 groups[tuple(sorted(values))].append({"_id": task_id, **values})
         for keys, params in groups.items():
-            stmt = (
-                update(_tasks)
-                .where(_tasks.c.id == bindparam("_id"))
-                .values({k: bindparam(k, type_=_tasks.c[k].type) for k in keys})
-            )
-            await self.conn.execute(stmt, params)
+            await self.conn.execute(_update_by_id(_tasks.name, keys), params)
 
     async def _flush_slots(self) -> None:
         for name, pool in self.state.slots.items():
             if pool.changed:
-                await self.conn.execute(
-                    update(_slots).where(_slots.c.name == name).values(in_flight=pool.in_flight)
-                )
+                await self.conn.execute(_SLOTS_UPDATE, {"_name": name, "_n": pool.in_flight})
 
     async def _flush_budgets(self) -> None:
         for budget in self.state.budgets.values():
             if budget.changed:
-                await self.conn.execute(
-                    update(_budgets)
-                    .where(_budgets.c.name == budget.name)
-                    .values(
-                        paused_until=budget.paused_until, rpm=budget.rpm, tpm=budget.tpm,
-                        window_start=budget.window_start, requests=budget.requests,
-                        tokens=budget.tokens, retries=budget.retries,
-                        prev_requests=budget.prev_requests, prev_retries=budget.prev_retries,
-                        checks=budget.checks, prev_checks=budget.prev_checks,
-                        paused_at=budget.paused_at, pause_streak=budget.pause_streak,
-                    )
-                )  # fmt: skip
+                values = {f"_{f}": getattr(budget, f) for f in _BUDGET_FIELDS}
+                await self.conn.execute(_BUDGET_UPDATE, {"_name": budget.name, **values})
         for model, (fresh, decay, added, samples) in _moving_averages(self.state.durations):
             # One statement per model, however many of its attempts the batch saw.
             await self.conn.execute(
-                _upsert(self.conn)(_stats)
-                .values(name=model, mean_seconds=fresh, samples=samples)
-                .on_conflict_do_update(
-                    index_elements=["name"],
-                    set_={
-                        "mean_seconds": _stats.c.mean_seconds * decay + added,
-                        "samples": _stats.c.samples + samples,
-                    },
-                )
-            )
+                _stats_upsert(self.conn.dialect.name),
+                {
+                    "_model": model, "_fresh": fresh, "_samples": samples, "_decay": decay,
+                    "_added": added,
+                },
+            )  # fmt: skip
 
     async def _flush_jobs(self, writes: list[JobWrite]) -> None:
         rows: list[dict[str, Any]] = []
         now = self.state.now
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
         for w in writes:
-            await self.conn.execute(update(_jobs).where(_jobs.c.id == w.job_id).values(w.values))
+            if w.values:
+                groups[tuple(sorted(w.values))].append({"_id": w.job_id, **w.values})
             rows += [_event_row(w.job_id, w.first_seq + i, e, now) for i, e in enumerate(w.events)]
+        for keys, params in groups.items():
+            await self.conn.execute(_update_by_id(_jobs.name, keys), params)
         if rows:
-            await self.conn.execute(insert(_events), rows)
+            await self.conn.execute(_INSERT_EVENTS, rows)
         for prefix in self.state.clear_warnings:
             await self.conn.execute(
                 update(_jobs).where(_jobs.c.warning.startswith(prefix)).values(warning="")

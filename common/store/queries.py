@@ -5,13 +5,23 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Integer, bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.domain.records import JobRecord, TaskRecord
 from common.domain.states import TaskStatus
 from common.store.records import JOB_COLUMNS, TASK_COLUMNS, load_job
 from common.store.tables import Event, Job, ProviderSlots, Task
+
+# The reads every webhook and every feed makes, built once (see common.store.apply).
+EVENTS_AFTER = (
+    select(Event)
+    .where(Event.job_id == bindparam("job_id"), Event.seq > bindparam("cursor"))
+    .order_by(Event.seq)
+    .limit(bindparam("limit", type_=Integer))
+)
+JOB_HEAD = select(Job.status, Job.last_seq).where(Job.id == bindparam("job_id"))
+_TASK_BY_REQUEST = select(*TASK_COLUMNS).where(Task.request_id == bindparam("request_id")).limit(1)
 
 
 async def get_job(session: AsyncSession, job_id: str) -> JobRecord | None:
@@ -83,20 +93,12 @@ async def list_jobs(
 async def events_after(
     session: AsyncSession, job_id: str, cursor: int, limit: int = 500
 ) -> Sequence[Event]:
-    return (
-        await session.scalars(
-            select(Event)
-            .where(Event.job_id == job_id, Event.seq > cursor)
-            .order_by(Event.seq)
-            .limit(limit)
-        )
-    ).all()
+    params = {"job_id": job_id, "cursor": cursor, "limit": limit}
+    return (await session.scalars(EVENTS_AFTER, params)).all()
 
 
 async def task_by_request_id(session: AsyncSession, request_id: str) -> TaskRecord | None:
-    row = (
-        await session.execute(select(*TASK_COLUMNS).where(Task.request_id == request_id).limit(1))
-    ).first()
+    row = (await session.execute(_TASK_BY_REQUEST, {"request_id": request_id})).first()
     return None if row is None else TaskRecord.of(row)
 
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from common.domain.states import JobStatus
 from common.store import queries
 from common.store.database import Database, tune_sqlite
-from common.store.tables import Event, Job
+from common.store.tables import Event
 from common.store.threaded import SqliteThread
 from services.gateway.progress import Reader
 
@@ -71,11 +71,7 @@ class FeedReads:
 
 def _read_now(engine: Engine, job_id: str, cursor: int, limit: int) -> tuple[Sequence[Event], Head]:
     with Session(engine, expire_on_commit=False) as session, session.begin():
-        events = session.scalars(
-            select(Event)
-            .where(Event.job_id == job_id, Event.seq > cursor)
-            .order_by(Event.seq)
-            .limit(limit)
-        ).all()
-        job = session.execute(select(Job.status, Job.last_seq).where(Job.id == job_id)).first()
+        params = {"job_id": job_id, "cursor": cursor, "limit": limit}
+        events = session.scalars(queries.EVENTS_AFTER, params).all()
+        job = session.execute(queries.JOB_HEAD, {"job_id": job_id}).first()
     return events, None if job is None else (JobStatus(job.status), job.last_seq)
