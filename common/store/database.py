@@ -45,10 +45,16 @@ def _sqlite_engine(
 
 
 def tune_sqlite(
-    engine: Engine, *, immediate: bool, foreign_keys: bool = True, read_only: bool = False
+    engine: Engine,
+    *,
+    immediate: bool,
+    foreign_keys: bool = True,
+    read_only: bool = False,
+    begin: bool = True,
 ) -> None:
     """Pragmas on every new connection of a SQLite engine (`read_only`: it refuses writes), and
-    BEGIN (IMMEDIATE for writers) taken over."""
+    BEGIN (IMMEDIATE for writers) taken over; `begin=False`: no BEGIN at all, each statement
+    its own transaction (for reads of a single statement)."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -62,6 +68,9 @@ def tune_sqlite(
         if read_only:
             cursor.execute("PRAGMA query_only = ON")
         cursor.close()
+
+    if not begin:
+        return
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
@@ -89,7 +98,11 @@ class Database:
                     parsed, partial(tune_sqlite, immediate=True), "batch-writer"
                 )
                 self.task_reads = SqliteThread(
-                    parsed, partial(tune_sqlite, immediate=False), "task-reads"
+                    # One statement per read (common.store.records): no BEGIN and COMMIT
+                    # around it, a third of a read's cost.
+                    parsed,
+                    partial(tune_sqlite, immediate=False, read_only=True, begin=False),
+                    "task-reads",
                 )
                 tracing.instrument_engine(self.batch_writer.engine)
                 tracing.instrument_engine(self.task_reads.engine)

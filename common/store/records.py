@@ -71,9 +71,7 @@ class TaskLoader:
     async def _read(self, ids: list[int]) -> dict[int, TaskRecord]:
         thread = self.db.task_reads
         if thread is not None:  # SQLite: in one trip (common.store.threaded)
-            return await thread.transaction(
-                lambda conn: _by_id(conn.execute(_TASKS_BY_ID, {"ids": ids}))
-            )
+            return await thread.read(lambda conn: _by_id(conn.execute(_TASKS_BY_ID, {"ids": ids})))
         async with self.db.read() as session:
             return _by_id(await session.execute(_TASKS_BY_ID, {"ids": ids}))
 

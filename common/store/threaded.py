@@ -74,6 +74,16 @@ class SqliteThread:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, context.run, work)
 
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        """`work(conn)` on the thread, outside any transaction of ours (a single statement
+        on an engine tuned with `begin=False` is its own transaction)."""
+
+        def read() -> T:
+            with self.engine.connect() as conn:
+                return work(conn)
+
+        return await self.run(read)
+
     async def transaction(self, work: Callable[[Connection], T]) -> T:
         """`work(conn)` in one transaction on the thread: committed when it returns, rolled
         back when it raises."""

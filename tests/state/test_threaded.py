@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, func, insert, select
+from sqlalchemy.exc import OperationalError
 
 from common.store.database import open_database
 from common.store.tables import Job
@@ -69,3 +70,24 @@ def test_run_to_end_refuses_a_step_that_awaits_anything_else() -> None:
 
     with pytest.raises(RuntimeError, match="awaited something besides its connection"):
         run_to_end(step())
+
+
+async def test_task_reads_see_each_commit_and_refuse_writes(tmp_path: Path) -> None:
+    """The task-reads thread reads outside any transaction: no snapshot is kept from one read
+    to the next (each sees what was committed before it), and its connection writes nothing."""
+    async with open_database(f"sqlite+aiosqlite:///{tmp_path}/s.db") as db:
+        assert db.batch_writer is not None and db.task_reads is not None
+
+        def count(conn: Connection) -> int:
+            return int(conn.scalar(select(func.count()).select_from(Job)))
+
+        assert await db.task_reads.read(count) == 0
+        await db.batch_writer.transaction(lambda conn: conn.execute(insert(Job).values(**JOB)))
+        assert await db.task_reads.read(count) == 1
+
+        def write(conn: Connection) -> None:
+            conn.execute(insert(Job).values(**{**JOB, "id": "j2"}))
+
+        with pytest.raises(OperationalError, match="readonly"):
+            await db.task_reads.read(write)
+        assert await db.task_reads.read(count) == 1
