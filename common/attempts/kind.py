@@ -7,8 +7,9 @@ A kind's handler subclasses `KindHandler` and overrides what applies:
 * `submit` makes the attempt's provider call(s) through `calls` and returns `Succeeded` (a
   one-shot kind: the work is done) or `Submitted` (a polled kind: the provider took a request,
   which the runner commits before anything else and then polls);
-* `check` (polled kinds) asks about a submitted request: `Pending`, `Succeeded`, or
-  `RequestFailed` when the provider reports the generation itself failed;
+* `check` (polled kinds) asks about a submitted request: `Pending`, `Succeeded`,
+  `RequestFailed` when the provider reports the generation itself failed, or `ResultDelayed`
+  when it finished but fetching its result failed (a retryable error);
 * `cancel` (polled kinds) cancels a submitted request;
 * `load` reads what the kind needs besides the task (e.g. its job's plan); `on_success` adds
   changes to the success's change set; `after_commit` does side effects once an outcome is
@@ -113,6 +114,15 @@ class RequestFailed:
     error: ProviderError
 
 
+@dataclass(frozen=True)
+class ResultDelayed:
+    """The provider finished the request (it runs nothing for it any more) but fetching the
+    result failed with `error`, a retryable error: the task's provider slot is handed on now,
+    and the result is fetched later."""
+
+    error: ProviderError
+
+
 class ProviderCalls:
     """The provider calls of one step, each under the kind's circuit breaker and call timeout.
 
@@ -205,7 +215,7 @@ class KindHandler:
 
     async def check(
         self, work: Work, calls: ProviderCalls, *, notified: bool
-    ) -> Pending | Succeeded | RequestFailed:
+    ) -> Pending | Succeeded | RequestFailed | ResultDelayed:
         """`notified`: the provider called back to say the request finished (a webhook)."""
         raise NotImplementedError(f"{self.spec.name} is not a polled kind")
 

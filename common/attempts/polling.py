@@ -1,13 +1,14 @@
 """POLL steps: ask the provider about a submitted request and reschedule the check (through
 RabbitMQ's delay tiers) until it is done; a poll triggered by a webhook goes straight to the
-result."""
+result. A request the provider finished whose result could not be fetched gives its provider
+slot to the next task at once; its result is fetched later."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import replace
 
-from common.attempts.kind import Pending, RequestFailed, Succeeded, Work
+from common.attempts.kind import Pending, RequestFailed, ResultDelayed, Succeeded, Work
 from common.attempts.outcomes import Outcomes
 from common.attempts.steps import progress
 from common.domain.changes import StaleTask
@@ -30,7 +31,7 @@ class Polling(Outcomes):
             raise StaleTask(f"poll chain {message.chain} replaced by {task.poll_chain}")
         await self._poll_work(await self._work(task))
 
-    async def _check(self, work: Work) -> Pending | Succeeded | RequestFailed:
+    async def _check(self, work: Work) -> Pending | Succeeded | RequestFailed | ResultDelayed:
         """The kind's check, its provider calls tallied for the shared budget."""
         calls = self._calls()
         try:
@@ -63,6 +64,9 @@ class Polling(Outcomes):
                 return
             await self._failed(work, exc)
             return
+        if isinstance(outcome, ResultDelayed):
+            await self._result_delayed(outcome.error)
+            return
         log.info(
             "status of request %s: %s",
             work.task.request_id,
@@ -76,6 +80,32 @@ class Polling(Outcomes):
             await self._failed(work, outcome.error)
         else:
             await self._succeeded(work, outcome)
+
+    async def _result_delayed(self, error: ProviderError) -> None:
+        """The provider finished the request, but its result could not be fetched: the slot
+        it held there goes to the next task now (the fetch may wait seconds for a Retry-After,
+        the provider runs nothing for it meanwhile), and the result is fetched after the
+        delay the error asks for. A webhook's fetch is made again the same way (once)."""
+        task, message = self.task, self.message
+        delay = max(self.options.poll_interval, error.retry_after or 0.0)
+        log.info(
+            "%s finished request %s, but fetching its result failed (%s); fetching again in %.1fs",
+            self.spec.provider,
+            task.request_id,
+            error.error_class,
+            delay,
+            extra={"event": "status_check", "error": error.message, "retry_in": round(delay, 3)},
+        )
+        async with self.committer.transaction() as cs:
+            text = f"{self.spec.provider} finished the request; its result is fetched again later"
+            cs.note(
+                task,
+                progress(task, text, provider_status="finished") if task.holds_slot else None,
+                release_slot=True,
+                deadline_at=cs.now + delay + cs.timings.stale_after,
+            )
+            again = replace(message, due=cs.now + delay, reissued=False, recheck=False)
+            cs.send(task, again, delay=delay)
 
     async def _repoll(self, *, seen: str, delay: float | None = None, text: str = "") -> None:
         """Schedule the next poll; write only when there is news or the deadline runs short.

@@ -329,6 +329,9 @@ class BatchState:
                 # it when it is handed the slot and starts).
                 scheduling.spend(budget, op.start.tokens)
         if new is None:  # a note
+            if op.release_slot and live.holds_slot:
+                self._release(live)
+                values["holds_slot"] = False
             self._write(cs, live, values)
             if op.event is not None:
                 job.events.append(op.event)
@@ -365,14 +368,8 @@ class BatchState:
         if new.terminal:
             values.update(deadline_at=None, next_attempt_at=None)
         if scheduling.releases_slot(holds_slot=live.holds_slot, new=new):
+            self._release(live)
             values["holds_slot"] = False
-            pool = self.kinds.pool_of(live.kind)
-            if pool is not None and pool in self.slots:
-                slots = self.slots[pool]
-                slots.in_flight = max(0, slots.in_flight - 1)
-                slots.changed = slots.released = True
-                if pool in self.shares:
-                    self.shares[pool].give_back(live.job_id, job.owner)
         if failure is not None:
             values.update(
                 last_error=failure.message,
@@ -395,6 +392,16 @@ class BatchState:
         )
         self._write(cs, live, values)
         cs.applied[live.id] = new
+
+    def _release(self, live: LiveTask) -> None:
+        """`live`'s provider slot goes back to its pool (handed out after the change sets)."""
+        pool = self.kinds.pool_of(live.kind)
+        if pool is not None and pool in self.slots:
+            slots = self.slots[pool]
+            slots.in_flight = max(0, slots.in_flight - 1)
+            slots.changed = slots.released = True
+            if pool in self.shares:
+                self.shares[pool].give_back(live.job_id, self.jobs[live.job_id].owner)
 
     def _write(self, cs: ChangeSet, live: LiveTask, values: dict[str, Any]) -> None:
         self.updates[live.id].update(values)

@@ -146,6 +146,8 @@ class TaskChange:
     details: dict[str, Any] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
     start: Start | None = None
+    # A note that hands the task's provider slot on (its request finished at the provider).
+    release_slot: bool = False
 
 
 @dataclass(frozen=True)
@@ -271,9 +273,19 @@ class ChangeSet:
         """A successful attempt of `model` took `seconds` (learned for deadlines)."""
         self.durations.append((model, seconds))
 
-    def note(self, task: TaskRecord, event: EventDraft | None = None, **values: Any) -> None:
-        """An event about `task` and/or columns other than its status, if it is unchanged."""
-        self.ops.append(TaskChange(Seen.of(task), None, event=event, values=values))
+    def note(
+        self,
+        task: TaskRecord,
+        event: EventDraft | None = None,
+        *,
+        release_slot: bool = False,
+        **values: Any,
+    ) -> None:
+        """An event about `task` and/or columns other than its status, if it is unchanged;
+        `release_slot`: its provider slot (if it holds one) goes to a waiting task."""
+        self.ops.append(
+            TaskChange(Seen.of(task), None, event=event, values=values, release_slot=release_slot)
+        )
 
     def change_job_tasks(self, change: JobTasksChange) -> None:
         self.ops.append(change)

@@ -12,12 +12,14 @@ from common.attempts.kind import (
     Pending,
     ProviderCalls,
     RequestFailed,
+    ResultDelayed,
     Submitted,
     Succeeded,
     Work,
 )
 from common.domain.kinds import VIDEO_SEGMENT
 from common.domain.records import TaskRecord
+from common.resilience import CircuitOpenError, ProviderError
 from common.webhook_urls import webhook_url
 from services.video_worker.ports import (
     GenerationFailed,
@@ -64,19 +66,24 @@ class VideoSegments(KindHandler):
 
     async def check(
         self, work: Work, calls: ProviderCalls, *, notified: bool
-    ) -> Pending | Succeeded | RequestFailed:
+    ) -> Pending | Succeeded | RequestFailed | ResultDelayed:
         request = _request_of(work.task)
         ran_for = None
+        finished = notified
         try:
             if not notified:
                 progress = await calls("status", lambda: self.provider.status(request))
                 if progress.phase is not Phase.COMPLETED:
                     return _pending(progress)
-                ran_for = progress.ran_for
+                ran_for, finished = progress.ran_for, True
             # Finished (or the provider called back to say so): fetch the result.
             video = await calls("result", lambda: self.provider.result(request))
         except GenerationFailed as exc:
             return RequestFailed(exc)
+        except ProviderError as exc:
+            if finished and exc.retryable and not isinstance(exc, CircuitOpenError):
+                return ResultDelayed(exc)
+            raise
         if isinstance(video, Progress):
             return _pending(video)
         return _succeeded(video, ran_for)

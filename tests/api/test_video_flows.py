@@ -242,3 +242,40 @@ async def test_a_429_on_a_status_check_holds_back_that_check_not_other_starts(
         assert not any(e.type == pb.EVENT_TYPE_TASK_DEFERRED for e in events)
         assert sim.stats(with_logs=False)["rate_limited"]["status"] == 1  # checked again later
         await stack.stub.CancelJob(pb.CancelJobRequest(job_id=first.job_id))
+
+
+async def test_a_finished_generation_whose_result_fetch_fails_hands_its_slot_on(
+    tmp_path: Path, sim: SimulatorHandle
+) -> None:
+    # One fal slot. The first job's generation finishes but its result GET is refused with a
+    # long Retry-After: fal runs nothing for it any more, so the second job's segment takes
+    # the slot at once instead of waiting for that result.
+    sim.configure(
+        latency=0.3,
+        rules=[{"endpoint": "result", "match": "First", "fault": "429", "retry_after": 30}],
+    )
+    settings = stack_settings(tmp_path, sim, max_retry_after=30, fal_concurrency=1)
+    async with inproc_stack(settings) as stack:
+        first = await stack.stub.StartVideoJob(
+            pb.StartVideoJobRequest(battle_arena_url=ARENA, total_segments=1, prompt="First")
+        )
+        second = await stack.stub.StartVideoJob(
+            pb.StartVideoJobRequest(battle_arena_url=ARENA, total_segments=1, prompt="Second")
+        )
+        async with asyncio.timeout(10):
+            events = await events_until(
+                stack.stub,
+                second.job_id,
+                lambda seen: any(e.task_status == pb.TASK_STATUS_SUCCEEDED for e in seen),
+                follow=True,
+            )
+        assert any(e.task_status == pb.TASK_STATUS_WAITING for e in events)  # it did queue
+        job = await stack.stub.GetJob(pb.GetJobRequest(job_id=first.job_id))
+        assert [t.status for t in job.tasks] == [pb.TASK_STATUS_RUNNING]  # result not fetched
+        first_events = await events_until(
+            stack.stub, first.job_id, lambda seen: any("fetched again" in e.message for e in seen)
+        )
+        assert [e.details["provider_status"] for e in first_events if "fetched again" in e.message]
+        stats = sim.stats(with_logs=False)
+        assert stats["rate_limited"]["result"] >= 1 and stats["max_in_progress"] == 1
+        await stack.stub.CancelJob(pb.CancelJobRequest(job_id=first.job_id))

@@ -141,6 +141,24 @@ def test_a_released_slot_goes_to_the_waiting_task_of_the_higher_priority_job() -
     assert (send.message.task_id, send.message.kind, send.boost) == (3, MessageKind.RUN, True)
 
 
+def test_a_request_finished_at_the_provider_hands_its_slot_on_before_its_result() -> None:
+    running = _segment(1, "a", T.RUNNING, holds_slot=True)
+    waiting = _segment(2, "b", T.WAITING)
+    state = _state(running, waiting, capacity=1, in_flight=1)
+    finished = _cs()
+    finished.note(_record(running), release_slot=True)
+    state.apply(finished)
+    state.grant("fal")
+    assert (running.status, running.holds_slot) == (T.RUNNING, False)
+    assert (waiting.status, waiting.holds_slot) == (T.QUEUED, True)
+    assert state.slots["fal"].in_flight == 1
+    # Its success later gives back nothing more: the slot is not released twice.
+    done = _cs()
+    done.change(_record(running), T.SUCCEEDED, message="video ready")
+    state.apply(done)
+    assert done.error is None and state.slots["fal"].in_flight == 1
+
+
 def test_a_stale_change_set_is_rejected_whole_and_the_others_still_apply() -> None:
     a, b = _segment(1), _segment(2)
     state = _state(a, b, capacity=5)
