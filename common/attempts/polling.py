@@ -84,10 +84,14 @@ class Polling(Outcomes):
     async def _result_delayed(self, error: ProviderError) -> None:
         """The provider finished the request, but its result could not be fetched: the slot
         it held there goes to the next task now (the fetch may wait seconds for a Retry-After,
-        the provider runs nothing for it meanwhile), and the result is fetched after the
-        delay the error asks for. A webhook's fetch is made again the same way (once)."""
+        the provider runs nothing for it meanwhile), and the result is fetched again after
+        the error's Retry-After (capped), else after a poll interval or the first backoff step,
+        whichever is shorter: a webhook's fetch too, not at the fallback poll minutes later."""
         task, message = self.task, self.message
-        delay = max(self.options.poll_interval, error.retry_after or 0.0)
+        if error.retry_after is not None:
+            delay = min(error.retry_after, self.options.max_pause)
+        else:
+            delay = min(self.options.poll_interval, self.policy.backoff.ceiling(1))
         log.info(
             "%s finished request %s, but fetching its result failed (%s); fetching again in %.1fs",
             self.spec.provider,

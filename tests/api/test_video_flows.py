@@ -151,6 +151,39 @@ async def test_webhook_triggers_the_poll_and_duplicates_are_ignored(
     assert stats["calls"].get("status", 0) == 0  # a call-back goes straight to the result
 
 
+async def test_a_webhooks_failed_result_fetch_is_made_again_after_its_retry_after(
+    tmp_path: Path, sim: SimulatorHandle
+) -> None:
+    # Polls every 60 s: the webhook's fetch of the result is refused once (429, Retry-After
+    # 1 s) and made again after that second, not left to the next poll a minute later.
+    sim.configure(
+        latency=0.2,
+        rules=[{"endpoint": "result", "fault": "429", "retry_after": 1, "times": 1}],
+    )
+    port = free_port()
+    settings = stack_settings(
+        tmp_path,
+        sim,
+        fal_poll_interval=60,
+        max_retry_after=30,
+        http_addr=f"127.0.0.1:{port}",
+        public_http_url=f"http://127.0.0.1:{port}",
+        webhook_secret="test-webhook-secret",
+    )
+    async with inproc_stack(settings) as stack:
+        job_id = (
+            await stack.stub.StartVideoJob(
+                pb.StartVideoJobRequest(battle_arena_url=ARENA, total_segments=1)
+            )
+        ).job_id
+        await watch_to_end(stack.stub, job_id, timeout=15)
+        job = await stack.stub.GetJob(pb.GetJobRequest(job_id=job_id))
+    assert status_name(job.status) == "COMPLETED"
+    stats = sim.stats(with_logs=False)
+    assert (stats["rate_limited"]["result"], stats["calls"]["result"]) == (1, 2)
+    assert stats["calls"].get("status", 0) == 0  # the webhook said it finished
+
+
 async def test_tasks_committed_but_never_published_are_published_by_the_sweeper(
     tmp_path: Path, sim: SimulatorHandle
 ) -> None:
