@@ -18,6 +18,8 @@ from common.domain.states import TaskStatus
 from common.resilience import CircuitOpenError, ProviderError
 
 log = logging.getLogger(__name__)
+# What a poll saw of a request the provider finished but whose result is still to be fetched.
+FINISHED = "finished"
 
 
 class Polling(Outcomes):
@@ -35,7 +37,10 @@ class Polling(Outcomes):
         """The kind's check, its provider calls tallied for the shared budget."""
         calls = self._calls()
         try:
-            return await self.handler.check(work, calls, notified=self.message.once)
+            # A webhook's poll, or one after a refused fetch of a finished request's result,
+            # goes straight to the result.
+            notified = self.message.once or self.message.seen == FINISHED
+            return await self.handler.check(work, calls, notified=notified)
         finally:
             self.runner.tally.add(self._budget(work), calls.made)
 
@@ -85,13 +90,15 @@ class Polling(Outcomes):
         """The provider finished the request, but its result could not be fetched: the slot
         it held there goes to the next task now (the fetch may wait seconds for a Retry-After,
         the provider runs nothing for it meanwhile), and the result is fetched again after
-        the error's Retry-After (capped), else after a poll interval or the first backoff step,
-        whichever is shorter: a webhook's fetch too, not at the fallback poll minutes later."""
-        task, message = self.task, self.message
-        if error.retry_after is not None:
-            delay = min(error.retry_after, self.options.max_pause)
-        else:
-            delay = min(self.options.poll_interval, self.policy.backoff.ceiling(1))
+        the error's Retry-After (capped), at least a poll interval or the first backoff step,
+        whichever is shorter: a webhook's fetch too, not at the fallback poll minutes later.
+
+        The fetch goes on in a new poll chain, which retires the task's others: a webhook's
+        one-off poll, repeated webhooks and the regular chain would otherwise each keep
+        fetching, together more often than the Retry-After allows."""
+        task = self.task
+        floor = min(self.options.poll_interval, self.policy.backoff.ceiling(1))
+        delay = max(floor, min(error.retry_after or 0.0, self.options.max_pause))
         log.info(
             "%s finished request %s, but fetching its result failed (%s); fetching again in %.1fs",
             self.spec.provider,
@@ -104,11 +111,14 @@ class Polling(Outcomes):
             text = f"{self.spec.provider} finished the request; its result is fetched again later"
             cs.note(
                 task,
-                progress(task, text, provider_status="finished") if task.holds_slot else None,
+                progress(task, text, provider_status=FINISHED) if task.holds_slot else None,
                 release_slot=True,
+                poll_chain=task.poll_chain + 1,
                 deadline_at=cs.now + delay + cs.timings.stale_after,
             )
-            again = replace(message, due=cs.now + delay, reissued=False, recheck=False)
+            again = replace(
+                self._poll_message(task.poll_chain + 1), seen=FINISHED, due=cs.now + delay
+            )
             cs.send(task, again, delay=delay)
 
     async def _repoll(self, *, seen: str, delay: float | None = None, text: str = "") -> None:

@@ -19,7 +19,7 @@ from common.attempts.kind import (
 )
 from common.domain.kinds import VIDEO_SEGMENT
 from common.domain.records import TaskRecord
-from common.resilience import CircuitOpenError, ProviderError
+from common.resilience import ProviderError
 from common.webhook_urls import webhook_url
 from services.video_worker.ports import (
     GenerationFailed,
@@ -81,7 +81,8 @@ class VideoSegments(KindHandler):
         except GenerationFailed as exc:
             return RequestFailed(exc)
         except ProviderError as exc:
-            if finished and exc.retryable and not isinstance(exc, CircuitOpenError):
+            # (An open circuit is no ProviderError: it goes on to the poll, which waits.)
+            if finished and exc.retryable:
                 return ResultDelayed(exc)
             raise
         if isinstance(video, Progress):

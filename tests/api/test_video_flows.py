@@ -184,6 +184,43 @@ async def test_a_webhooks_failed_result_fetch_is_made_again_after_its_retry_afte
     assert stats["calls"].get("status", 0) == 0  # the webhook said it finished
 
 
+async def test_refused_result_fetches_go_on_in_one_loop_that_keeps_to_the_retry_after(
+    tmp_path: Path, sim: SimulatorHandle
+) -> None:
+    # Webhooks called back twice, and a poll chain every 0.3 s too: four fetches of the
+    # result are refused in turn with Retry-After 1 s. One loop fetches it again after each
+    # second (the job ends 4 s or more after the generation); the webhooks' one-off polls and
+    # the chain each fetching on their own would get through the refusals sooner.
+    sim.configure(
+        latency=0.2,
+        webhook_repeats=2,
+        rules=[{"endpoint": "result", "fault": "429", "retry_after": 1, "times": 4}],
+    )
+    port = free_port()
+    settings = stack_settings(
+        tmp_path,
+        sim,
+        fal_poll_interval=0.3,
+        max_retry_after=30,
+        http_addr=f"127.0.0.1:{port}",
+        public_http_url=f"http://127.0.0.1:{port}",
+        webhook_secret="test-webhook-secret",
+    )
+    async with inproc_stack(settings) as stack:
+        started = time.monotonic()
+        job_id = (
+            await stack.stub.StartVideoJob(
+                pb.StartVideoJobRequest(battle_arena_url=ARENA, total_segments=1)
+            )
+        ).job_id
+        await watch_to_end(stack.stub, job_id, timeout=30)
+        elapsed = time.monotonic() - started
+        job = await stack.stub.GetJob(pb.GetJobRequest(job_id=job_id))
+    assert status_name(job.status) == "COMPLETED"
+    assert sim.stats(with_logs=False)["rate_limited"]["result"] == 4
+    assert elapsed >= 0.2 + 4 * 1.0 - 0.1
+
+
 async def test_tasks_committed_but_never_published_are_published_by_the_sweeper(
     tmp_path: Path, sim: SimulatorHandle
 ) -> None:
