@@ -94,11 +94,15 @@ async def test_refused_start_is_not_retried_and_names_the_field(proxy: Proxy) ->
 async def test_watch_resumes_after_broken_streams_missing_nothing(
     stack: InProcStack, proxy: Proxy, sim: SimulatorHandle
 ) -> None:
-    sim.configure(latency=1.0)  # a job long enough for its events to come in several responses
+    # Segments one after another: the job's events come at a dozen moments, so in several
+    # responses however fast the stack (four at once came in too few on a fast machine).
+    sim.configure(latency=0.4)
     proxy.faults.break_watches_after = [1, 2, 0, 1]
     reconnects: list[Reconnect] = []
     async with JobsClient(proxy.address, backoff=FAST) as client:
-        started = await client.start_video(battle_arena_url=ARENA, total_segments=4)
+        started = await client.start_video(
+            battle_arena_url=ARENA, total_segments=6, max_concurrency=1
+        )
         events = [e async for e in client.watch(started.job_id, on_reconnect=reconnects.append)]
     replay = await watch_to_end(stack.stub, started.job_id)
 
