@@ -103,6 +103,7 @@ class Database:
                     parsed,
                     partial(tune_sqlite, immediate=False, read_only=True, begin=False),
                     "task-reads",
+                    transactions=False,
                 )
                 tracing.instrument_engine(self.batch_writer.engine)
                 tracing.instrument_engine(self.task_reads.engine)

@@ -59,13 +59,17 @@ def run_to_end(step: Coroutine[Any, Any, T]) -> T:
 
 class SqliteThread:
     """A synchronous engine of one connection on the SQLite file at `url`, used only on one
-    dedicated thread; `tune` sets up its connections (pragmas, how BEGIN is issued)."""
+    dedicated thread; `tune` sets up its connections (pragmas, how BEGIN is issued).
+    `transactions=False`: `tune` issues no BEGIN, so only `read` (one statement) is offered."""
 
-    def __init__(self, url: URL, tune: Callable[[Engine], None], name: str) -> None:
+    def __init__(
+        self, url: URL, tune: Callable[[Engine], None], name: str, *, transactions: bool = True
+    ) -> None:
         self.engine = create_engine(
             url.set(drivername="sqlite+pysqlite"), pool_size=1, max_overflow=0, pool_timeout=60
         )
         tune(self.engine)
+        self.transactions = transactions
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
 
     async def run(self, work: Callable[[], T]) -> T:
@@ -87,6 +91,8 @@ class SqliteThread:
     async def transaction(self, work: Callable[[Connection], T]) -> T:
         """`work(conn)` in one transaction on the thread: committed when it returns, rolled
         back when it raises."""
+        if not self.transactions:
+            raise RuntimeError("this thread's engine issues no BEGIN: work there is not atomic")
 
         def transaction() -> T:
             with self.engine.begin() as conn:

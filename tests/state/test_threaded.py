@@ -91,3 +91,6 @@ async def test_task_reads_see_each_commit_and_refuse_writes(tmp_path: Path) -> N
         with pytest.raises(OperationalError, match="readonly"):
             await db.task_reads.read(write)
         assert await db.task_reads.read(count) == 1
+        # No transaction is offered where none would be atomic.
+        with pytest.raises(RuntimeError, match="not atomic"):
+            await db.task_reads.transaction(count)
