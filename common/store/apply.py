@@ -68,6 +68,7 @@ _JOB_COLUMNS = [
         "owner", "max_concurrency", "slot_at",
     )
 ]  # fmt: skip
+# A budget row's columns besides its name: `scheduling.Budget`'s fields of the same names.
 _BUDGET_FIELDS = (
     "paused_until", "rpm", "tpm", "window_start", "requests", "tokens", "retries",
     "prev_requests", "prev_retries", "checks", "prev_checks", "paused_at", "pause_streak",
@@ -335,10 +336,8 @@ class Batch:
             rows = list(await self.conn.execute(locked, params))
         for r in rows:
             self.state.budgets[r.name] = Budget(
-                r.name, r.paused_until, r.rpm, r.tpm, r.window_start, r.requests, r.tokens,
-                r.retries, r.prev_requests, r.prev_retries, checks=r.checks,
-                prev_checks=r.prev_checks, paused_at=r.paused_at, pause_streak=r.pause_streak,
-            )  # fmt: skip
+                r.name, **{f: r._mapping[f] for f in _BUDGET_FIELDS}
+            )
 
     async def _load_tasks(self, statement: tuple[Any, Any], params: dict[str, Any]) -> list[int]:
         found: list[int] = []

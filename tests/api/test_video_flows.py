@@ -9,14 +9,38 @@ from pathlib import Path
 import httpx
 from orchestrator.v1 import jobs_pb2 as pb
 
+from common.settings import Settings
 from common.store import jobs as job_store
 from services.gateway.requests import Limits, VideoJobRequest, plan_video_job
 from services.simulator.app import SimulatorHandle
 from tests.support.client import events_until, running_tasks, status_name, watch_to_end
-from tests.support.inproc import inproc_stack, stack_settings
+from tests.support.inproc import InProcStack, inproc_stack, stack_settings
 from tests.support.procs import free_port
 
 ARENA = "https://example.com/arena.png"
+
+
+def webhook_settings(tmp_path: Path, sim: SimulatorHandle, **overrides: object) -> Settings:
+    """A stack whose submits name a webhook on its own HTTP port (fal calls back there)."""
+    port = free_port()
+    return stack_settings(
+        tmp_path,
+        sim,
+        http_addr=f"127.0.0.1:{port}",
+        public_http_url=f"http://127.0.0.1:{port}",
+        webhook_secret="test-webhook-secret",
+        **overrides,
+    )
+
+
+async def one_video_job(stack: InProcStack, segments: int, timeout: float) -> tuple[pb.Job, float]:
+    """Start a job of `segments` and watch it to its end: the job, and the seconds it took."""
+    started = time.monotonic()
+    request = pb.StartVideoJobRequest(battle_arena_url=ARENA, total_segments=segments)
+    job_id = (await stack.stub.StartVideoJob(request)).job_id
+    await watch_to_end(stack.stub, job_id, timeout=timeout)
+    elapsed = time.monotonic() - started
+    return await stack.stub.GetJob(pb.GetJobRequest(job_id=job_id)), elapsed
 
 
 async def test_seed_video_api_start_then_status(tmp_path: Path, sim: SimulatorHandle) -> None:
@@ -123,26 +147,9 @@ async def test_webhook_triggers_the_poll_and_duplicates_are_ignored(
     tmp_path: Path, sim: SimulatorHandle
 ) -> None:
     sim.configure(latency=0.2, webhook_repeats=2)
-    port = free_port()
     # Polls every 60 s: only the webhook can finish this job quickly.
-    settings = stack_settings(
-        tmp_path,
-        sim,
-        fal_poll_interval=60,
-        http_addr=f"127.0.0.1:{port}",
-        public_http_url=f"http://127.0.0.1:{port}",
-        webhook_secret="test-webhook-secret",
-    )
-    async with inproc_stack(settings) as stack:
-        started = time.monotonic()
-        job_id = (
-            await stack.stub.StartVideoJob(
-                pb.StartVideoJobRequest(battle_arena_url=ARENA, total_segments=2)
-            )
-        ).job_id
-        await watch_to_end(stack.stub, job_id, timeout=20)
-        elapsed = time.monotonic() - started
-        job = await stack.stub.GetJob(pb.GetJobRequest(job_id=job_id))
+    async with inproc_stack(webhook_settings(tmp_path, sim, fal_poll_interval=60)) as stack:
+        job, elapsed = await one_video_job(stack, 2, timeout=20)
     assert status_name(job.status) == "COMPLETED"
     assert elapsed < 10
     stats = sim.stats(with_logs=False)
@@ -160,24 +167,9 @@ async def test_a_webhooks_failed_result_fetch_is_made_again_after_its_retry_afte
         latency=0.2,
         rules=[{"endpoint": "result", "fault": "429", "retry_after": 1, "times": 1}],
     )
-    port = free_port()
-    settings = stack_settings(
-        tmp_path,
-        sim,
-        fal_poll_interval=60,
-        max_retry_after=30,
-        http_addr=f"127.0.0.1:{port}",
-        public_http_url=f"http://127.0.0.1:{port}",
-        webhook_secret="test-webhook-secret",
-    )
+    settings = webhook_settings(tmp_path, sim, fal_poll_interval=60, max_retry_after=30)
     async with inproc_stack(settings) as stack:
-        job_id = (
-            await stack.stub.StartVideoJob(
-                pb.StartVideoJobRequest(battle_arena_url=ARENA, total_segments=1)
-            )
-        ).job_id
-        await watch_to_end(stack.stub, job_id, timeout=15)
-        job = await stack.stub.GetJob(pb.GetJobRequest(job_id=job_id))
+        job, _ = await one_video_job(stack, 1, timeout=15)
     assert status_name(job.status) == "COMPLETED"
     stats = sim.stats(with_logs=False)
     assert (stats["rate_limited"]["result"], stats["calls"]["result"]) == (1, 2)
@@ -196,26 +188,9 @@ async def test_refused_result_fetches_go_on_in_one_loop_that_keeps_to_the_retry_
         webhook_repeats=2,
         rules=[{"endpoint": "result", "fault": "429", "retry_after": 1, "times": 4}],
     )
-    port = free_port()
-    settings = stack_settings(
-        tmp_path,
-        sim,
-        fal_poll_interval=0.3,
-        max_retry_after=30,
-        http_addr=f"127.0.0.1:{port}",
-        public_http_url=f"http://127.0.0.1:{port}",
-        webhook_secret="test-webhook-secret",
-    )
+    settings = webhook_settings(tmp_path, sim, fal_poll_interval=0.3, max_retry_after=30)
     async with inproc_stack(settings) as stack:
-        started = time.monotonic()
-        job_id = (
-            await stack.stub.StartVideoJob(
-                pb.StartVideoJobRequest(battle_arena_url=ARENA, total_segments=1)
-            )
-        ).job_id
-        await watch_to_end(stack.stub, job_id, timeout=30)
-        elapsed = time.monotonic() - started
-        job = await stack.stub.GetJob(pb.GetJobRequest(job_id=job_id))
+        job, elapsed = await one_video_job(stack, 1, timeout=30)
     assert status_name(job.status) == "COMPLETED"
     assert sim.stats(with_logs=False)["rate_limited"]["result"] == 4
     assert elapsed >= 0.2 + 4 * 1.0 - 0.1
