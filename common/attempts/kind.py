@@ -214,9 +214,10 @@ class KindHandler:
         raise NotImplementedError
 
     async def check(
-        self, work: Work, calls: ProviderCalls, *, notified: bool
+        self, work: Work, calls: ProviderCalls, *, notified: bool, reported: str = ""
     ) -> Pending | Succeeded | RequestFailed | ResultDelayed:
-        """`notified`: the provider called back to say the request finished (a webhook)."""
+        """`notified`: the provider called back to say the request finished (a webhook);
+        `reported`: the result that call-back carried, verified, as JSON ("" if none)."""
         raise NotImplementedError(f"{self.spec.name} is not a polled kind")
 
     async def cancel(self, work: Work, calls: ProviderCalls) -> bool:

@@ -3,8 +3,8 @@
 Each submit hands the provider a URL naming the task and attempt (common.webhook_urls). When the
 provider calls back, the request it names is either
 
-* the task's committed request: the task is polled now, straight to the result, instead of at
-  its next interval; or
+* the task's committed request: the task is polled now, straight to the result (the one the
+  call-back carried, when it did), instead of at its next interval; or
 * a request whose submit was cut off: the worker died after the provider accepted it but before
   the request id was committed (the task is still in flight for that attempt, with no request
   id). The task adopts that request (RUNNING with it, like a committed submit) and polls it
@@ -37,15 +37,18 @@ class Verdict(StrEnum):
     IGNORED = "ignored"
 
 
-async def on_webhook(committer: GroupCommitter, target: WebhookTarget, request_id: str) -> Verdict:
-    """Act on a verified webhook for `target` saying `request_id` finished."""
+async def on_webhook(
+    committer: GroupCommitter, target: WebhookTarget, request_id: str, *, result: str = ""
+) -> Verdict:
+    """Act on a verified webhook for `target` saying `request_id` finished; `result`: the
+    result it carried, as JSON ("" if none)."""
     # The task the signed URL names, read with the other webhooks of the moment in one query
     # (the committer's task loader); the usual case, its committed request, needs no more.
     named = await committer.tasks.load(target.task_id)
     if named is not None and named.request_id == request_id:
         if named.status != TaskStatus.RUNNING:
             return Verdict.IGNORED
-        await committer.send_now(Send(_fetch(named), named.kind, named.priority))
+        await committer.send_now(Send(_fetch(named, result), named.kind, named.priority))
         return Verdict.ACCEPTED
     async with committer.db.read() as session:
         task = await queries.task_by_request_id(session, request_id)
@@ -104,6 +107,9 @@ async def _adopt(committer: GroupCommitter, task: TaskRecord, request_id: str) -
     )
 
 
-def _fetch(task: TaskRecord) -> TaskMessage:
-    """A one-off poll that goes straight to the result (the provider said it finished)."""
-    return TaskMessage(task.id, task.job_id, MessageKind.POLL, task.attempt, once=True)
+def _fetch(task: TaskRecord, result: str) -> TaskMessage:
+    """A one-off poll that goes straight to the result (the provider said it finished): the
+    one the call-back carried, or fetched when it carried none."""
+    return TaskMessage(
+        task.id, task.job_id, MessageKind.POLL, task.attempt, once=True, result=result
+    )

@@ -185,8 +185,9 @@ class HttpApi:
         Two proofs before anything happens: the URL's signed task and attempt (we made the URL),
         and fal's ED25519 signature over the body (fal sent it). An unverified call is 401 and
         changes nothing; in particular it never takes the request id's duplicate slot, so the
-        real call-back is not dropped after a forged one. A verified one only triggers a poll:
-        the worker asks fal for the result itself.
+        real call-back is not dropped after a forged one. A verified one triggers a poll that
+        takes the result the call-back carried (signed with it), or fetches it from fal when
+        it carried none.
         """
         secret = self.infra.settings.webhook_secret
         target = verify_target(secret.get_secret_value(), dict(request.query)) if secret else None
@@ -196,18 +197,20 @@ class HttpApi:
             )
         body = await self.guard.read_body(request, limit=JSON_LIMIT)
         try:
-            request_id = await self.webhooks.verify(request.headers, body)
+            callback = await self.webhooks.verify(request.headers, body)
         except BadWebhook as exc:
             log.warning("refused a fal webhook: %s", exc, extra={"event": "warning"})
             return web.json_response({"error": str(exc)}, status=401)
         except ProviderError as exc:  # fal's keys could not be fetched: let fal deliver again
             log.warning("cannot verify fal webhooks now: %s", exc, extra={"event": "warning"})
             return web.json_response({"error": "cannot verify now; try again"}, status=503)
-        if request_id in self._seen_webhooks:
+        if callback.request_id in self._seen_webhooks:
             return web.json_response({"status": "duplicate"})
-        verdict = await on_webhook(self.infra.committer, target, request_id)
+        verdict = await on_webhook(
+            self.infra.committer, target, callback.request_id, result=callback.result
+        )
         if verdict is not Verdict.IGNORED:
-            self._remember(request_id)
+            self._remember(callback.request_id)
         return web.json_response({"status": verdict.value})
 
     def _remember(self, request_id: str) -> None:

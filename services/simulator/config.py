@@ -201,6 +201,11 @@ class SimulatorConfig(_Model):
     webhook_timeout: float = Field(default=5.0, gt=0.0)
     webhook_signing: bool = Field(default=True, description="sign webhooks as fal does")
     webhook_signature_fault: SignatureFault | None = None
+    webhook_payload: bool = Field(
+        default=True,
+        description="an OK webhook carries the result; off: `payload` null and a"
+        " `payload_error`, as fal sends when it cannot serialise the result",
+    )
     hang_seconds: float = Field(default=30.0, ge=0.0)
     seed: int = 0
     fal_key: SecretStr | None = None

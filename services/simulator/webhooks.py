@@ -25,16 +25,20 @@ from services.simulator.webhook_signing import WebhookSigner
 logger = logging.getLogger(__name__)
 
 
-def webhook_body(request: QueuedRequest) -> dict[str, Any]:
-    """What fal POSTs to a webhook when a request completes."""
+def webhook_body(request: QueuedRequest, *, payload: bool = True) -> dict[str, Any]:
+    """What fal POSTs to a webhook when a request completes: an OK one carries the result,
+    unless `payload` is off (fal's `payload_error`: the result could not be serialised)."""
     ok = request.outcome is Outcome.OK
-    return {
+    body: dict[str, Any] = {
         "request_id": request.request_id,
         "gateway_request_id": request.request_id,
         "status": "OK" if ok else "ERROR",
-        "payload": request.result() if ok else None,
+        "payload": request.result() if ok and payload else None,
         "error": None if ok else GENERATION_ERROR,
     }
+    if ok and not payload:
+        body["payload_error"] = "Response payload is not JSON serializable."
+    return body
 
 
 class WebhookSender:
@@ -76,7 +80,11 @@ class WebhookSender:
             logger.warning("webhook for %s dropped: simulator not running", request.request_id)
             return
         task = asyncio.create_task(
-            self._deliver(self._session, request.webhook_url, webhook_body(request)),
+            self._deliver(
+                self._session,
+                request.webhook_url,
+                webhook_body(request, payload=self._config().webhook_payload),
+            ),
             name=f"sim-webhook-{request.request_id}",
         )
         self._tasks.add(task)

@@ -174,19 +174,19 @@ class FalVideoProvider:
                 return Progress(Phase.IN_PROGRESS)
             raise
         try:
-            video = json.loads(body)["video"]
-            return Video(
-                url=str(video["url"]),
-                content_type=str(video.get("content_type", "")),
-                file_name=str(video.get("file_name", "")),
-                file_size=video.get("file_size"),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # not JSON, no video
+            return _video_in(body)
+        except _NOT_A_VIDEO as exc:
             raise PermanentError(
                 f"result has no video URL ({type(exc).__name__}: {exc})",
                 provider=PROVIDER,
                 error_class=ErrorClass.PROVIDER_FAILED,
             ) from None
+
+    def reported(self, result: str) -> Video | None:
+        try:
+            return _video_in(result)
+        except _NOT_A_VIDEO:
+            return None  # fetched instead: what the result URL says is what counts
 
     async def cancel(self, request: ProviderRequest) -> bool:
         try:
@@ -196,6 +196,21 @@ class FalVideoProvider:
                 return False
             raise
         return True
+
+
+# What `_video_in` raises for a body that is not JSON or holds no video.
+_NOT_A_VIDEO = (KeyError, TypeError, ValueError, AttributeError)
+
+
+def _video_in(body: str | bytes) -> Video:
+    """The video of a fal result (`{"video": {"url", ...}, ...}`)."""
+    video = json.loads(body)["video"]
+    return Video(
+        url=str(video["url"]),
+        content_type=str(video.get("content_type", "")),
+        file_name=str(video.get("file_name", "")),
+        file_size=video.get("file_size"),
+    )
 
 
 def _ran_for(status: dict[str, Any]) -> float | None:

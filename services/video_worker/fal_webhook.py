@@ -22,6 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Self
 
 import aiohttp
@@ -54,6 +55,9 @@ TOLERANCE = 300.0  # seconds a timestamp may be off: fal's example uses five min
 KEYS_TTL = 3600.0  # keys rotate rarely; an hour bounds how long a withdrawn key is trusted
 MIN_REFETCH_INTERVAL = 30.0
 FETCH_TIMEOUT = 5.0
+# An OK call-back's result travels on to the worker when its JSON is at most this long; a
+# longer one is fetched by the worker, like one fal could not serialise (`payload_error`).
+MAX_RESULT = 16 * 1024
 OKP_ED25519 = ("OKP", "Ed25519")  # a JWK's (kty, crv) for an Ed25519 public key
 _SIGNATURE_BYTES = 64
 
@@ -63,6 +67,25 @@ Clock = Callable[[], float]
 
 class BadWebhook(ValueError):
     """Not a call-back fal would send."""
+
+
+@dataclass(frozen=True)
+class Callback:
+    """A genuine call-back: the request it is about and, for a request that succeeded, the
+    result it carried as compact JSON ("" when it carried none: the worker fetches it)."""
+
+    request_id: str
+    result: str = ""
+
+
+def result_of(body: dict[str, Any]) -> str:
+    """The result an OK call-back carried, as compact JSON; "" for an error, no payload (fal's
+    `payload_error`), or one longer than MAX_RESULT."""
+    payload = body.get("payload")
+    if body.get("status") != "OK" or body.get("payload_error") or not isinstance(payload, dict):
+        return ""
+    text = json.dumps(payload, separators=(",", ":"))
+    return text if len(text) <= MAX_RESULT else ""
 
 
 def request_id_of(body: Any) -> str:
@@ -142,8 +165,8 @@ class FalWebhookVerifier:
             await self._session.close()
             self._session = None
 
-    async def verify(self, headers: Mapping[str, str], body: bytes) -> str:
-        """The request id of a genuine fal webhook with raw body `body`; `BadWebhook` if not."""
+    async def verify(self, headers: Mapping[str, str], body: bytes) -> Callback:
+        """What a genuine fal webhook with raw body `body` says; `BadWebhook` if not genuine."""
         lowered = {name.lower(): value for name, value in headers.items()}
         values = []
         for name in SIGNED_HEADERS:
@@ -162,11 +185,11 @@ class FalWebhookVerifier:
             raise BadWebhook(f"request_id of the body differs from {REQUEST_ID_HEADER}")
         message = signed_message(request_id, user_id, timestamp, body)
         keys, generation = await self._current_keys()
-        if _verifies(keys, signature, message):
-            return request_id
-        # fal may have rotated its key: look again, unless we looked moments ago.
-        if await self._refresh(seen=generation) and _verifies(self._keys or [], signature, message):
-            return request_id
+        if _verifies(keys, signature, message) or (
+            # fal may have rotated its key: look again, unless we looked moments ago.
+            await self._refresh(seen=generation) and _verifies(self._keys or [], signature, message)
+        ):
+            return Callback(request_id, result_of(parsed))
         raise BadWebhook("signature: verifies with no key of fal's JWKS")
 
     def _check_timestamp(self, raw: str) -> None:

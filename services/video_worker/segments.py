@@ -65,8 +65,10 @@ class VideoSegments(KindHandler):
         return Submitted(request.request_id, request.handle)
 
     async def check(
-        self, work: Work, calls: ProviderCalls, *, notified: bool
+        self, work: Work, calls: ProviderCalls, *, notified: bool, reported: str = ""
     ) -> Pending | Succeeded | RequestFailed | ResultDelayed:
+        if notified and reported and (carried := self.provider.reported(reported)) is not None:
+            return _succeeded(carried, None)  # the call-back carried it: no call
         request = _request_of(work.task)
         ran_for = None
         finished = notified

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from orchestrator.v1 import jobs_pb2 as pb
 
 from common.settings import Settings
@@ -143,18 +144,22 @@ async def test_cancel_reaches_fal_for_requests_in_flight(
     assert sim.stats(with_logs=False)["calls"]["cancel"] == 3
 
 
+@pytest.mark.parametrize(("payload", "fetched"), [(True, 0), (False, 2)])
 async def test_webhook_triggers_the_poll_and_duplicates_are_ignored(
-    tmp_path: Path, sim: SimulatorHandle
+    tmp_path: Path, sim: SimulatorHandle, payload: bool, fetched: int
 ) -> None:
-    sim.configure(latency=0.2, webhook_repeats=2)
+    # A call-back that carries the result is taken at its word (it is signed); one without
+    # (fal's `payload_error`) makes the worker fetch the result, once.
+    sim.configure(latency=0.2, webhook_repeats=2, webhook_payload=payload)
     # Polls every 60 s: only the webhook can finish this job quickly.
     async with inproc_stack(webhook_settings(tmp_path, sim, fal_poll_interval=60)) as stack:
         job, elapsed = await one_video_job(stack, 2, timeout=20)
     assert status_name(job.status) == "COMPLETED"
+    assert all(t.result_url.endswith(".mp4") for t in job.tasks)
     assert elapsed < 10
     stats = sim.stats(with_logs=False)
     assert stats["webhooks_sent"] == 4  # two requests, each called back twice
-    assert stats["calls"]["result"] == 2  # the repeated call-backs fetched nothing again
+    assert stats["calls"].get("result", 0) == fetched  # repeated call-backs fetch nothing
     assert stats["calls"].get("status", 0) == 0  # a call-back goes straight to the result
 
 
@@ -165,6 +170,7 @@ async def test_a_webhooks_failed_result_fetch_is_made_again_after_its_retry_afte
     # 1 s) and made again after that second, not left to the next poll a minute later.
     sim.configure(
         latency=0.2,
+        webhook_payload=False,
         rules=[{"endpoint": "result", "fault": "429", "retry_after": 1, "times": 1}],
     )
     settings = webhook_settings(tmp_path, sim, fal_poll_interval=60, max_retry_after=30)
@@ -186,6 +192,7 @@ async def test_refused_result_fetches_go_on_in_one_loop_that_keeps_to_the_retry_
     sim.configure(
         latency=0.2,
         webhook_repeats=2,
+        webhook_payload=False,
         rules=[{"endpoint": "result", "fault": "429", "retry_after": 1, "times": 4}],
     )
     settings = webhook_settings(tmp_path, sim, fal_poll_interval=0.3, max_retry_after=30)

@@ -14,10 +14,12 @@ from common.resilience import TransientError
 from services.simulator.app import SimulatorHandle
 from services.video_worker.fal_adapter import FalVideoProvider
 from services.video_worker.fal_webhook import (
+    MAX_RESULT,
     SIGNATURE_HEADER,
     SIGNED_HEADERS,
     BadWebhook,
     FalWebhookVerifier,
+    result_of,
 )
 from tests.support.stack import FAL_KEY
 
@@ -120,10 +122,43 @@ async def test_a_simulator_signed_webhook_verifies(
 ) -> None:
     request_id, delivery = await _webhook(fal, receiver)
 
-    assert await verifier.verify(delivery.headers, delivery.body) == request_id
+    assert (await verifier.verify(delivery.headers, delivery.body)).request_id == request_id
     lowered = {k.lower(): v for k, v in delivery.headers.items()}
-    assert await verifier.verify(lowered, delivery.body) == request_id  # names: any case
+    assert (await verifier.verify(lowered, delivery.body)).request_id == request_id  # any case
     assert _jwks_fetches(sim) == 1  # the key set is cached
+
+
+async def test_an_ok_webhook_carries_the_result_its_result_url_gives(
+    fal: FalVideoProvider, receiver: Receiver, verifier: FalWebhookVerifier
+) -> None:
+    request = await fal.submit(MODEL, {"prompt": "a duel"}, webhook_url=receiver.url)
+    delivery = await receiver.next()
+
+    callback = await verifier.verify(delivery.headers, delivery.body)
+
+    assert callback.request_id == request.request_id
+    assert fal.reported(callback.result) == await fal.result(request)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"status": "ERROR", "payload": {"detail": "generation failed"}},
+        {"status": "OK", "payload": None, "payload_error": "not JSON serializable"},
+        {"status": "OK", "payload": {"video": {"url": "u"}}, "payload_error": "truncated"},
+        {"status": "OK", "payload": "a string"},
+        {"status": "OK", "payload": {"video": {"url": "u" * MAX_RESULT}}},
+    ],
+)
+def test_a_webhook_with_no_usable_result_carries_none(body: dict[str, object]) -> None:
+    assert result_of({"request_id": "r1", **body}) == ""
+
+
+def test_a_carried_result_without_a_video_is_fetched_instead(fal: FalVideoProvider) -> None:
+    assert fal.reported('{"video": {"url": "https://cdn/v.mp4"}}') is not None
+    assert fal.reported('{"seed": 3}') is None
+    assert fal.reported('{"video": "nope"}') is None
+    assert fal.reported("not json") is None
 
 
 async def test_a_tampered_body_is_refused(
@@ -222,7 +257,7 @@ async def test_a_rotated_key_is_fetched_once(
     # Concurrent webhooks signed by the new key share one refetch.
     verified = await asyncio.gather(*(verifier.verify(d.headers, d.body) for _, d in deliveries))
 
-    assert verified == [request_id for request_id, _ in deliveries]
+    assert [c.request_id for c in verified] == [request_id for request_id, _ in deliveries]
     assert _jwks_fetches(sim) == 2
     with pytest.raises(BadWebhook):  # the withdrawn key is no longer trusted
         await verifier.verify(before.headers, before.body)
