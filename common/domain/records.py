@@ -1,4 +1,4 @@
-"""Immutable snapshots of jobs and tasks, and the typed parameters of each kind of job.
+"""Immutable snapshots of jobs, tasks and events, and the typed parameters of each kind of job.
 
 Code reads state as records and then records changes to it (common.domain.changes); nothing
 outside the store holds a live database row. A job's `params` (what was asked) and `meta` (what
@@ -46,6 +46,24 @@ class TaskRecord:
     @classmethod
     def of(cls, row: Any) -> TaskRecord:
         return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class EventRecord:
+    """A stored event, as a job's watchers receive it. Compared (and hashed) by identity: a
+    job's feed hands the same record to all its watchers, and each transport encodes it once
+    (caches keyed by the record)."""
+
+    job_id: str
+    seq: int
+    type: str
+    task_index: int | None
+    task_status: str
+    job_status: str
+    message: str
+    error_class: str
+    details: dict[str, Any]
+    created_at: float
 
 
 @dataclass(frozen=True, slots=True)

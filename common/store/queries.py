@@ -8,14 +8,14 @@ from collections.abc import Sequence
 from sqlalchemy import Integer, bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from common.domain.records import JobRecord, TaskRecord
+from common.domain.records import EventRecord, JobRecord, TaskRecord
 from common.domain.states import TaskStatus
-from common.store.records import JOB_COLUMNS, TASK_COLUMNS, load_job
+from common.store.records import EVENT_COLUMNS, JOB_COLUMNS, TASK_COLUMNS, load_job
 from common.store.tables import Event, Job, ProviderSlots, Task
 
 # The reads every webhook and every feed makes, built once (see common.store.apply).
 EVENTS_AFTER = (
-    select(Event)
+    select(*EVENT_COLUMNS)
     .where(Event.job_id == bindparam("job_id"), Event.seq > bindparam("cursor"))
     .order_by(Event.seq)
     .limit(bindparam("limit", type_=Integer))
@@ -92,9 +92,9 @@ async def list_jobs(
 
 async def events_after(
     session: AsyncSession, job_id: str, cursor: int, limit: int = 500
-) -> Sequence[Event]:
+) -> list[EventRecord]:
     params = {"job_id": job_id, "cursor": cursor, "limit": limit}
-    return (await session.scalars(EVENTS_AFTER, params)).all()
+    return [EventRecord(*row) for row in await session.execute(EVENTS_AFTER, params)]
 
 
 async def task_by_request_id(session: AsyncSession, request_id: str) -> TaskRecord | None:

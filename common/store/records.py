@@ -1,4 +1,4 @@
-"""Reading tasks and jobs as immutable records (common.domain.records)."""
+"""Reading tasks, jobs and events as immutable records (common.domain.records)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from typing import Any
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from common.domain.records import JobRecord, TaskRecord
+from common.domain.records import EventRecord, JobRecord, TaskRecord
 from common.store.database import Database
-from common.store.tables import Job, Task
+from common.store.tables import Event, Job, Task
 
 TASK_COLUMNS = [Task.__table__.c[f.name] for f in fields(TaskRecord)]
 JOB_COLUMNS = [Job.__table__.c[f.name] for f in fields(JobRecord)]
+# In field order: `EventRecord(*row)`.
+EVENT_COLUMNS = [Event.__table__.c[f.name] for f in fields(EventRecord)]
 # Built once: SQLAlchemy then computes its cache key once, not on every load.
 _TASKS_BY_ID = select(*TASK_COLUMNS).where(Task.id.in_(bindparam("ids", expanding=True)))
 

@@ -16,12 +16,11 @@ from collections.abc import Sequence
 from functools import partial
 
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
 
+from common.domain.records import EventRecord
 from common.domain.states import JobStatus
 from common.store import queries
 from common.store.database import Database, tune_sqlite
-from common.store.tables import Event
 from common.store.threaded import SqliteThread
 from services.gateway.progress import Reader
 
@@ -33,7 +32,7 @@ _READ_ONLY = partial(tune_sqlite, immediate=False, read_only=True)
 
 async def read_events(
     db: Database, job_id: str, cursor: int, limit: int
-) -> tuple[Sequence[Event], Head]:
+) -> tuple[Sequence[EventRecord], Head]:
     """Events after `cursor`, and the job's (status, newest cursor); None if it is gone."""
     async with db.read() as session:
         events = await queries.events_after(session, job_id, cursor, limit)
@@ -54,12 +53,12 @@ class FeedReads:
 
     async def _read_async(
         self, job_id: str, cursor: int, limit: int
-    ) -> tuple[Sequence[Event], Head]:
+    ) -> tuple[Sequence[EventRecord], Head]:
         return await read_events(self.db, job_id, cursor, limit)
 
     async def _read_in_thread(
         self, job_id: str, cursor: int, limit: int
-    ) -> tuple[Sequence[Event], Head]:
+    ) -> tuple[Sequence[EventRecord], Head]:
         assert self._thread is not None
         engine = self._thread.engine
         return await self._thread.run(lambda: _read_now(engine, job_id, cursor, limit))
@@ -69,9 +68,12 @@ class FeedReads:
             await self._thread.close()
 
 
-def _read_now(engine: Engine, job_id: str, cursor: int, limit: int) -> tuple[Sequence[Event], Head]:
-    with Session(engine, expire_on_commit=False) as session, session.begin():
+def _read_now(
+    engine: Engine, job_id: str, cursor: int, limit: int
+) -> tuple[Sequence[EventRecord], Head]:
+    # Plain rows on a connection: no session, no ORM objects (a read per note adds up).
+    with engine.connect() as connection, connection.begin():
         params = {"job_id": job_id, "cursor": cursor, "limit": limit}
-        events = session.scalars(queries.EVENTS_AFTER, params).all()
-        job = session.execute(queries.JOB_HEAD, {"job_id": job_id}).first()
+        events = [EventRecord(*row) for row in connection.execute(queries.EVENTS_AFTER, params)]
+        job = connection.execute(queries.JOB_HEAD, {"job_id": job_id}).first()
     return events, None if job is None else (JobStatus(job.status), job.last_seq)

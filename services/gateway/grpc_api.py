@@ -24,8 +24,8 @@ from orchestrator.v1 import jobs_pb2 as pb
 from orchestrator.v1 import jobs_pb2_grpc as pb_grpc
 
 from common import metrics
+from common.domain.records import EventRecord
 from common.errors import InvalidArgument, OrchestratorError
-from common.store.tables import Event
 from services.gateway import proto_convert as convert
 from services.gateway.core import Heartbeat, JobsCore
 from services.gateway.grpc_guard import current_caller, status_of
@@ -39,13 +39,13 @@ SERVICE = pb.DESCRIPTOR.services_by_name["JobService"]
 
 
 @functools.lru_cache(maxsize=10_000)
-def _event_bytes(event: Event) -> bytes:
+def _event_bytes(event: EventRecord) -> bytes:
     """`event` encoded as a one-element WatchJobResponse. Watchers of one job receive the same
-    Event objects from its feed, so each is encoded once."""
+    records from its feed, so each is encoded once."""
     return pb.WatchJobResponse(events=[convert.event_message(event)]).SerializeToString()
 
 
-def encode_batch(events: Sequence[Event]) -> bytes:
+def encode_batch(events: Sequence[EventRecord]) -> bytes:
     """The serialized `WatchJobResponse` of `events`."""
     return b"".join(map(_event_bytes, events))
 

@@ -22,9 +22,9 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from common.broker import ProgressNote
+from common.domain.records import EventRecord
 from common.domain.states import JobStatus
 from common.lifecycle import Background
-from common.store.tables import Event
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,7 +39,7 @@ BATCH = 500
 
 # (job id, after cursor, limit) -> (events, the job's status and newest cursor, or None if gone)
 Reader = Callable[
-    [str, int, int], Coroutine[Any, Any, tuple[Sequence[Event], tuple[JobStatus, int] | None]]
+    [str, int, int], Coroutine[Any, Any, tuple[Sequence[EventRecord], tuple[JobStatus, int] | None]]
 ]
 
 
@@ -53,7 +53,7 @@ class Batch:
 
     __slots__ = ("_derived", "events", "first", "last")
 
-    def __init__(self, events: Sequence[Event]) -> None:
+    def __init__(self, events: Sequence[EventRecord]) -> None:
         self.events = events
         self.first: int = events[0].seq
         self.last: int = events[-1].seq
@@ -62,7 +62,7 @@ class Batch:
     def __len__(self) -> int:
         return len(self.events)
 
-    def derive(self, key: str, make: Callable[[Sequence[Event]], T]) -> T:
+    def derive(self, key: str, make: Callable[[Sequence[EventRecord]], T]) -> T:
         """`make(events)`, computed on the first call for `key` and remembered."""
         try:
             value: T = self._derived[key]
@@ -92,7 +92,7 @@ class JobFeed:
         self.job_id = job_id
         self.owner = owner
         self.start = max(0, last_seq - BUFFER)
-        self.events: list[Event] = []
+        self.events: list[EventRecord] = []
         self.last_seq = last_seq
         self.status: JobStatus | None = status
         self.wakes = 0  # wake-ups so far (see `next_wake`)

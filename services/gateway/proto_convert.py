@@ -10,10 +10,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from orchestrator.v1 import jobs_pb2 as pb
 
 from common.domain.events import EventType
-from common.domain.records import TaskRecord
+from common.domain.records import EventRecord, TaskRecord
 from common.domain.states import JobKind, JobStatus, TaskStatus
 from common.errors import InvalidArgument
-from common.store.tables import Event
 from services.gateway.core import Heartbeat
 from services.gateway.fields import MAX_MODEL_ARGS_DEPTH
 from services.gateway.requests import StoryJobRequest, VideoJobRequest
@@ -233,7 +232,7 @@ def _story(view: JobView) -> pb.StoryResult:
     return story
 
 
-def event_message(e: Event) -> pb.JobEvent:
+def event_message(e: EventRecord) -> pb.JobEvent:
     return pb.JobEvent(
         cursor=e.seq,
         job_id=e.job_id,

@@ -19,10 +19,10 @@ import pytest
 from orchestrator.v1 import jobs_pb2 as pb
 
 from common.broker import ProgressNote
+from common.domain.records import EventRecord
 from common.domain.states import JobStatus
 from common.lifecycle import Background
 from common.service import GC_YOUNG_THRESHOLD, settle_collector
-from common.store.tables import Event
 from services.gateway import progress
 from services.gateway import proto_convert as convert
 from services.gateway.feed_reads import FeedReads, Head, read_events
@@ -170,15 +170,15 @@ async def woken(feed: JobFeed) -> None:
     await wakeup
 
 
-def _event(job_id: str, seq: int) -> Event:
-    return Event(job_id=job_id, seq=seq, type="task_status", message=f"event {seq}", details={})
+def _event(job_id: str, seq: int) -> EventRecord:
+    return EventRecord(job_id, seq, "task_status", None, "", "", f"event {seq}", "", {}, 0.0)
 
 
 async def test_watchers_at_one_cursor_share_a_batch_until_the_feed_reads_again() -> None:
     written = [_event("j", seq) for seq in range(1, BATCH + 11)]
     upto = 5
 
-    async def read(job_id: str, cursor: int, limit: int) -> tuple[list[Event], Head]:
+    async def read(job_id: str, cursor: int, limit: int) -> tuple[list[EventRecord], Head]:
         fresh = [e for e in written if cursor < e.seq <= upto][:limit]
         return fresh, (JobStatus.RUNNING, upto)
 
@@ -217,7 +217,7 @@ async def test_a_feed_wakes_its_watchers_even_while_its_reads_fail(
     reads = 0
     hang = asyncio.Event()
 
-    async def failing(job_id: str, cursor: int, limit: int) -> tuple[list[Event], Head]:
+    async def failing(job_id: str, cursor: int, limit: int) -> tuple[list[EventRecord], Head]:
         nonlocal reads
         reads += 1
         if reads > 3:

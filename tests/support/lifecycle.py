@@ -26,7 +26,7 @@ from common.committer import GroupCommitter
 from common.domain.changes import ChangeSet, StaleTask
 from common.domain.kinds import KindRegistry, TaskKindSpec
 from common.domain.messages import MessageKind, Send, TaskMessage
-from common.domain.records import JobRecord, TaskRecord
+from common.domain.records import EventRecord, JobRecord, TaskRecord
 from common.leases import WorkerLease
 from common.routing import outgoing_all
 from common.service import Infra, open_infra
@@ -35,7 +35,7 @@ from common.store import jobs, leases, queries, sweeps
 from common.store.jobs import NewJob
 from common.store.records import load_tasks
 from common.store.slots import ensure_slots
-from common.store.tables import Event, Task
+from common.store.tables import Task
 from common.worker import start_consumer
 
 WAIT = 15.0
@@ -148,7 +148,7 @@ class Lifecycle:
     async def tasks(self, job_id: str) -> list[TaskRecord]:
         return await self.read(lambda s: load_tasks(s, Task.job_id == job_id))  # type: ignore[no-any-return]
 
-    async def events(self, job_id: str) -> Sequence[Event]:
+    async def events(self, job_id: str) -> Sequence[EventRecord]:
         return await self.read(lambda s: queries.events_after(s, job_id, 0, 100_000))  # type: ignore[no-any-return]
 
     async def until(self, check: Callable[[], Awaitable[bool]], timeout: float = WAIT) -> None:

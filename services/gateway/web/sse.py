@@ -26,8 +26,8 @@ from aiohttp import web
 
 from common import metrics
 from common.auth import Caller
+from common.domain.records import EventRecord
 from common.errors import InvalidArgument
-from common.store.tables import Event
 from services.gateway.core import Heartbeat, JobsCore
 from services.gateway.grpc_guard import report_unexpected
 from services.gateway.http_guard import HttpGuard, caller_of
@@ -68,8 +68,8 @@ def resume_cursor(request: web.Request) -> int:
 
 
 @functools.lru_cache(maxsize=10_000)
-def encode_event(event: Event) -> bytes:
-    """One SSE message for `event`; watchers of a job share its Event objects, so each is
+def encode_event(event: EventRecord) -> bytes:
+    """One SSE message for `event`; watchers of a job share its event records, so each is
     encoded once however many streams send it. JSON has no raw new lines, so one `data:`."""
     data = {
         "cursor": event.seq,
@@ -86,7 +86,7 @@ def encode_event(event: Event) -> bytes:
     return f"id: {event.seq}\ndata: {body}\n\n".encode()
 
 
-def encode_events(events: Sequence[Event]) -> bytes:
+def encode_events(events: Sequence[EventRecord]) -> bytes:
     """The SSE messages of `events`, one per event."""
     return b"".join(map(encode_event, events))
 
