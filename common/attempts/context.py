@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from common.attempts.kind import ProviderCalls, Work
+from common.attempts.kind import ProviderCalls, Work, budget_name
 from common.attempts.options import Registration
 from common.domain.messages import MessageKind, TaskMessage
 from common.domain.records import TaskRecord
@@ -50,7 +50,7 @@ class StepContext:
 
     def _budget(self, work: Work) -> str:
         """The shared budget an attempt spends: its provider's, for its model."""
-        return f"{self.spec.provider}:{self.handler.model(work)}"
+        return budget_name(self.spec.provider, self.handler.model(work))
 
     def _overdue(self) -> bool:
         deadline = self.task.deadline_at

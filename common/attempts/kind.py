@@ -99,6 +99,25 @@ class Succeeded:
 
 
 @dataclass(frozen=True)
+class Reported:
+    """What a polled kind makes of the result its provider's verified call-back carried: the
+    attempt's outcome, and the model it ran on (whose budget and durations it counts in)."""
+
+    outcome: Succeeded
+    model: str
+
+
+# How a polled kind reads the result (JSON) a call-back carried for a task; None when it holds
+# no usable one (the worker then fetches it). Pure: it runs wherever the call-back arrives.
+ReadReported = Callable[[TaskRecord, str], Reported | None]
+
+
+def budget_name(provider: str, model: str) -> str:
+    """The shared budget (and learned durations) of a provider's model."""
+    return f"{provider}:{model}"
+
+
+@dataclass(frozen=True)
 class Pending:
     """The request is not done; `seen` is the provider's state in a stable form (an event is
     written when it changes), `text` the words for it."""
@@ -214,10 +233,9 @@ class KindHandler:
         raise NotImplementedError
 
     async def check(
-        self, work: Work, calls: ProviderCalls, *, notified: bool, reported: str = ""
+        self, work: Work, calls: ProviderCalls, *, notified: bool
     ) -> Pending | Succeeded | RequestFailed | ResultDelayed:
-        """`notified`: the provider called back to say the request finished (a webhook);
-        `reported`: the result that call-back carried, verified, as JSON ("" if none)."""
+        """`notified`: the provider called back to say the request finished (a webhook)."""
         raise NotImplementedError(f"{self.spec.name} is not a polled kind")
 
     async def cancel(self, work: Work, calls: ProviderCalls) -> bool:

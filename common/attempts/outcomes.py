@@ -11,11 +11,57 @@ from common.attempts.context import StepContext
 from common.attempts.kind import RateLimits, Succeeded, Work
 from common.attempts.steps import fail_attempt, progress
 from common.domain.changes import ChangeSet, Failure, JobTasksChange, StaleTask
+from common.domain.kinds import KindRegistry
 from common.domain.records import TaskRecord
 from common.domain.states import TaskStatus
 from common.resilience import CircuitOpenError, ErrorClass, GiveUp, ProviderError, Retry
 
 log = logging.getLogger(__name__)
+
+
+def record_success(
+    cs: ChangeSet, kinds: KindRegistry, task: TaskRecord, outcome: Succeeded, *, budget: str
+) -> None:
+    """`task`'s attempt succeeded with `outcome`: its result and event, the attempt's duration
+    learned for `budget` (provider:model), and the tasks waiting for it released."""
+    cs.change(
+        task,
+        TaskStatus.SUCCEEDED,
+        message=outcome.message,
+        details=outcome.details,
+        result=outcome.result,
+    )
+    cs.observe(budget, max(0.0, cs.now - (task.started_at or task.updated_at)))
+    move_dependents(
+        cs,
+        kinds,
+        task,
+        TaskStatus.QUEUED,
+        f"{kinds[task.kind].noun} ready",
+        values={"deadline_at": cs.now + cs.timings.stale_after},
+        send_run=True,
+    )
+
+
+def succeeded(kind: str, outcome: Succeeded) -> None:
+    """Count and log a committed success."""
+    metrics.task_outcomes.labels(kind, TaskStatus.SUCCEEDED).inc()
+    log.info(outcome.message, extra={"event": "success", **outcome.details})
+
+
+def move_dependents(
+    cs: ChangeSet,
+    kinds: KindRegistry,
+    task: TaskRecord,
+    to: TaskStatus,
+    message: str,
+    **change: Any,
+) -> None:
+    """The job's tasks of the kinds waiting for `task`'s (BLOCKED) move on to `to`."""
+    for kind in kinds.dependents(task.kind):
+        cs.change_job_tasks(
+            JobTasksChange(task.job_id, kind, TaskStatus.BLOCKED, to, message, **change)
+        )
 
 
 class Outcomes(StepContext):
@@ -24,38 +70,18 @@ class Outcomes(StepContext):
     async def _succeeded(self, work: Work, outcome: Succeeded) -> None:
         task = work.task
         async with self.committer.transaction() as cs:
-            cs.change(
-                task,
-                TaskStatus.SUCCEEDED,
-                message=outcome.message,
-                details=outcome.details,
-                result=outcome.result,
-            )
+            record_success(cs, self.kinds, task, outcome, budget=self._budget(work))
             self.handler.on_success(cs, work, outcome)
             self._learn(cs, work, outcome.limits)
-            cs.observe(self._budget(work), max(0.0, cs.now - (task.started_at or task.updated_at)))
             if outcome.ran_for is not None:
                 self.runner.run_times.observe(self._budget(work), outcome.ran_for)
-            self._move_dependents(
-                cs,
-                task,
-                TaskStatus.QUEUED,
-                f"{self.spec.noun} ready",
-                values={"deadline_at": cs.now + cs.timings.stale_after},
-                send_run=True,
-            )
-        metrics.task_outcomes.labels(self.spec.name, TaskStatus.SUCCEEDED).inc()
-        log.info(outcome.message, extra={"event": "success", **outcome.details})
+        succeeded(self.spec.name, outcome)
         await self.handler.after_commit(work, cs)
 
     def _move_dependents(
         self, cs: ChangeSet, task: TaskRecord, to: TaskStatus, message: str, **change: Any
     ) -> None:
-        """The job's tasks of the kinds waiting for this one (BLOCKED) move on to `to`."""
-        for kind in self.kinds.dependents(task.kind):
-            cs.change_job_tasks(
-                JobTasksChange(task.job_id, kind, TaskStatus.BLOCKED, to, message, **change)
-            )
+        move_dependents(cs, self.kinds, task, to, message, **change)
 
     async def _failed(self, work: Work, error: ProviderError) -> None:
         task = work.task

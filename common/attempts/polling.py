@@ -39,9 +39,8 @@ class Polling(Outcomes):
         try:
             # A webhook's poll, or one after a refused fetch of a finished request's result,
             # goes straight to the result.
-            message = self.message
-            notified = message.once or message.seen == FINISHED
-            return await self.handler.check(work, calls, notified=notified, reported=message.result)
+            notified = self.message.once or self.message.seen == FINISHED
+            return await self.handler.check(work, calls, notified=notified)
         finally:
             self.runner.tally.add(self._budget(work), calls.made)
 

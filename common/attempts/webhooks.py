@@ -3,8 +3,10 @@
 Each submit hands the provider a URL naming the task and attempt (common.webhook_urls). When the
 provider calls back, the request it names is either
 
-* the task's committed request: the task is polled now, straight to the result (the one the
-  call-back carried, when it did), instead of at its next interval; or
+* the task's committed request: when the call-back carried a result its kind can read, the
+  attempt's success is recorded here and now (the provider signed it; no call, no worker
+  step, and the slot goes to the next task in the same commit); otherwise the task is polled
+  now, straight to the result, instead of at its next interval; or
 * a request whose submit was cut off: the worker died after the provider accepted it but before
   the request id was committed (the task is still in flight for that attempt, with no request
   id). The task adopts that request (RUNNING with it, like a committed submit) and polls it
@@ -17,9 +19,12 @@ Anything else (a finished task, another attempt, an unknown request) is ignored.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from enum import StrEnum
 
 from common import metrics
+from common.attempts.kind import ReadReported, Reported, budget_name
+from common.attempts.outcomes import record_success, succeeded
 from common.committer import GroupCommitter
 from common.domain.changes import StaleTask
 from common.domain.messages import MessageKind, Send, TaskMessage
@@ -32,24 +37,38 @@ log = logging.getLogger(__name__)
 
 
 class Verdict(StrEnum):
+    FINISHED = "finished"  # the task's request, its result carried: recorded
     ACCEPTED = "accepted"  # the task's request: polled now
     ADOPTED = "adopted"  # an interrupted submit's request: adopted, then fetched
     IGNORED = "ignored"
 
 
 async def on_webhook(
-    committer: GroupCommitter, target: WebhookTarget, request_id: str, *, result: str = ""
+    committer: GroupCommitter,
+    target: WebhookTarget,
+    request_id: str,
+    *,
+    result: str = "",
+    readers: Mapping[str, ReadReported] | None = None,
 ) -> Verdict:
     """Act on a verified webhook for `target` saying `request_id` finished; `result`: the
-    result it carried, as JSON ("" if none)."""
+    result it carried, as JSON ("" if none), read by `readers[kind]` if the kind has one."""
     # The task the signed URL names, read with the other webhooks of the moment in one query
     # (the committer's task loader); the usual case, its committed request, needs no more.
     named = await committer.tasks.load(target.task_id)
     if named is not None and named.request_id == request_id:
         if named.status != TaskStatus.RUNNING:
             return Verdict.IGNORED
-        await committer.send_now(Send(_fetch(named, result), named.kind, named.priority))
-        return Verdict.ACCEPTED
+        read = (readers or {}).get(named.kind)
+        reported = read(named, result) if read is not None and result else None
+        if reported is None:
+            await committer.send_now(Send(_fetch(named), named.kind, named.priority))
+            return Verdict.ACCEPTED
+        try:
+            await _record(committer, named, reported)
+        except StaleTask:  # a poll recorded the result first (or the task was cancelled)
+            return Verdict.IGNORED
+        return Verdict.FINISHED
     async with committer.db.read() as session:
         task = await queries.task_by_request_id(session, request_id)
     if task is not None:  # another task's request (or another attempt's): not ours to act on
@@ -107,9 +126,15 @@ async def _adopt(committer: GroupCommitter, task: TaskRecord, request_id: str) -
     )
 
 
-def _fetch(task: TaskRecord, result: str) -> TaskMessage:
-    """A one-off poll that goes straight to the result (the provider said it finished): the
-    one the call-back carried, or fetched when it carried none."""
-    return TaskMessage(
-        task.id, task.job_id, MessageKind.POLL, task.attempt, once=True, result=result
-    )
+async def _record(committer: GroupCommitter, task: TaskRecord, reported: Reported) -> None:
+    """The success the call-back reported, as the worker's poll would have recorded it."""
+    spec = committer.kinds[task.kind]
+    async with committer.transaction() as cs:
+        budget = budget_name(spec.provider, reported.model)
+        record_success(cs, committer.kinds, task, reported.outcome, budget=budget)
+    succeeded(spec.name, reported.outcome)
+
+
+def _fetch(task: TaskRecord) -> TaskMessage:
+    """A one-off poll that goes straight to the result (the provider said it finished)."""
+    return TaskMessage(task.id, task.job_id, MessageKind.POLL, task.attempt, once=True)

@@ -2,8 +2,7 @@
 
 A message names a task and the attempt it was sent for; the handler compares both with the
 task's row and drops a stale message, so redelivery and duplicates are harmless. Bodies are small
-JSON: the state lives in the database, not in the message (the one exception, a result a
-provider's verified call-back carried, is at most a few KiB). Turning a `Send` into a broker
+JSON: the state lives in the database, not in the message. Turning a `Send` into a broker
 message (queue, AMQP priority) is common.routing's business, not the domain's.
 """
 
@@ -45,8 +44,6 @@ class TaskMessage:
     # POLL: when this check was due (epoch seconds; 0: unknown). The next one is due a poll
     # interval after it, not after whenever this one was handled, so polls keep their rhythm.
     due: float = 0.0
-    # POLL once: the result the provider's verified call-back carried (JSON; "": fetch it).
-    result: str = ""
 
     def encode(self) -> bytes:
         # The fields every message has, then only those that differ from their defaults: small
@@ -69,8 +66,6 @@ class TaskMessage:
             body["seen"] = self.seen
         if self.due:
             body["due"] = self.due
-        if self.result:
-            body["result"] = self.result
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
@@ -88,7 +83,6 @@ class TaskMessage:
                 recheck=bool(data.get("recheck", False)),
                 seen=str(data.get("seen", "")),
                 due=float(data.get("due", 0.0)),
-                result=str(data.get("result", "")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise BadMessage(f"not a task message: {exc}") from None

@@ -23,6 +23,7 @@ from aiohttp import web
 from common import metrics
 from common.attempts.webhooks import Verdict, on_webhook
 from common.auth import Caller, Role
+from common.domain.kinds import VIDEO_SEGMENT
 from common.domain.states import JobKind
 from common.errors import InvalidArgument, OrchestratorError
 from common.resilience import ProviderError
@@ -44,11 +45,18 @@ from services.video_worker.fal_upload import (
     FalUploader,
     InvalidUpload,
 )
-from services.video_worker.fal_webhook import WEBHOOK_PATH, BadWebhook, FalWebhookVerifier
+from services.video_worker.fal_webhook import (
+    WEBHOOK_PATH,
+    BadWebhook,
+    FalWebhookVerifier,
+    read_reported,
+)
 
 log = logging.getLogger(__name__)
 
 JSON_LIMIT = 1 << 20
+# The kinds whose fal call-backs carry a result the gateway records itself.
+FAL_READERS = {VIDEO_SEGMENT.name: read_reported}
 BODY_LIMIT = MAX_UPLOAD_BYTES + (1 << 16)  # the largest body of any route (an upload)
 # The seed's start action took only the arena URL and generated this many segments.
 SEED_DEFAULT_SEGMENTS = 5
@@ -185,9 +193,9 @@ class HttpApi:
         Two proofs before anything happens: the URL's signed task and attempt (we made the URL),
         and fal's ED25519 signature over the body (fal sent it). An unverified call is 401 and
         changes nothing; in particular it never takes the request id's duplicate slot, so the
-        real call-back is not dropped after a forged one. A verified one triggers a poll that
-        takes the result the call-back carried (signed with it), or fetches it from fal when
-        it carried none.
+        real call-back is not dropped after a forged one. A verified one that carried the
+        result (signed with it) records the segment's success; one that did not triggers a
+        poll that fetches the result from fal.
         """
         secret = self.infra.settings.webhook_secret
         target = verify_target(secret.get_secret_value(), dict(request.query)) if secret else None
@@ -207,7 +215,11 @@ class HttpApi:
         if callback.request_id in self._seen_webhooks:
             return web.json_response({"status": "duplicate"})
         verdict = await on_webhook(
-            self.infra.committer, target, callback.request_id, result=callback.result
+            self.infra.committer,
+            target,
+            callback.request_id,
+            result=callback.result,
+            readers=FAL_READERS,
         )
         if verdict is not Verdict.IGNORED:
             self._remember(callback.request_id)

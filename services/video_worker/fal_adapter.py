@@ -182,12 +182,6 @@ class FalVideoProvider:
                 error_class=ErrorClass.PROVIDER_FAILED,
             ) from None
 
-    def reported(self, result: str) -> Video | None:
-        try:
-            return _video_in(result)
-        except _NOT_A_VIDEO:
-            return None  # fetched instead: what the result URL says is what counts
-
     async def cancel(self, request: ProviderRequest) -> bool:
         try:
             await self._handle(request).cancel()
@@ -200,6 +194,15 @@ class FalVideoProvider:
 
 # What `_video_in` raises for a body that is not JSON or holds no video.
 _NOT_A_VIDEO = (KeyError, TypeError, ValueError, AttributeError)
+
+
+def reported_video(result: str) -> Video | None:
+    """The video of a result fal's call-back carried (JSON), or None when it holds none: the
+    worker then fetches the result, which is what counts."""
+    try:
+        return _video_in(result)
+    except _NOT_A_VIDEO:
+        return None
 
 
 def _video_in(body: str | bytes) -> Video:

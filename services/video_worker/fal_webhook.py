@@ -29,6 +29,8 @@ import aiohttp
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from common.attempts.kind import Reported
+from common.domain.records import TaskRecord
 from common.resilience import (
     ErrorClass,
     ProviderError,
@@ -37,6 +39,8 @@ from common.resilience import (
     error_from_status,
     timeout_error,
 )
+from services.video_worker.fal_adapter import reported_video
+from services.video_worker.segments import video_ready
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +90,15 @@ def result_of(body: dict[str, Any]) -> str:
         return ""
     text = json.dumps(payload, separators=(",", ":"))
     return text if len(text) <= MAX_RESULT else ""
+
+
+def read_reported(task: TaskRecord, result: str) -> Reported | None:
+    """A segment's outcome from the result fal's call-back carried (`Callback.result`), or None
+    when it holds no video: the worker then fetches the result."""
+    video = reported_video(result)
+    if video is None:
+        return None
+    return Reported(video_ready(video, None), str(task.payload["model"]))
 
 
 def request_id_of(body: Any) -> str:

@@ -65,11 +65,6 @@ class VideoProvider(Protocol):
         """The video, or the request's progress when it is not finished after all."""
         ...
 
-    def reported(self, result: str) -> Video | None:
-        """The video in a result the provider's verified call-back carried (JSON), or None
-        when it holds none (`result` then fetches it)."""
-        ...
-
     async def cancel(self, request: ProviderRequest) -> bool:
         """True when cancellation was requested, False when the request had already finished."""
         ...

@@ -65,10 +65,8 @@ class VideoSegments(KindHandler):
         return Submitted(request.request_id, request.handle)
 
     async def check(
-        self, work: Work, calls: ProviderCalls, *, notified: bool, reported: str = ""
+        self, work: Work, calls: ProviderCalls, *, notified: bool
     ) -> Pending | Succeeded | RequestFailed | ResultDelayed:
-        if notified and reported and (carried := self.provider.reported(reported)) is not None:
-            return _succeeded(carried, None)  # the call-back carried it: no call
         request = _request_of(work.task)
         ran_for = None
         finished = notified
@@ -89,7 +87,7 @@ class VideoSegments(KindHandler):
             raise
         if isinstance(video, Progress):
             return _pending(video)
-        return _succeeded(video, ran_for)
+        return video_ready(video, ran_for)
 
     async def cancel(self, work: Work, calls: ProviderCalls) -> bool:
         request = _request_of(work.task)
@@ -111,7 +109,8 @@ def _pending(progress: Progress) -> Pending:
     return Pending(progress.phase.value, "in progress")
 
 
-def _succeeded(video: Video, ran_for: float | None) -> Succeeded:
+def video_ready(video: Video, ran_for: float | None) -> Succeeded:
+    """A segment's success: its video."""
     return Succeeded(
         result={
             "url": video.url,

@@ -148,11 +148,13 @@ async def test_cancel_reaches_fal_for_requests_in_flight(
 async def test_webhook_triggers_the_poll_and_duplicates_are_ignored(
     tmp_path: Path, sim: SimulatorHandle, payload: bool, fetched: int
 ) -> None:
-    # A call-back that carries the result is taken at its word (it is signed); one without
-    # (fal's `payload_error`) makes the worker fetch the result, once.
+    # A call-back that carries the result is taken at its word (it is signed), and the slot it
+    # frees goes to the next segment (one slot for two); one without (fal's `payload_error`)
+    # makes the worker fetch the result, once.
     sim.configure(latency=0.2, webhook_repeats=2, webhook_payload=payload)
     # Polls every 60 s: only the webhook can finish this job quickly.
-    async with inproc_stack(webhook_settings(tmp_path, sim, fal_poll_interval=60)) as stack:
+    settings = webhook_settings(tmp_path, sim, fal_poll_interval=60, fal_concurrency=1)
+    async with inproc_stack(settings) as stack:
         job, elapsed = await one_video_job(stack, 2, timeout=20)
     assert status_name(job.status) == "COMPLETED"
     assert all(t.result_url.endswith(".mp4") for t in job.tasks)

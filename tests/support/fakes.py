@@ -107,9 +107,6 @@ class FakeVideoProvider:
         self.calls["result"] += 1
         return Video(url=f"https://videos.example/{request.request_id}.mp4")
 
-    def reported(self, result: str) -> Video | None:
-        return None  # no call-backs: results are fetched
-
     async def cancel(self, request: ProviderRequest) -> bool:
         self.calls["cancel"] += 1
         self.cancelled.append(request.request_id)

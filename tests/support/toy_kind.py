@@ -85,7 +85,7 @@ class Echoes(KindHandler):
         return Submitted(await calls("send", lambda: self.provider.send(text)))
 
     async def check(
-        self, work: Work, calls: ProviderCalls, *, notified: bool, reported: str = ""
+        self, work: Work, calls: ProviderCalls, *, notified: bool
     ) -> Pending | Succeeded | RequestFailed:
         request_id = work.task.request_id or ""
         echo = await calls("ask", lambda: self.provider.ask(request_id))

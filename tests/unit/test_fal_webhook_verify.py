@@ -12,7 +12,7 @@ from aiohttp import web
 
 from common.resilience import TransientError
 from services.simulator.app import SimulatorHandle
-from services.video_worker.fal_adapter import FalVideoProvider
+from services.video_worker.fal_adapter import FalVideoProvider, reported_video
 from services.video_worker.fal_webhook import (
     MAX_RESULT,
     SIGNATURE_HEADER,
@@ -137,7 +137,7 @@ async def test_an_ok_webhook_carries_the_result_its_result_url_gives(
     callback = await verifier.verify(delivery.headers, delivery.body)
 
     assert callback.request_id == request.request_id
-    assert fal.reported(callback.result) == await fal.result(request)
+    assert reported_video(callback.result) == await fal.result(request)
 
 
 @pytest.mark.parametrize(
@@ -154,11 +154,11 @@ def test_a_webhook_with_no_usable_result_carries_none(body: dict[str, object]) -
     assert result_of({"request_id": "r1", **body}) == ""
 
 
-def test_a_carried_result_without_a_video_is_fetched_instead(fal: FalVideoProvider) -> None:
-    assert fal.reported('{"video": {"url": "https://cdn/v.mp4"}}') is not None
-    assert fal.reported('{"seed": 3}') is None
-    assert fal.reported('{"video": "nope"}') is None
-    assert fal.reported("not json") is None
+def test_a_carried_result_without_a_video_is_fetched_instead() -> None:
+    assert reported_video('{"video": {"url": "https://cdn/v.mp4"}}') is not None
+    assert reported_video('{"seed": 3}') is None
+    assert reported_video('{"video": "nope"}') is None
+    assert reported_video("not json") is None
 
 
 async def test_a_tampered_body_is_refused(
