@@ -108,7 +108,11 @@ class Reported:
 
 
 # How a polled kind reads the result (JSON) a call-back carried for a task; None when it holds
-# no usable one (the worker then fetches it). Pure: it runs wherever the call-back arrives.
+# no usable one (the worker then fetches it). Pure: it runs wherever the call-back arrives (the
+# gateway), which records the success with no worker step: only for a kind whose handler has
+# no `on_success` or `after_commit` and learns nothing from a result (limits, run time), and
+# only for a request its submit committed with a handle: one without may have been adopted
+# from a call-back alone (common.attempts.webhooks), and is fetched with our key instead.
 ReadReported = Callable[[TaskRecord, str], Reported | None]
 
 

@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 def record_success(
     cs: ChangeSet, kinds: KindRegistry, task: TaskRecord, outcome: Succeeded, *, budget: str
 ) -> None:
-    """`task`'s attempt succeeded with `outcome`: its result and event, the attempt's duration
-    learned for `budget` (provider:model), and the tasks waiting for it released."""
+    """`task`'s attempt succeeded with `outcome`: its result and event, and the attempt's
+    duration learned for `budget` (provider:model). Then the kind's own changes, if any, and
+    `release_dependents` last (their events follow the kind's: a story's title before its sets)."""
     cs.change(
         task,
         TaskStatus.SUCCEEDED,
@@ -32,6 +33,10 @@ def record_success(
         result=outcome.result,
     )
     cs.observe(budget, max(0.0, cs.now - (task.started_at or task.updated_at)))
+
+
+def release_dependents(cs: ChangeSet, kinds: KindRegistry, task: TaskRecord) -> None:
+    """The tasks waiting for `task`'s success start."""
     move_dependents(
         cs,
         kinds,
@@ -75,6 +80,7 @@ class Outcomes(StepContext):
             self._learn(cs, work, outcome.limits)
             if outcome.ran_for is not None:
                 self.runner.run_times.observe(self._budget(work), outcome.ran_for)
+            release_dependents(cs, self.kinds, task)
         succeeded(self.spec.name, outcome)
         await self.handler.after_commit(work, cs)
 

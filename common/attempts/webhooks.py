@@ -6,7 +6,9 @@ provider calls back, the request it names is either
 * the task's committed request: when the call-back carried a result its kind can read, the
   attempt's success is recorded here and now (the provider signed it; no call, no worker
   step, and the slot goes to the next task in the same commit); otherwise the task is polled
-  now, straight to the result, instead of at its next interval; or
+  now, straight to the result, instead of at its next interval. Only a request our own submit
+  committed is taken at its word: an adopted one (below) came from a call-back alone, and
+  its result is fetched with our key; or
 * a request whose submit was cut off: the worker died after the provider accepted it but before
   the request id was committed (the task is still in flight for that attempt, with no request
   id). The task adopts that request (RUNNING with it, like a committed submit) and polls it
@@ -24,16 +26,19 @@ from enum import StrEnum
 
 from common import metrics
 from common.attempts.kind import ReadReported, Reported, budget_name
-from common.attempts.outcomes import record_success, succeeded
+from common.attempts.outcomes import record_success, release_dependents, succeeded
 from common.committer import GroupCommitter
 from common.domain.changes import StaleTask
 from common.domain.messages import MessageKind, Send, TaskMessage
 from common.domain.records import TaskRecord
 from common.domain.states import TaskStatus
+from common.logs import bind_task
 from common.store import queries
 from common.webhook_urls import WebhookTarget
 
 log = logging.getLogger(__name__)
+# Commits of a reported result tried before leaving it to the worker's poll.
+RECORD_TRIES = 3
 
 
 class Verdict(StrEnum):
@@ -60,15 +65,13 @@ async def on_webhook(
         if named.status != TaskStatus.RUNNING:
             return Verdict.IGNORED
         read = (readers or {}).get(named.kind)
-        reported = read(named, result) if read is not None and result else None
+        # `handle` is empty only for an adopted request (see `_adopt`).
+        ours = named.attempt == target.attempt and bool(named.handle)
+        reported = read(named, result) if read is not None and result and ours else None
         if reported is None:
             await committer.send_now(Send(_fetch(named), named.kind, named.priority))
             return Verdict.ACCEPTED
-        try:
-            await _record(committer, named, reported)
-        except StaleTask:  # a poll recorded the result first (or the task was cancelled)
-            return Verdict.IGNORED
-        return Verdict.FINISHED
+        return await _record(committer, named, reported)
     async with committer.db.read() as session:
         task = await queries.task_by_request_id(session, request_id)
     if task is not None:  # another task's request (or another attempt's): not ours to act on
@@ -126,13 +129,39 @@ async def _adopt(committer: GroupCommitter, task: TaskRecord, request_id: str) -
     )
 
 
-async def _record(committer: GroupCommitter, task: TaskRecord, reported: Reported) -> None:
-    """The success the call-back reported, as the worker's poll would have recorded it."""
+async def _record(committer: GroupCommitter, task: TaskRecord, reported: Reported) -> Verdict:
+    """The success the call-back reported, as the worker's poll would have recorded it.
+
+    If the task moved between the read and the commit but still runs that request (a worker
+    handed its slot on after a refused result fetch, say), it is recorded on a fresh read;
+    IGNORED when the request is no longer running (a poll recorded it first, a cancel)."""
     spec = committer.kinds[task.kind]
-    async with committer.transaction() as cs:
-        budget = budget_name(spec.provider, reported.model)
-        record_success(cs, committer.kinds, task, reported.outcome, budget=budget)
-    succeeded(spec.name, reported.outcome)
+    bind_task(task.job_id, task.index, task.attempt)
+    budget = budget_name(spec.provider, reported.model)
+    for _ in range(RECORD_TRIES):
+        try:
+            async with committer.transaction() as cs:
+                record_success(cs, committer.kinds, task, reported.outcome, budget=budget)
+                release_dependents(cs, committer.kinds, task)
+        except StaleTask:
+            fresh = await committer.tasks.load(task.id)
+            if fresh is None or not _same_request(fresh, task):
+                return Verdict.IGNORED
+            task = fresh
+            continue
+        succeeded(spec.name, reported.outcome)
+        return Verdict.FINISHED
+    # Moving under us every time: the worker fetches the result.
+    await committer.send_now(Send(_fetch(task), task.kind, task.priority))
+    return Verdict.ACCEPTED
+
+
+def _same_request(fresh: TaskRecord, read: TaskRecord) -> bool:
+    return (fresh.status, fresh.attempt, fresh.request_id) == (
+        TaskStatus.RUNNING,
+        read.attempt,
+        read.request_id,
+    )
 
 
 def _fetch(task: TaskRecord) -> TaskMessage:

@@ -192,6 +192,9 @@ class FalVideoProvider:
         return True
 
 
+# The longest video URL taken from a result, and content type or file name kept.
+MAX_URL = 2048
+MAX_TEXT = 256
 # What `_video_in` raises for a body that is not JSON or holds no video.
 _NOT_A_VIDEO = (KeyError, TypeError, ValueError, AttributeError)
 
@@ -206,14 +209,25 @@ def reported_video(result: str) -> Video | None:
 
 
 def _video_in(body: str | bytes) -> Video:
-    """The video of a fal result (`{"video": {"url", ...}, ...}`)."""
+    """The video of a fal result (`{"video": {"url", ...}, ...}`): an http(s) URL, and what
+    else it says of the file when it is of the expected type (ValueError without a URL)."""
     video = json.loads(body)["video"]
+    url = video["url"]
+    if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+        raise ValueError("video.url: not an http(s) URL")
+    if len(url) > MAX_URL:
+        raise ValueError(f"video.url: longer than {MAX_URL} characters")
+    size = video.get("file_size")
     return Video(
-        url=str(video["url"]),
-        content_type=str(video.get("content_type", "")),
-        file_name=str(video.get("file_name", "")),
-        file_size=video.get("file_size"),
+        url=url,
+        content_type=_text(video.get("content_type")),
+        file_name=_text(video.get("file_name")),
+        file_size=size if isinstance(size, int) and not isinstance(size, bool) else None,
     )
+
+
+def _text(value: object) -> str:
+    return value[:MAX_TEXT] if isinstance(value, str) else ""
 
 
 def _ran_for(status: dict[str, Any]) -> float | None:

@@ -59,8 +59,8 @@ TOLERANCE = 300.0  # seconds a timestamp may be off: fal's example uses five min
 KEYS_TTL = 3600.0  # keys rotate rarely; an hour bounds how long a withdrawn key is trusted
 MIN_REFETCH_INTERVAL = 30.0
 FETCH_TIMEOUT = 5.0
-# An OK call-back's result travels on to the worker when its JSON is at most this long; a
-# longer one is fetched by the worker, like one fal could not serialise (`payload_error`).
+# An OK call-back's result is read (common.attempts.webhooks) when its JSON is at most this
+# long; a longer one is fetched by the worker, like one fal could not serialise.
 MAX_RESULT = 16 * 1024
 OKP_ED25519 = ("OKP", "Ed25519")  # a JWK's (kty, crv) for an Ed25519 public key
 _SIGNATURE_BYTES = 64
@@ -139,7 +139,7 @@ def public_keys(jwks: object) -> list[Ed25519PublicKey]:
 class FalWebhookVerifier:
     """Checks fal's webhook signatures against fal's JWKS; owns the HTTP session that fetches it.
 
-    `verify` returns the request id or raises `BadWebhook` (answer 4xx: not from fal). When the
+    `verify` returns the `Callback` or raises `BadWebhook` (answer 4xx: not from fal). When the
     key set cannot be fetched and none is cached it raises the fetch's `ProviderError` instead:
     answer 5xx, so fal delivers again later.
     """

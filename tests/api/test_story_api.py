@@ -14,7 +14,7 @@ import pytest
 from orchestrator.v1 import jobs_pb2 as pb
 
 from services.simulator.app import SimulatorHandle
-from tests.support.client import events_until
+from tests.support.client import events_until, watch_to_end
 from tests.support.inproc import InProcStack, inproc_stack, stack_settings
 
 IDEA = "A sci-fi adventure about time travel"
@@ -201,3 +201,15 @@ async def test_limits_learned_from_openai_headers_hold_calls_back_before_a_429(
     assert min(succeeded(events)) == 0  # the plan, then three sets
     waiting = next(e for e in events if deferred([e]))
     assert "openai:gpt-4o-mini" in waiting.message
+
+
+async def test_the_story_is_named_before_its_sets_are_released(stack: InProcStack) -> None:
+    # The plan's success, its STORY_PLANNED event and the sets it releases are one commit; the
+    # title and roster come first, so a watcher knows the story before any set is queued.
+    request = pb.StartStoryJobRequest(idea=IDEA, total_segments=20, segments_per_set=10)
+    job_id = (await stack.stub.StartStoryJob(request)).job_id
+    events = await watch_to_end(stack.stub, job_id)
+    planned = next(i for i, e in enumerate(events) if e.type == pb.EVENT_TYPE_STORY_PLANNED)
+    released = [i for i, e in enumerate(events) if e.message == "plan ready"]
+    assert len(released) == 2
+    assert planned < min(released)

@@ -145,7 +145,7 @@ async def test_cancel_reaches_fal_for_requests_in_flight(
 
 
 @pytest.mark.parametrize(("payload", "fetched"), [(True, 0), (False, 2)])
-async def test_webhook_triggers_the_poll_and_duplicates_are_ignored(
+async def test_a_webhook_records_the_result_it_carried_or_has_it_fetched_once(
     tmp_path: Path, sim: SimulatorHandle, payload: bool, fetched: int
 ) -> None:
     # A call-back that carries the result is taken at its word (it is signed), and the slot it

@@ -8,11 +8,15 @@ only in tests/support.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from common.attempts.kind import Reported, Succeeded
 from common.attempts.options import AttemptOptions
 from common.attempts.webhooks import Verdict, on_webhook
 from common.domain.changes import StaleTask
@@ -344,3 +348,130 @@ async def test_an_interrupted_submit_no_webhook_names_is_made_again_after_the_wi
         waited = next(i for i, t in enumerate(texts) if "webhook to name" in t)
         again = next(i for i, t in enumerate(texts) if "was lost" in t)
         assert waited < again, texts
+
+
+# Polls a minute apart: only a webhook finishes these tasks within a test.
+WEBHOOKS_ONLY = AttemptOptions(call_timeout=2.0, poll_interval=60.0, first_poll_delay=60.0)
+
+
+def _reader(_task: TaskRecord, result: str) -> Reported | None:
+    """A kind's reading of a carried result: usable when it says "ok"."""
+    data = json.loads(result)
+    return Reported(Succeeded(data, "reported by the call-back"), "model") if "ok" in data else None
+
+
+READERS = {c.spec.name: _reader for c in CASES}
+
+
+def _target(task: TaskRecord) -> WebhookTarget:
+    return WebhookTarget(task.id, task.attempt)
+
+
+async def _running(h: Lifecycle, job_id: str, n: int = 1) -> list[TaskRecord]:
+    async def started() -> bool:
+        return sum(t.status == "running" for t in await h.tasks(job_id)) >= n
+
+    await h.until(started)
+    return [t for t in await h.tasks(job_id) if t.status == "running"]
+
+
+@polled_kinds
+async def test_a_webhook_carrying_the_result_records_it_and_hands_the_slot_on(
+    tmp_path: Path, case: KindCase
+) -> None:
+    one_slot = {f"{case.spec.slot_pool}_concurrency": 1}
+    async with lifecycle(tmp_path, case, options=WEBHOOKS_ONLY, **one_slot) as h:
+        job_id = await h.start_job(2)
+        for _ in range(2):
+            (task,) = await _running(h, job_id)  # the other waits for the one slot
+            verdict = await on_webhook(
+                h.committer,
+                _target(task),
+                task.request_id or "",
+                result='{"ok": 1}',
+                readers=READERS,
+            )
+            assert verdict is Verdict.FINISHED
+            # A late copy finds the request finished: nothing more.
+            late = await on_webhook(
+                h.committer,
+                _target(task),
+                task.request_id or "",
+                result='{"ok": 1}',
+                readers=READERS,
+            )
+            assert late is Verdict.IGNORED
+        assert (await h.finished(job_id)).status == JobStatus.COMPLETED
+        assert [t.result for t in await h.tasks(job_id)] == [{"ok": 1}] * 2
+        assert h.fake.paid == 2
+        await _gapless(h, job_id)
+
+
+@polled_kinds
+async def test_a_webhook_result_is_recorded_on_a_fresh_read_when_the_task_moved_meanwhile(
+    tmp_path: Path, case: KindCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with lifecycle(tmp_path, case, options=WEBHOOKS_ONLY) as h:
+        job_id = await h.start_job(1)
+        (task,) = await _running(h, job_id)
+        # The first read is one from before the worker handed the slot on (a refused result
+        # fetch does that): the commit on it is stale, the fresh read still runs the request.
+        loads = h.committer.tasks.load
+        stale = replace(task, holds_slot=not task.holds_slot)
+        reads = iter([stale])
+        monkeypatch.setattr(h.committer.tasks, "load", lambda i: _first(reads, loads, i))
+        verdict = await on_webhook(
+            h.committer,
+            _target(task),
+            task.request_id or "",
+            result='{"ok": 1}',
+            readers=READERS,
+        )
+        assert verdict is Verdict.FINISHED
+        assert (await h.finished(job_id)).status == JobStatus.COMPLETED
+
+
+async def _first(
+    reads: Iterator[TaskRecord], load: Callable[[int], Awaitable[TaskRecord | None]], task_id: int
+) -> TaskRecord | None:
+    return next(reads, None) or await load(task_id)
+
+
+@polled_kinds
+async def test_a_webhook_without_a_usable_result_has_it_fetched(
+    tmp_path: Path, case: KindCase
+) -> None:
+    async with lifecycle(tmp_path, case, options=WEBHOOKS_ONLY) as h:
+        job_id = await h.start_job(1)
+        (task,) = await _running(h, job_id)
+        verdict = await on_webhook(
+            h.committer,
+            _target(task),
+            task.request_id or "",
+            result='{"no": 1}',
+            readers=READERS,
+        )
+        assert verdict is Verdict.ACCEPTED  # a one-off poll asks the provider itself
+        (still,) = await h.tasks(job_id)
+        assert still.result != {"no": 1}
+
+
+@polled_kinds
+async def test_an_adopted_requests_carried_result_is_not_taken_at_its_word(
+    tmp_path: Path, case: KindCase
+) -> None:
+    # An adopted request id came from a call-back alone: its result is fetched with our key.
+    # (Polls a minute apart: the adopted request is still running when the result comes.)
+    options = replace(ADOPTING, poll_interval=60.0)
+    async with lifecycle(tmp_path, case, options=options) as h:
+        (task,) = await h.record_only(1, "orphan")
+        task = await h.mid_call(task, worker="dead", deadline=time.time() + 60)
+        request_id = await _orphan(h, task)
+        assert await on_webhook(h.committer, _target(task), request_id) is Verdict.ADOPTED
+        verdict = await on_webhook(
+            h.committer, _target(task), request_id, result='{"ok": 1}', readers=READERS
+        )
+        assert verdict is not Verdict.FINISHED
+        assert (await h.finished("orphan")).status == JobStatus.COMPLETED
+        (done,) = await h.tasks("orphan")
+        assert done.result != {"ok": 1}

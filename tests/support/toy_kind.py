@@ -82,7 +82,7 @@ class Echoes(KindHandler):
 
     async def submit(self, work: Work, calls: ProviderCalls) -> Submitted:
         text = str(work.task.payload["text"])
-        return Submitted(await calls("send", lambda: self.provider.send(text)))
+        return Submitted(await calls("send", lambda: self.provider.send(text)), {"text": text})
 
     async def check(
         self, work: Work, calls: ProviderCalls, *, notified: bool

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import pytest
 from aiohttp import web
 
+from common.attempts.kind import KindHandler
 from common.resilience import TransientError
+from services.gateway.http_api import FAL_READERS
 from services.simulator.app import SimulatorHandle
 from services.video_worker.fal_adapter import FalVideoProvider, reported_video
 from services.video_worker.fal_webhook import (
@@ -21,6 +23,7 @@ from services.video_worker.fal_webhook import (
     FalWebhookVerifier,
     result_of,
 )
+from services.video_worker.segments import VideoSegments
 from tests.support.stack import FAL_KEY
 
 MODEL = "fal-ai/kling-video/v1/standard/image-to-video"
@@ -159,6 +162,19 @@ def test_a_carried_result_without_a_video_is_fetched_instead() -> None:
     assert reported_video('{"seed": 3}') is None
     assert reported_video('{"video": "nope"}') is None
     assert reported_video("not json") is None
+    assert reported_video('{"video": {"url": "javascript:alert(1)"}}') is None
+    assert reported_video('{"video": {"url": "https://cdn/' + "x" * 2048 + '"}}') is None
+    odd = reported_video('{"video": {"url": "https://cdn/v.mp4", "file_size": {"a": 1}}}')
+    assert odd is not None and odd.file_size is None
+
+
+def test_the_kinds_the_gateway_records_from_call_backs_have_no_hooks_it_would_skip() -> None:
+    # The gateway records a carried result with no worker step: a kind's `on_success` and
+    # `after_commit` would not run there.
+    handlers = {VideoSegments.spec.name: VideoSegments}
+    for kind in FAL_READERS:
+        assert handlers[kind].on_success is KindHandler.on_success
+        assert handlers[kind].after_commit is KindHandler.after_commit
 
 
 async def test_a_tampered_body_is_refused(
