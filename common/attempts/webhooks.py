@@ -65,7 +65,7 @@ async def on_webhook(
         if named.status != TaskStatus.RUNNING:
             return Verdict.IGNORED
         read = (readers or {}).get(named.kind)
-        # `handle` is empty only for an adopted request (see `_adopt`).
+        # An adopted request has no handle (`_adopt`): one without is never taken at its word.
         ours = named.attempt == target.attempt and bool(named.handle)
         reported = read(named, result) if read is not None and result and ours else None
         if reported is None:
