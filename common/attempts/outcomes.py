@@ -19,9 +19,7 @@ from common.resilience import CircuitOpenError, ErrorClass, GiveUp, ProviderErro
 log = logging.getLogger(__name__)
 
 
-def record_success(
-    cs: ChangeSet, kinds: KindRegistry, task: TaskRecord, outcome: Succeeded, *, budget: str
-) -> None:
+def record_success(cs: ChangeSet, task: TaskRecord, outcome: Succeeded, *, budget: str) -> None:
     """`task`'s attempt succeeded with `outcome`: its result and event, and the attempt's
     duration learned for `budget` (provider:model). Then the kind's own changes, if any, and
     `release_dependents` last (their events follow the kind's: a story's title before its sets)."""
@@ -75,7 +73,7 @@ class Outcomes(StepContext):
     async def _succeeded(self, work: Work, outcome: Succeeded) -> None:
         task = work.task
         async with self.committer.transaction() as cs:
-            record_success(cs, self.kinds, task, outcome, budget=self._budget(work))
+            record_success(cs, task, outcome, budget=self._budget(work))
             self.handler.on_success(cs, work, outcome)
             self._learn(cs, work, outcome.limits)
             if outcome.ran_for is not None:
@@ -83,11 +81,6 @@ class Outcomes(StepContext):
             release_dependents(cs, self.kinds, task)
         succeeded(self.spec.name, outcome)
         await self.handler.after_commit(work, cs)
-
-    def _move_dependents(
-        self, cs: ChangeSet, task: TaskRecord, to: TaskStatus, message: str, **change: Any
-    ) -> None:
-        move_dependents(cs, self.kinds, task, to, message, **change)
 
     async def _failed(self, work: Work, error: ProviderError) -> None:
         task = work.task
@@ -107,9 +100,9 @@ class Outcomes(StepContext):
                     ErrorClass.DEPENDENCY_FAILED,
                     True,
                 )
-                self._move_dependents(
-                    cs, task, TaskStatus.SKIPPED, f"skipped: the {self.spec.noun} failed",
-                    failure=failure,
+                move_dependents(
+                    cs, self.kinds, task, TaskStatus.SKIPPED,
+                    f"skipped: the {self.spec.noun} failed", failure=failure,
                 )  # fmt: skip
         if isinstance(decision, GiveUp):
             metrics.task_outcomes.labels(self.spec.name, TaskStatus.FAILED).inc()

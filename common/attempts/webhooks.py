@@ -141,7 +141,7 @@ async def _record(committer: GroupCommitter, task: TaskRecord, reported: Reporte
     for _ in range(RECORD_TRIES):
         try:
             async with committer.transaction() as cs:
-                record_success(cs, committer.kinds, task, reported.outcome, budget=budget)
+                record_success(cs, task, reported.outcome, budget=budget)
                 release_dependents(cs, committer.kinds, task)
         except StaleTask:
             fresh = await committer.tasks.load(task.id)

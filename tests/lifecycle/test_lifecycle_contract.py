@@ -367,6 +367,15 @@ def _target(task: TaskRecord) -> WebhookTarget:
     return WebhookTarget(task.id, task.attempt)
 
 
+async def _call_back(
+    h: Lifecycle, task: TaskRecord, result: str, request_id: str | None = None
+) -> Verdict:
+    """The provider calls back for `task` (its committed request by default) with `result`."""
+    if request_id is None:
+        request_id = task.request_id or ""
+    return await on_webhook(h.committer, _target(task), request_id, result=result, readers=READERS)
+
+
 async def _running(h: Lifecycle, job_id: str, n: int = 1) -> list[TaskRecord]:
     async def started() -> bool:
         return sum(t.status == "running" for t in await h.tasks(job_id)) >= n
@@ -384,22 +393,10 @@ async def test_a_webhook_carrying_the_result_records_it_and_hands_the_slot_on(
         job_id = await h.start_job(2)
         for _ in range(2):
             (task,) = await _running(h, job_id)  # the other waits for the one slot
-            verdict = await on_webhook(
-                h.committer,
-                _target(task),
-                task.request_id or "",
-                result='{"ok": 1}',
-                readers=READERS,
-            )
+            verdict = await _call_back(h, task, '{"ok": 1}')
             assert verdict is Verdict.FINISHED
             # A late copy finds the request finished: nothing more.
-            late = await on_webhook(
-                h.committer,
-                _target(task),
-                task.request_id or "",
-                result='{"ok": 1}',
-                readers=READERS,
-            )
+            late = await _call_back(h, task, '{"ok": 1}')
             assert late is Verdict.IGNORED
         assert (await h.finished(job_id)).status == JobStatus.COMPLETED
         assert [t.result for t in await h.tasks(job_id)] == [{"ok": 1}] * 2
@@ -420,13 +417,7 @@ async def test_a_webhook_result_is_recorded_on_a_fresh_read_when_the_task_moved_
         stale = replace(task, holds_slot=not task.holds_slot)
         reads = iter([stale])
         monkeypatch.setattr(h.committer.tasks, "load", lambda i: _first(reads, loads, i))
-        verdict = await on_webhook(
-            h.committer,
-            _target(task),
-            task.request_id or "",
-            result='{"ok": 1}',
-            readers=READERS,
-        )
+        verdict = await _call_back(h, task, '{"ok": 1}')
         assert verdict is Verdict.FINISHED
         assert (await h.finished(job_id)).status == JobStatus.COMPLETED
 
@@ -444,13 +435,7 @@ async def test_a_webhook_without_a_usable_result_has_it_fetched(
     async with lifecycle(tmp_path, case, options=WEBHOOKS_ONLY) as h:
         job_id = await h.start_job(1)
         (task,) = await _running(h, job_id)
-        verdict = await on_webhook(
-            h.committer,
-            _target(task),
-            task.request_id or "",
-            result='{"no": 1}',
-            readers=READERS,
-        )
+        verdict = await _call_back(h, task, '{"no": 1}')
         assert verdict is Verdict.ACCEPTED  # a one-off poll asks the provider itself
         (still,) = await h.tasks(job_id)
         assert still.result != {"no": 1}
@@ -468,9 +453,7 @@ async def test_an_adopted_requests_carried_result_is_not_taken_at_its_word(
         task = await h.mid_call(task, worker="dead", deadline=time.time() + 60)
         request_id = await _orphan(h, task)
         assert await on_webhook(h.committer, _target(task), request_id) is Verdict.ADOPTED
-        verdict = await on_webhook(
-            h.committer, _target(task), request_id, result='{"ok": 1}', readers=READERS
-        )
+        verdict = await _call_back(h, task, '{"ok": 1}', request_id)
         assert verdict is not Verdict.FINISHED
         assert (await h.finished("orphan")).status == JobStatus.COMPLETED
         (done,) = await h.tasks("orphan")
