@@ -5,7 +5,8 @@ loop per process takes every change set waiting at that moment, applies them in 
 transaction (common.store.apply: a few set-based statements for the whole batch), and then,
 only once committed, publishes the messages they owe and wakes the watchers of the jobs they
 changed. While a batch is being written the next one gathers, so the batch size follows the
-load without any timer.
+load without any timer. An author hears of the commit at once, unless its change set sends
+messages of its own: then once RabbitMQ has confirmed them.
 
 Publishing after commit (never before) keeps invariant 1: a message never announces state that
 could still roll back, and if the process dies between commit and publish, the task's deadline
@@ -33,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import metrics, tracing
 from common.broker import Broker, ProgressNote
-from common.domain.changes import ChangeSet, JobHead, StaleTask, StoreTimings
+from common.domain.changes import ChangeSet, StaleTask, StoreTimings
 from common.domain.kinds import BUILTIN_KINDS, KindRegistry
 from common.domain.messages import Send
 from common.domain.scheduling import BudgetPolicy
@@ -284,50 +285,70 @@ class GroupCommitter:
     async def _publish(
         self, batch: list[_Item], result: Any, notes: dict[str, int], sends: list[Send]
     ) -> None:
-        """After a batch committed: wake watchers, publish the messages it owes (confirmed),
-        then tell its change sets' authors (whatever happens here: they must never wait
-        forever for a batch that committed)."""
+        """After a batch committed: answer the authors whose change sets owe no message of
+        their own at once (a worker's start goes on to its provider call without waiting for
+        confirms of messages that are not its own), wake watchers and publish the owed messages
+        (confirmed) side by side, then answer the rest (whatever happens here: they must never
+        wait forever for a batch that committed)."""
+        _log_finished(batch, self.clock())
+        owing = [item for item in batch if _owes(item)]
+        _answer([item for item in batch if not _owes(item)], result)
         try:
-            try:
-                await self.notify(notes)
-            except Exception as exc:  # a lost note only delays watchers until their next read
-                log.warning("progress notes for %d jobs failed: %s", len(notes), exc)
-            try:
-                owed = outgoing_all(sends, self.kinds, self.clock())
-                if owed:
-                    await self.broker.publish(owed)
-            except Exception as exc:
-                # Not the change sets' failure: their state is committed, and every owed
-                # message has a deadline after which the sweeper re-issues it (provider
-                # cancels are best effort).
-                log.warning("publishing %d owed messages failed: %s", len(sends), exc)
+            await asyncio.gather(self._notify_quietly(notes), self._publish_quietly(sends))
         finally:
-            now = self.clock()
-            for item in batch:
-                if item.cs.error is not None:
-                    _abort(item.cs)
-                    _settle(item.done, error=item.cs.error)
-                else:
-                    for head in item.cs.finished:
-                        _log_finished(head, now)
-                    _settle(item.done, result=result)
+            _answer(owing, result)
+
+    async def _notify_quietly(self, notes: dict[str, int]) -> None:
+        try:
+            await self.notify(notes)
+        except Exception as exc:  # a lost note only delays watchers until their next read
+            log.warning("progress notes for %d jobs failed: %s", len(notes), exc)
+
+    async def _publish_quietly(self, sends: list[Send]) -> None:
+        try:
+            owed = outgoing_all(sends, self.kinds, self.clock())
+            if owed:
+                await self.broker.publish(owed)
+        except Exception as exc:
+            # Not the change sets' failure: their state is committed, and every owed message
+            # has a deadline after which the sweeper re-issues it (provider cancels are best
+            # effort).
+            log.warning("publishing %d owed messages failed: %s", len(sends), exc)
 
 
-def _log_finished(head: JobHead, now: float) -> None:
-    seconds = now - head.created_at if head.created_at else None
-    log.info(
-        "job %s finished %s%s",
-        head.id,
-        head.status,
-        f" after {seconds:.1f}s" if seconds is not None else "",
-        extra={
-            "event": "job_done",
-            "job_id": head.id,
-            "task_index": None,
-            "status": head.status,
-            "total_seconds": round(seconds, 3) if seconds is not None else None,
-        },
-    )
+def _owes(item: _Item) -> bool:
+    """The item's author hears of the commit only once the messages are out: its change set
+    sends messages of its own (an exclusive work always waits)."""
+    return item.cs.error is None and (item.work is not None or bool(item.cs.sends))
+
+
+def _answer(items: list[_Item], result: Any) -> None:
+    for item in items:
+        if item.cs.error is not None:
+            _abort(item.cs)
+            _settle(item.done, error=item.cs.error)
+        else:
+            _settle(item.done, result=result)
+
+
+def _log_finished(batch: list[_Item], now: float) -> None:
+    """One line per job the batch finished (each of its change sets names the job)."""
+    heads = {head.id: head for item in batch for head in item.cs.finished}
+    for head in heads.values():
+        seconds = now - head.created_at if head.created_at else None
+        log.info(
+            "job %s finished %s%s",
+            head.id,
+            head.status,
+            f" after {seconds:.1f}s" if seconds is not None else "",
+            extra={
+                "event": "job_done",
+                "job_id": head.id,
+                "task_index": None,
+                "status": head.status,
+                "total_seconds": round(seconds, 3) if seconds is not None else None,
+            },
+        )
 
 
 class _StaleWork(Exception):

@@ -1,110 +1,43 @@
 """Jobs, tasks, events and slots through the real store, on SQLite and PostgreSQL.
 
-Records are applied with the same `Batch` the group committer uses; the last tests go through
-the committer itself with concurrent records.
+Records are applied with the same `Batch` the group committer uses (the committer itself:
+test_group_commit.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sqlite3
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from common.broker import BrokerError, MemoryBroker, Topology
-from common.committer import GroupCommitter
-from common.domain.changes import ChangeSet as Tx
-from common.domain.changes import Failure, JobTasksChange, StaleTask, StoreTimings
+from common.domain.changes import Failure, JobTasksChange, StaleTask
 from common.domain.events import EventDraft, EventType
 from common.domain.kinds import BUILTIN_KINDS
-from common.domain.messages import MessageKind, TaskMessage
-from common.domain.records import JobRecord, TaskRecord
+from common.domain.messages import MessageKind
+from common.domain.records import TaskRecord
 from common.domain.states import IllegalTransition, JobStatus, TaskKind, TaskStatus
 from common.errors import AlreadyExists, FailedPrecondition
 from common.store import jobs, queries, sweeps
 from common.store.apply import Batch
 from common.store.database import Database
-from common.store.records import load_tasks
 from common.store.slots import ensure_slots
 from common.store.tables import Event, Job, ModelStats, ProviderSlots, Task
-
-T = TaskStatus
-TIMINGS = StoreTimings(stale_after=60, queued_stale_after=600)
-
-
-async def apply(
-    db: Database, tx: Tx, work: Callable[[AsyncSession, Tx], Awaitable[Any]] | None = None
-) -> Any:
-    """Apply one record as the committer does; raise its error like `commit` would."""
-    async with db.write() as session:
-        result = await work(session, tx) if work else None
-        await Batch(await session.connection(), tx.now, TIMINGS, BUILTIN_KINDS).run([tx])
-    if tx.error is not None:
-        raise tx.error
-    return result
-
-
-def claim_overdue(session: AsyncSession, tx: Tx) -> Awaitable[int]:
-    return sweeps.claim_overdue(session, tx, BUILTIN_KINDS)
-
-
-def new_tx(now: float | None = None) -> Tx:
-    return Tx(now=time.time() if now is None else now, timings=TIMINGS)
-
-
-def video_job(job_id: str, n: int, key: str | None = None, digest: str = "h") -> jobs.NewJob:
-    return jobs.NewJob(
-        id=job_id,
-        kind="video",
-        priority=2,
-        idempotency_key=key,
-        request_hash=digest,
-        params={"total_segments": n},
-        max_attempts=2,
-        tasks=[
-            jobs.NewTask(index=i, kind=TaskKind.VIDEO_SEGMENT, payload={"i": i})
-            for i in range(1, n + 1)
-        ],
-        plural="segments",
-    )
-
-
-async def create(db: Database, job: jobs.NewJob, now: float | None = None) -> tuple[str, bool]:
-    return await apply(db, new_tx(now), lambda s, tx: jobs.create_job(s, tx, job))
-
-
-async def tasks_of(db: Database, job_id: str) -> list[TaskRecord]:
-    async with db.read() as session:
-        return await load_tasks(session, Task.job_id == job_id)
-
-
-async def job_of(db: Database, job_id: str) -> JobRecord:
-    async with db.read() as session:
-        job = await queries.get_job(session, job_id)
-    assert job is not None
-    return job
-
-
-async def cursors(db: Database, job_id: str) -> list[int]:
-    async with db.read() as session:
-        return [e.seq for e in await queries.events_after(session, job_id, 0, 100_000)]
-
-
-async def move(db: Database, task: TaskRecord, *path: TaskStatus, **values: Any) -> TaskRecord:
-    for status in path:
-        tx = new_tx()
-        failure = Failure("boom", "bad_request", False) if status is T.FAILED else None
-        tx.change(task, status, message=status.value, failure=failure, **values)
-        await apply(db, tx)
-        task = tx.after(task)
-    return task
+from tests.state.helpers import (
+    TIMINGS,
+    T,
+    apply,
+    claim_overdue,
+    create,
+    cursors,
+    job_of,
+    move,
+    new_tx,
+    tasks_of,
+    video_job,
+)
 
 
 async def test_create_job_records_tasks_and_its_first_event(db: Database) -> None:
@@ -374,34 +307,6 @@ async def test_deleting_old_finished_jobs_takes_their_tasks_and_events(db: Datab
         assert await queries.get_job(session, "new") is not None
 
 
-async def test_group_commit_applies_concurrent_records_and_rejects_duplicates(
-    db: Database,
-) -> None:
-    async with db.write() as session:
-        await ensure_slots(session, "fal", 100)
-    await create(db, video_job("j1", 30))
-    tasks = await tasks_of(db, "j1")
-    async with MemoryBroker(Topology(prefix="t", queues=BUILTIN_KINDS.queues)) as broker:
-        uow = GroupCommitter(db, broker, TIMINGS)
-
-        async def start(task: TaskRecord) -> TaskStatus | Exception:
-            try:
-                async with uow.transaction() as tx:
-                    tx.start(task, message="go", deadline_at=tx.now + 30)
-            except StaleTask as exc:
-                return exc
-            return tx.applied[task.id]
-
-        # Every task started twice at once, as duplicate deliveries would.
-        results = await asyncio.gather(*(start(t) for t in tasks + tasks))
-        await uow.close()
-    assert results[:30] == [T.SUBMITTING] * 30
-    assert all(isinstance(r, StaleTask) for r in results[30:])
-    job = await job_of(db, "j1")
-    assert await cursors(db, "j1") == list(range(1, job.last_seq + 1))
-    assert job.last_seq == 1 + 30 + 1  # created, 30 submitting, job running
-
-
 async def test_concurrent_writers_get_gapless_unique_cursors(db: Database) -> None:
     await create(db, video_job("j1", 1))
 
@@ -517,75 +422,6 @@ async def test_slots_freed_one_at_a_time_go_round_robin_across_jobs(db: Database
     assert served == ["a", "b", "c", "a", "b", "c", "a"]
 
 
-async def test_the_committer_reruns_an_exclusive_work_on_fresh_records(db: Database) -> None:
-    """A lock timeout, then a record gone stale: each run starts from a clean slate."""
-    await create(db, video_job("j1", 1))
-    runs = 0
-
-    async def flaky(session: AsyncSession, tx: Tx) -> str:
-        nonlocal runs
-        runs += 1
-        (task,) = await load_tasks(session, Task.job_id == "j1")
-        if runs == 2:  # read before "another process" moved it
-            task = dataclasses.replace(task, status="waiting")
-        tx.emit("j1", EventDraft(EventType.TASK_PROGRESS, message=f"run {runs}"))
-        tx.change(task, T.CANCELLED, message="cancelled")
-        if runs == 1:
-            raise OperationalError("UPDATE", {}, sqlite3.OperationalError("database is locked"))
-        return "done"
-
-    async with MemoryBroker(Topology(prefix="t", queues=BUILTIN_KINDS.queues)) as broker:
-        uow = GroupCommitter(db, broker, TIMINGS)
-        assert await uow.exclusive(flaky) == "done"
-        await uow.close()
-    assert runs == 3
-    async with db.read() as session:
-        events = await queries.events_after(session, "j1", 0)
-    # Only the third run's records: the first rolled back, the second was rejected whole.
-    assert [e.message for e in events][:3] == [
-        "job created with 1 tasks (segments)",
-        "run 3",
-        "cancelled",
-    ]
-
-
-async def test_a_failed_publish_after_commit_does_not_fail_the_records(db: Database) -> None:
-    class Down(MemoryBroker):
-        async def publish(self, messages: Any) -> None:
-            raise BrokerError("connection lost")
-
-    await create(db, video_job("j1", 1))
-    (task,) = await tasks_of(db, "j1")
-    async with Down(Topology(prefix="t", queues=BUILTIN_KINDS.queues)) as broker:
-        uow = GroupCommitter(db, broker, TIMINGS)
-        async with uow.transaction() as tx:  # no exception: the change is committed
-            tx.change(task, T.RUNNING, message="running", deadline_at=tx.now + 30)
-            tx.send(task, TaskMessage(task.id, task.job_id, MessageKind.RUN, task.attempt))
-        await uow.close()
-    (task,) = await tasks_of(db, "j1")
-    assert task.status == "running" and task.deadline_at is not None  # the sweeper's cue
-
-
-async def test_a_publish_interrupted_after_commit_still_answers_the_authors(db: Database) -> None:
-    # The batch's messages are published apart from the write loop: if that is cut short
-    # (cancelled at shutdown, say), the change sets' authors still hear that they committed.
-    class Cut(MemoryBroker):
-        async def publish(self, messages: Any) -> None:
-            raise asyncio.CancelledError
-
-    await create(db, video_job("j1", 1))
-    (task,) = await tasks_of(db, "j1")
-    async with Cut(Topology(prefix="t", queues=BUILTIN_KINDS.queues)) as broker:
-        uow = GroupCommitter(db, broker, TIMINGS)
-        async with asyncio.timeout(10):
-            async with uow.transaction() as tx:
-                tx.change(task, T.RUNNING, message="running", deadline_at=tx.now + 30)
-                tx.send(task, TaskMessage(task.id, task.job_id, MessageKind.RUN, task.attempt))
-        await uow.close()
-    (task,) = await tasks_of(db, "j1")
-    assert task.status == "running"
-
-
 async def test_durations_of_one_batch_fold_into_the_moving_average_in_order(db: Database) -> None:
     # One statement per model and batch (issue 10): the same average as one batch per duration.
     for one_batch in (False, True):
@@ -621,37 +457,3 @@ async def test_durations_of_one_batch_fold_into_the_moving_average_in_order(db: 
             select(ModelStats.mean_seconds).where(ModelStats.name == "fal:new")
         )
     assert mean == pytest.approx(3.0 * 0.8 + 6.0 * 0.2)
-
-
-async def test_the_next_batch_is_written_while_the_last_ones_messages_await_confirms(
-    db: Database,
-) -> None:
-    # A slow broker confirm holds only the change sets that owe the message, not every change
-    # set queued behind them (issue 10: commits sat behind confirms of other batches).
-    await create(db, video_job("j1", 1))
-    (first,) = await tasks_of(db, "j1")
-    async with MemoryBroker(Topology(prefix="t", queues=BUILTIN_KINDS.queues)) as broker:
-        confirmed = asyncio.Event()
-        publishing = asyncio.Event()
-        publish = broker.publish
-
-        async def slow_publish(messages: Any) -> None:
-            publishing.set()
-            await confirmed.wait()
-            await publish(messages)
-
-        broker.publish = slow_publish  # type: ignore[method-assign]
-        uow = GroupCommitter(db, broker, TIMINGS)
-        owing = uow.new_change_set()
-        owing.emit("j1", EventDraft(EventType.TASK_PROGRESS, message="owes a message"))
-        owing.send(first, TaskMessage(first.id, "j1", MessageKind.POLL, 1, chain=1))
-        waiting = asyncio.create_task(uow.commit(owing))
-        await publishing.wait()
-        later = uow.new_change_set()
-        later.emit("j1", EventDraft(EventType.TASK_PROGRESS, message="owes nothing"))
-        await asyncio.wait_for(uow.commit(later), timeout=5)  # not behind the confirm
-        assert not waiting.done()  # its author hears of the commit once the message is out
-        confirmed.set()
-        await waiting
-        await uow.close()
-    assert await cursors(db, "j1") == [1, 2, 3]
