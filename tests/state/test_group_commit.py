@@ -223,3 +223,34 @@ async def test_a_job_finished_by_several_change_sets_of_one_batch_is_logged_once
     assert [len(tx.finished) for tx in change_sets] == [1, 1]  # one batch finished the job
     finished = [r for r in caplog.records if "job j1 finished" in r.getMessage()]
     assert len(finished) == 1
+
+
+async def test_a_start_deferred_by_its_budget_is_answered_once_its_message_is_out(
+    db: Database,
+) -> None:
+    # The batch sends a deferred start's message again for it: the delivery it came from must
+    # stay unacked until that message is out (should the worker die first, it is redelivered).
+    async with db.write() as session:
+        await ensure_slots(session, "fal", 2)
+    await create(db, video_job("j1", 1))
+    (task,) = await tasks_of(db, "j1")
+    async with SlowConfirms(Topology(prefix="t", queues=BUILTIN_KINDS.queues)) as broker:
+        broker.confirmed.set()
+        uow = GroupCommitter(db, broker, TIMINGS)
+        async with uow.transaction() as tx:
+            tx.pause("fal:m", tx.now + 30)
+        broker.confirmed.clear()
+        deferred = uow.new_change_set()
+        run = TaskMessage(task.id, "j1", MessageKind.RUN, 1)
+        deferred.start(
+            task, message="go", deadline_at=deferred.now + 30, budget="fal:m", resend=run
+        )
+        answered = asyncio.create_task(uow.commit(deferred))
+        await asyncio.wait_for(broker.publishing.wait(), timeout=5)
+        assert not answered.done()
+        broker.confirmed.set()
+        await asyncio.wait_for(answered, timeout=5)
+        await uow.close()
+    assert task.id in deferred.deferred
+    (task,) = await tasks_of(db, "j1")
+    assert task.status == T.QUEUED
