@@ -5,9 +5,8 @@ loop per process takes every change set waiting at that moment, applies them in 
 transaction (common.store.apply: a few set-based statements for the whole batch), and then,
 only once committed, publishes the messages they owe and wakes the watchers of the jobs they
 changed. While a batch is being written the next one gathers, so the batch size follows the
-load without any timer. An author hears of the commit at once, unless it has messages of its
-own in the batch (sent, or a deferred start's) or is an exclusive work: then once the batch's
-messages are published (or given up on).
+load without any timer. Authors hear of the commit once the batch's messages are published (or
+given up on).
 
 Publishing after commit (never before) keeps invariant 1: a message never announces state that
 could still roll back, and if the process dies between commit and publish, the task's deadline
@@ -286,22 +285,17 @@ class GroupCommitter:
     async def _publish(
         self, batch: list[_Item], result: Any, notes: dict[str, int], sends: list[Send]
     ) -> None:
-        """After a batch committed: answer at once the authors that have no message of their
-        own in it (a worker's start goes on to its provider call without waiting for the
-        confirms of other change sets' messages), wake watchers and publish the owed messages
-        (confirmed) side by side, then answer the rest (whatever happens here: they must never
-        wait forever for a batch that committed)."""
-        waiting = [item for item in batch if _waits_for_publish(item)]
+        """After a batch committed: wake watchers, publish the messages it owes (confirmed),
+        then tell its change sets' authors (whatever happens here: they must never wait
+        forever for a batch that committed)."""
         try:
+            await self._notify_quietly(notes)
+            await self._publish_quietly(sends)
+        finally:
             try:
                 _log_finished(batch, self.clock())
             finally:
-                _answer([item for item in batch if not _waits_for_publish(item)], result)
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._notify_quietly(notes))
-                group.create_task(self._publish_quietly(sends))
-        finally:
-            _answer(waiting, result)
+                _answer(batch, result)
 
     async def _notify_quietly(self, notes: dict[str, int]) -> None:
         try:
@@ -319,15 +313,6 @@ class GroupCommitter:
             # has a deadline after which the sweeper re-issues it (provider cancels are best
             # effort).
             log.warning("publishing %d owed messages failed: %s", len(sends), exc)
-
-
-def _waits_for_publish(item: _Item) -> bool:
-    """The item's author hears of the commit once the batch's messages are out: its change set
-    sends messages of its own, or its start was deferred (the batch sends that message again
-    for it: should this process die before it is out, the delivery it came from must still be
-    unacked), or it is an exclusive work."""
-    cs = item.cs
-    return cs.error is None and (item.work is not None or bool(cs.sends) or bool(cs.deferred))
 
 
 def _answer(items: list[_Item], result: Any) -> None:

@@ -80,8 +80,9 @@ async def test_retries_stay_within_the_budget_fleet_wide_and_the_rest_wait(
     assert failed == SEGMENTS + FLOOR and len(waited) == SEGMENTS
     assert failed - len(waited) == FLOOR  # retried at once: within the budget, fleet-wide
     # Those that waited wait until calls at the minute's rate make room for them, not for their
-    # backoff (at most 0.5 s).
-    assert all(e.details["retry_in"] > 1.0 for e in waited), [e.message for e in waited]
+    # backoff (at most 0.5 s). (Early in the minute that rate is high and the first of them
+    # may wait about a second.)
+    assert all(e.details["retry_in"] > 0.5 for e in waited), [e.message for e in waited]
     assert len({e.task_index for e in waited}) == SEGMENTS
     # No attempt was spent by waiting: each task is on the attempt after its failed ones.
     attempts = sorted(t.attempts for t in job.tasks)

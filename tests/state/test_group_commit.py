@@ -174,39 +174,6 @@ async def test_the_next_batch_is_written_while_the_last_ones_messages_await_conf
     assert await cursors(db, "j1") == [1, 2, 3]
 
 
-async def test_an_author_owing_no_message_and_the_watchers_do_not_wait_for_the_confirms(
-    db: Database,
-) -> None:
-    # Issue 10: a worker's start commit (which sends nothing) waited for the confirms of the
-    # messages other change sets of its batch sent before it made its provider call, and the
-    # watchers' note waited for them too.
-    async with db.write() as session:
-        await ensure_slots(session, "fal", 2)
-    await create(db, video_job("j1", 2))
-    first, second = await tasks_of(db, "j1")
-    async with SlowConfirms(Topology(prefix="t", queues=BUILTIN_KINDS.queues)) as broker:
-        woken = asyncio.Event()
-        await broker.subscribe(lambda note: woken.set())
-        uow = GroupCommitter(db, broker, TIMINGS)
-        owing = uow.new_change_set()
-        owing.start(first, message="go", deadline_at=owing.now + 30)
-        owing.send(first, TaskMessage(first.id, "j1", MessageKind.POLL, 1, chain=1))
-        starting = uow.new_change_set()
-        starting.start(second, message="go", deadline_at=starting.now + 30)
-        # Both queued before the loop runs: one batch.
-        waiting = asyncio.create_task(uow.commit(owing))
-        started = asyncio.create_task(uow.commit(starting))
-        await asyncio.wait_for(broker.publishing.wait(), timeout=5)
-        await asyncio.wait_for(started, timeout=5)
-        await asyncio.wait_for(woken.wait(), timeout=5)
-        assert not waiting.done()  # its own message is not out yet
-        broker.confirmed.set()
-        await waiting
-        await uow.close()
-    assert owing.notes == starting.notes  # one batch
-    assert [t.status for t in await tasks_of(db, "j1")] == [T.SUBMITTING, T.SUBMITTING]
-
-
 async def test_a_job_finished_by_several_change_sets_of_one_batch_is_logged_once(
     db: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -229,7 +196,8 @@ async def test_a_start_deferred_by_its_budget_is_answered_once_its_message_is_ou
     db: Database,
 ) -> None:
     # The batch sends a deferred start's message again for it: the delivery it came from must
-    # stay unacked until that message is out (should the worker die first, it is redelivered).
+    # stay unacked until that message is out (should the worker die first, it is redelivered),
+    # so its author hears of the commit only then.
     async with db.write() as session:
         await ensure_slots(session, "fal", 2)
     await create(db, video_job("j1", 1))
