@@ -289,39 +289,28 @@ class GroupCommitter:
         then tell its change sets' authors (whatever happens here: they must never wait
         forever for a batch that committed)."""
         try:
-            await self._notify_quietly(notes)
-            await self._publish_quietly(sends)
-        finally:
             try:
-                _log_finished(batch, self.clock())
-            finally:
-                _answer(batch, result)
-
-    async def _notify_quietly(self, notes: dict[str, int]) -> None:
-        try:
-            await self.notify(notes)
-        except Exception as exc:  # a lost note only delays watchers until their next read
-            log.warning("progress notes for %d jobs failed: %s", len(notes), exc)
-
-    async def _publish_quietly(self, sends: list[Send]) -> None:
-        try:
-            owed = outgoing_all(sends, self.kinds, self.clock())
-            if owed:
-                await self.broker.publish(owed)
-        except Exception as exc:
-            # Not the change sets' failure: their state is committed, and every owed message
-            # has a deadline after which the sweeper re-issues it (provider cancels are best
-            # effort).
-            log.warning("publishing %d owed messages failed: %s", len(sends), exc)
-
-
-def _answer(items: list[_Item], result: Any) -> None:
-    for item in items:
-        if item.cs.error is not None:
-            _abort(item.cs)
-            _settle(item.done, error=item.cs.error)
-        else:
-            _settle(item.done, result=result)
+                await self.notify(notes)
+            except Exception as exc:  # a lost note only delays watchers until their next read
+                log.warning("progress notes for %d jobs failed: %s", len(notes), exc)
+            try:
+                owed = outgoing_all(sends, self.kinds, self.clock())
+                if owed:
+                    await self.broker.publish(owed)
+            except Exception as exc:
+                # Not the change sets' failure: their state is committed, and every owed
+                # message has a deadline after which the sweeper re-issues it (provider
+                # cancels are best effort).
+                log.warning("publishing %d owed messages failed: %s", len(sends), exc)
+        finally:
+            now = self.clock()
+            for item in batch:
+                if item.cs.error is not None:
+                    _abort(item.cs)
+                    _settle(item.done, error=item.cs.error)
+                else:
+                    _settle(item.done, result=result)
+            _log_finished(batch, now)
 
 
 def _log_finished(batch: list[_Item], now: float) -> None:
