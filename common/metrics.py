@@ -45,6 +45,11 @@ hedged_reads = Counter(
     "Second copies of a provider read (status, result), by why: slow or failed first copy.",
     ["provider", "reason"],
 )
+delay_hops = Counter(
+    f"{PREFIX}_broker_delay_hops_total",
+    "Delayed messages that arrived early and were parked in a delay tier again, by work queue.",
+    ["queue"],
+)
 task_retries = Counter(
     f"{PREFIX}_task_retries_total",
     "Failed attempts that are retried, by task kind and error class.",

@@ -23,11 +23,12 @@ def outgoing(send: Send, kinds: KindRegistry, now: float | None = None) -> Outgo
     """The broker message for `send`, on its task kind's queue, at its priority. A poll that
     says when it is due (epoch seconds) is delayed until then from `now`, the time of
     publishing: the time between deciding on the delay and publishing (e.g. a commit) is not
-    added to it."""
+    added to it, but is slack: it may still come as late as the delay it was given."""
     message = send.message
-    delay = send.delay
+    delay, slack = send.delay, send.slack
     if now is not None and message.due and message.kind is MessageKind.POLL:
-        delay = max(0.0, min(delay, message.due - now))
+        exact = max(0.0, min(delay, message.due - now))
+        delay, slack = exact, slack + delay - exact
     if message.kind is MessageKind.CANCEL:
         priority = CANCEL_PRIORITY
     else:
@@ -39,6 +40,7 @@ def outgoing(send: Send, kinds: KindRegistry, now: float | None = None) -> Outgo
         body=message.encode(),
         priority=priority,
         delay=delay,
+        slack=slack,
         message_id=message.message_id,
         headers={TRACE_HEADER: send.trace} if send.trace else {},
     )

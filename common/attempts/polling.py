@@ -130,17 +130,23 @@ class Polling(Outcomes):
         task, message = self.task, self.message
         now = self.committer.clock()
         wait = self.options.poll_interval if delay is None else delay
+        # Pulled in by this check's lateness to keep the rhythm, the next one may still come a
+        # plain interval from now where a delay tier that long saves hops (slack).
+        slack = 0.0
         if delay is None and message.due and now < message.due + wait:
+            slack = max(0.0, now - message.due)
             wait = message.due + wait - now
         news = seen != message.seen
-        short = (task.deadline_at or 0.0) < now + wait + self.committer.timings.stale_after / 2
+        latest = wait + slack
+        short = (task.deadline_at or 0.0) < now + latest + self.committer.timings.stale_after / 2
         next_poll = replace(self._poll_message(task.poll_chain), seen=seen, due=now + wait)
         if not news and not short and not self.committer.hooks_pending:
-            await self.committer.send_now(Send(next_poll, task.kind, task.priority, delay=wait))
+            send = Send(next_poll, task.kind, task.priority, delay=wait, slack=slack)
+            await self.committer.send_now(send)
             return
         event: EventDraft | None = None
         if news:
             event = progress(task, text or seen, provider_status=seen)
         async with self.committer.transaction() as cs:
-            cs.note(task, event, deadline_at=cs.now + wait + cs.timings.stale_after)
-            cs.send(task, next_poll, delay=wait)
+            cs.note(task, event, deadline_at=cs.now + latest + cs.timings.stale_after)
+            cs.send(task, next_poll, delay=wait, slack=slack)

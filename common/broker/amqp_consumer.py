@@ -6,6 +6,11 @@ per-delivery task, because aio-pika cancels those when the channel drops: a hand
 drop the handler finishes, its ack fails (logged), and RabbitMQ redelivers the message, which
 idempotent handlers absorb. The semaphore keeps "at most `prefetch` handlers" true even then,
 when the restored channel receives a fresh prefetch window while old handlers still run.
+
+A delayed message that arrives early is parked in the next delay tier, or, when what is left
+is within the topology's hold and fewer than half the prefetch window is already held so,
+waited out here (unacked: a crash still redelivers it). The cap keeps held messages from
+taking the window from work that is due.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 
+from common import metrics
 from common.broker.amqp_common import BROKER_FAILURES, RPC_TIMEOUT, quietly
 from common.broker.base import BrokerError, Handler, Incoming
 from common.broker.delays import public_headers, remaining_seconds
@@ -55,6 +61,9 @@ class AmqpConsumer:
         self._park = park
         self._on_stopped = on_stopped
         self._slots = asyncio.Semaphore(prefetch)
+        # Early messages waited out here rather than parked again (see the module doc).
+        self._holding = 0
+        self._max_holding = prefetch // 2
         self._tasks: set[asyncio.Task[None]] = set()
         self._tag: str | None = None
         self._stopping = False
@@ -121,13 +130,19 @@ class AmqpConsumer:
 
     async def _handle(self, message: AbstractIncomingMessage) -> Outcome:
         remaining = remaining_seconds(message.headers)
-        tier = self._topology.next_tier(remaining)
+        room = self._holding < self._max_holding
+        tier = self._topology.next_tier(remaining, hold=room)
         if tier is not None:
+            metrics.delay_hops.labels(self._queue).inc()
             return await self._repark(message, tier)
         if remaining > 0:
-            # Within the tolerance (at most the smallest tier): waiting here beats one more
-            # hop, and keeps "delivered no earlier than the delay" exact.
-            await asyncio.sleep(remaining)
+            # Within the tolerance or the hold: waiting here beats more hops, and keeps
+            # "delivered no earlier than the delay" exact.
+            self._holding += 1
+            try:
+                await asyncio.sleep(remaining)
+            finally:
+                self._holding -= 1
         incoming = Incoming(
             queue=self._queue,
             body=message.body,

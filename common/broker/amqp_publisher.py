@@ -87,10 +87,10 @@ class ConfirmedPublisher:
         headers: HeadersType = dict(outgoing.headers)
         exchange = ""  # the default exchange routes by queue name
         if outgoing.delay > 0:
+            tier, delay = self._topology.first_tier(outgoing.delay, outgoing.slack)
             # Stamped even below the smallest tier: the consumer then waits out the few
             # remaining ms itself, so "no earlier than the delay" holds.
-            headers[DELIVER_AT_HEADER] = deliver_at_ms(outgoing.delay)
-            tier = self._topology.next_tier(outgoing.delay)
+            headers[DELIVER_AT_HEADER] = deliver_at_ms(delay)
             if tier is not None:
                 exchange = self._topology.delay_exchange(tier)
         await self._send(

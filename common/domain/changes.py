@@ -306,9 +306,11 @@ class ChangeSet:
         *,
         delay: float = 0.0,
         boost: bool = False,
+        slack: float = 0.0,
     ) -> None:
-        """Owe `message` about `task` once this change set is committed."""
-        self.sends.append(Send(message, task.kind, task.priority, max(0.0, delay), boost))
+        """Owe `message` about `task` once this change set is committed (see `Send`)."""
+        send = Send(message, task.kind, task.priority, max(0.0, delay), boost, slack=slack)
+        self.sends.append(send)
 
     def after(self, task: TaskRecord) -> TaskRecord:
         """`task` as this committed change set left it."""

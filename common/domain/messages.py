@@ -104,3 +104,6 @@ class Send:
     boost: bool = False
     # W3C traceparent of the work that owed the message (tracing on), carried as a header.
     trace: str | None = None
+    # How much later than `delay` it may come (see `Outgoing.slack`): a poll pulled in to keep
+    # its rhythm may still come as late as a plain interval from its step would have made it.
+    slack: float = 0.0

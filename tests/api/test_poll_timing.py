@@ -37,16 +37,18 @@ INTERVAL = 5.0
 
 
 class Sent:
-    """Every message published, as (task message, delay)."""
+    """Every message published, as (task message, delay); `slacks` their slack, in order."""
 
     def __init__(self, stack: InProcStack, monkeypatch: pytest.MonkeyPatch) -> None:
         self.messages: list[tuple[TaskMessage, float]] = []
+        self.slacks: list[float] = []
         publish = stack.infra.broker.publish
 
         async def spy(messages: Sequence[Outgoing]) -> None:
             for m in messages:
                 if m.queue.endswith(VIDEO_SEGMENT.queue):
                     self.messages.append((TaskMessage.decode(m.body), m.delay))
+                    self.slacks.append(m.slack)
             await publish(messages)
 
         monkeypatch.setattr(stack.infra.broker, "publish", spy)
@@ -148,6 +150,9 @@ async def test_polls_keep_their_rhythm(
     assert following.due == pytest.approx(due + INTERVAL)
     # The delay is counted from when the step scheduled it, however long its status call took.
     assert due + INTERVAL - ended - 0.01 <= delay <= due + INTERVAL - began + 0.01
+    # Pulled in by that second, it may still come an interval after the step (a tier that long
+    # saves hops through the shorter ones).
+    assert delay + sent.slacks[-1] == pytest.approx(INTERVAL, abs=0.01)
     # More than an interval late: a new rhythm from now (no burst of catch-up checks).
     before = time.time()
     await handler.handle(replace(following, due=before - INTERVAL - 1), redelivered=False)

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import aio_pika
 import pytest
+from prometheus_client import REGISTRY
 
 from common.broker import (
     AmqpBroker,
@@ -111,6 +112,55 @@ async def test_delay_is_honoured_within_a_bound(harness: Harness, delay: float) 
     # 5 ms of slack: the due time is wall clock, the measurement monotonic.
     assert delay - 0.005 <= elapsed <= delay + 0.7
     assert dict(message.headers) == {"k": "v"}  # delay bookkeeping is not visible
+
+
+def delay_hops(queue: str) -> float:
+    value = REGISTRY.get_sample_value("orchestrator_broker_delay_hops_total", {"queue": queue})
+    return value or 0.0
+
+
+@pytest.mark.parametrize(
+    ("prefetch", "messages", "hops"),
+    [(4, 1, 0), (1, 1, 1), (4, 3, 1)],
+    ids=["room", "no-room", "room-for-two"],
+)
+async def test_a_consumer_with_room_waits_out_a_short_remainder_itself(
+    amqp_harness: Harness, prefetch: int, messages: int, hops: int
+) -> None:
+    """0.23 s: published into the 100 ms tier, 0.13 s left on arrival. A consumer holding less
+    than half its prefetch waits that out itself; past that it parks the message in the 100 ms
+    tier once more (the rest, within the smallest tier, is waited out either way)."""
+    received, handler = collector()
+    consumer = await amqp_harness.broker.consume(VIDEO, handler, prefetch=prefetch)
+    before = delay_hops(VIDEO)
+    started = time.monotonic()
+    await amqp_harness.broker.publish(
+        [Outgoing(VIDEO, b"soon", delay=0.23) for _ in range(messages)]
+    )
+    for _ in range(messages):
+        await next_of(received)
+    elapsed = time.monotonic() - started
+    await consumer.stop(timeout=WAIT)
+    assert 0.23 - 0.005 <= elapsed <= 0.23 + 0.7
+    assert delay_hops(VIDEO) - before == hops
+
+
+@pytest.mark.parametrize(("slack", "hops"), [(0.03, 0), (0.0, 1)], ids=["slack", "exact"])
+async def test_a_delay_just_short_of_a_tier_takes_it_within_its_slack(
+    amqp_harness: Harness, slack: float, hops: int
+) -> None:
+    """0.98 s with 30 ms of slack: the 1 s tier, nothing else. Exact: 500 ms, 250 ms, then
+    0.23 s early, parked in the 100 ms tier or waited out (a consumer with room: one hop)."""
+    received, handler = collector()
+    consumer = await amqp_harness.broker.consume(VIDEO, handler, prefetch=4)
+    before = delay_hops(VIDEO)
+    started = time.monotonic()
+    await amqp_harness.broker.publish([Outgoing(VIDEO, b"poll", delay=0.98, slack=slack)])
+    await next_of(received)
+    elapsed = time.monotonic() - started
+    await consumer.stop(timeout=WAIT)
+    assert 0.98 - 0.005 <= elapsed <= 0.98 + slack + 0.7
+    assert delay_hops(VIDEO) - before == hops
 
 
 async def test_short_delay_is_not_blocked_by_a_long_one(harness: Harness) -> None:

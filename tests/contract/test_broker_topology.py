@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.broker import DEFAULT_DELAY_TIERS_MS, Topology
+from common.broker import DEFAULT_DELAY_TIERS_MS, Outgoing, Topology
 from common.broker.delays import DELIVER_AT_HEADER, deliver_at_ms, public_headers, remaining_seconds
 
 
@@ -40,6 +40,47 @@ def test_a_tolerance_below_the_smallest_tier_parks_the_rest_there() -> None:
     assert (t.next_tier(0.015), t.next_tier(0.02)) == (None, 50)
 
 
+@pytest.mark.parametrize(
+    ("remaining", "tier"),
+    [
+        (0.13, None),  # a consumer with room waits out a remainder within the hold itself
+        (0.25, None),
+        (0.26, 250),  # beyond it: the largest tier that does not overshoot, as without
+        (1.9, 1000),
+    ],
+)
+def test_a_hold_waits_out_what_is_left_within_it(remaining: float, tier: int | None) -> None:
+    assert Topology(delay_hold_ms=250).next_tier(remaining, hold=True) == tier
+
+
+def test_no_hold_without_room_or_when_publishing() -> None:
+    assert Topology(delay_hold_ms=250).next_tier(0.13) == 100
+    assert Topology(delay_hold_ms=0).next_tier(0.03, hold=True) is None  # the tolerance stays
+
+
+@pytest.mark.parametrize(
+    ("delay", "slack", "first"),
+    [
+        (29.99, 0.01, (30_000, 30.0)),  # a poll's 10 ms commit: one tier, not seven hops
+        (29.99, 0.0, (10_000, 29.99)),
+        (4.97, 0.05, (5000, 5.0)),
+        (4.9, 0.05, (2000, 4.9)),  # no tier within the slack
+        (0.23, 0.02, (100, 0.23)),  # the 130 ms left a consumer waits out: no lateness
+        (0.6, 0.5, (500, 0.6)),  # likewise the 100 ms after 500
+        (0.04, 0.01, (None, 0.04)),  # within the tolerance: straight to the work queue
+    ],
+)
+def test_a_tier_within_the_slack_is_taken_where_it_saves_hops(
+    delay: float, slack: float, first: tuple[int | None, float]
+) -> None:
+    assert Topology(delay_hold_ms=250).first_tier(delay, slack) == first
+
+
+def test_a_slack_must_be_a_finite_non_negative_number() -> None:
+    with pytest.raises(ValueError, match="slack"):
+        Outgoing("q", b"x", delay=1.0, slack=-0.1)
+
+
 def test_a_long_delay_takes_few_hops() -> None:
     t, remaining, hops = Topology(), 1799.9, 0
     while (tier := t.next_tier(remaining)) is not None:
@@ -56,6 +97,7 @@ def test_a_long_delay_takes_few_hops() -> None:
         {"delay_tiers_ms": (100, 50)},
         {"delay_tiers_ms": (0, 50)},
         {"max_priority": 0},
+        {"delay_hold_ms": -1},
     ],
 )
 def test_invalid_topologies_are_refused(kwargs: dict[str, object]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from common.domain.kinds import BUILTIN_KINDS, VIDEO_SEGMENT
@@ -69,6 +71,9 @@ def test_a_poll_that_says_when_it_is_due_is_delayed_until_then_from_publishing()
     send = Send(poll, VIDEO_SEGMENT.name, delay=2.0)
     assert outgoing(send, BUILTIN_KINDS, now=998.0).delay == 2.0
     assert outgoing(send, BUILTIN_KINDS, now=998.5).delay == pytest.approx(1.5)
+    # ... but may still come as late as asked, where a delay tier that long saves hops.
+    assert outgoing(send, BUILTIN_KINDS, now=998.5).slack == pytest.approx(0.5)
+    assert outgoing(replace(send, slack=0.25), BUILTIN_KINDS, now=998.5).slack == 0.75
     assert outgoing(send, BUILTIN_KINDS, now=1001.0).delay == 0.0  # overdue: at once
     assert outgoing(send, BUILTIN_KINDS, now=997.0).delay == 2.0  # never later than asked
     assert outgoing(send, BUILTIN_KINDS).delay == 2.0  # no clock: as asked
