@@ -133,7 +133,6 @@ class AmqpConsumer:
         room = self._holding < self._max_holding
         tier = self._topology.next_tier(remaining, hold=room)
         if tier is not None:
-            metrics.delay_hops.labels(self._queue).inc()
             return await self._repark(message, tier)
         if remaining > 0:
             # Within the tolerance or the hold: waiting here beats more hops, and keeps
@@ -166,6 +165,7 @@ class AmqpConsumer:
             await asyncio.sleep(PARK_RETRY_PAUSE)
             return Outcome.REQUEUE
         # Confirmed in the delay tier: acking now cannot lose it.
+        metrics.delay_hops.labels(self._queue).inc()
         return Outcome.ACK
 
     async def _settle(self, message: AbstractIncomingMessage, outcome: Outcome) -> None:

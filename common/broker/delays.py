@@ -1,9 +1,10 @@
 """Delayed delivery over tiered TTL queues: the `x-deliver-at` header and what it means.
 
-A delayed message is parked in the delay queue of `Topology.next_tier(delay)`; when its TTL
-expires RabbitMQ dead-letters it, with its original routing key, back onto its work queue. The
-consumer then reads `x-deliver-at`: still in the future beyond the tolerance, it is parked again
-in the next tier; otherwise the handler runs. Delays therefore live in RabbitMQ and survive a
+A delayed message is parked in the delay queue of `Topology.first_tier(delay, slack)`; when its
+TTL expires RabbitMQ dead-letters it, with its original routing key, back onto its work queue.
+The consumer then reads `x-deliver-at`: still in the future beyond the tolerance (or the hold,
+while the consumer has room), it is parked again in the next tier; otherwise the rest is waited
+out and the handler runs. Delays therefore live in RabbitMQ and survive a
 crash of every process, and a short delay is never stuck behind a long one (each tier has a
 single TTL, so expiry order is arrival order).
 

@@ -44,11 +44,13 @@ class Topology:
     `delay_hold_ms`: a consumer with room (see `AmqpConsumer`) waits out a remainder up to this
     itself too, instead of hopping through the smaller tiers. Each hop is a delivery, a
     confirmed publish and an ack for the consumer, and a dead-lettering for RabbitMQ: a poll
-    due in 0.23 s took two (100 ms, 100 ms), one learned to be due in 1.9 s four (500, 250,
-    100, 50); `bench --only delays`: 1.71 hops per message without the hold, 0.58 with it.
-    Publishers do not count on it: a message is published into the largest tier within its
-    delay, as before (`first_tier`), so a consumer with no room left parks it no more often
-    than without a hold.
+    due in 0.23 s was published into the 100 ms tier and parked there once more, one learned
+    to be due in 1.9 s into the 1 s tier, then parked in the 500, 250 and 100 ms tiers;
+    `bench --only delays`: 1.71 hops per message without the hold, 0.58 with it. A publisher
+    does not count on the consumer's room: it still publishes into the largest tier within
+    the delay (`first_tier`; a longer one only within a message's slack, where the tier below
+    would leave more than the hold), so a consumer with no room left parks a message no more
+    often than without a hold.
     """
 
     prefix: str = "orchestrator"
@@ -128,14 +130,19 @@ class Topology:
         its tier (None: straight to its work queue) and the delay it then has.
 
         `next_tier`, unless what that tier leaves is more than a consumer's hold would wait
-        out and a tier within the slack exists: then that tier, one hop instead of a chain (a
-        slack taken costs its lateness, so it is taken only where it saves hops)."""
+        out and a tier at most the slack, and at most the smallest tier, longer than the delay
+        exists: then that tier, one hop instead of a chain. A slack taken is lateness, so it is
+        taken only where it saves hops, and never more than the smallest tier: a poll pulled in
+        to keep its rhythm (its slack: how late the check before it ran) then falls at most
+        that far behind its rhythm before a late check's slack is too large and the exact path
+        (the chain, then a hold) brings it back on time."""
         tier = self.next_tier(delay)
         if tier is None or slack <= 0 or delay * 1000.0 - tier <= self.delay_hold_ms:
             return tier, delay
         tiers = self.delay_tiers_ms
         whole = bisect.bisect_left(tiers, delay * 1000.0)  # the shortest tier not under it
-        if whole < len(tiers) and tiers[whole] <= (delay + slack) * 1000.0:
+        late = min(slack * 1000.0, tiers[0])
+        if whole < len(tiers) and tiers[whole] <= delay * 1000.0 + late:
             return tiers[whole], tiers[whole] / 1000.0
         return tier, delay
 

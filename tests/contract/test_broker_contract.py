@@ -120,29 +120,30 @@ def delay_hops(queue: str) -> float:
 
 
 @pytest.mark.parametrize(
-    ("prefetch", "messages", "hops"),
-    [(4, 1, 0), (1, 1, 1), (4, 3, 1)],
+    ("prefetch", "messages", "parked"),
+    [(4, 1, False), (1, 1, True), (4, 3, True)],
     ids=["room", "no-room", "room-for-two"],
 )
 async def test_a_consumer_with_room_waits_out_a_short_remainder_itself(
-    amqp_harness: Harness, prefetch: int, messages: int, hops: int
+    amqp_harness: Harness, prefetch: int, messages: int, parked: bool
 ) -> None:
-    """0.23 s: published into the 100 ms tier, 0.13 s left on arrival. A consumer holding less
-    than half its prefetch waits that out itself; past that it parks the message in the 100 ms
-    tier once more (the rest, within the smallest tier, is waited out either way)."""
+    """0.45 s: published into the 250 ms tier, 0.2 s left on arrival (less if the tier is
+    late). A consumer holding less than half its prefetch waits that out itself; past that it
+    parks the message in a shorter tier again (unless the tier was over 150 ms late)."""
     received, handler = collector()
     consumer = await amqp_harness.broker.consume(VIDEO, handler, prefetch=prefetch)
     before = delay_hops(VIDEO)
     started = time.monotonic()
     await amqp_harness.broker.publish(
-        [Outgoing(VIDEO, b"soon", delay=0.23) for _ in range(messages)]
+        [Outgoing(VIDEO, b"soon", delay=0.45) for _ in range(messages)]
     )
     for _ in range(messages):
         await next_of(received)
     elapsed = time.monotonic() - started
     await consumer.stop(timeout=WAIT)
-    assert 0.23 - 0.005 <= elapsed <= 0.23 + 0.7
-    assert delay_hops(VIDEO) - before == hops
+    assert 0.45 - 0.005 <= elapsed <= 0.45 + 0.7
+    hops = delay_hops(VIDEO) - before
+    assert hops >= 1 if parked else hops == 0
 
 
 @pytest.mark.parametrize(("slack", "hops"), [(0.03, 0), (0.0, 1)], ids=["slack", "exact"])

@@ -64,6 +64,7 @@ def test_no_hold_without_room_or_when_publishing() -> None:
         (29.99, 0.01, (30_000, 30.0)),  # a poll's 10 ms commit: one tier, not seven hops
         (29.99, 0.0, (10_000, 29.99)),
         (4.97, 0.05, (5000, 5.0)),
+        (4.9, 0.5, (2000, 4.9)),  # at most the smallest tier late, whatever the slack
         (4.9, 0.05, (2000, 4.9)),  # no tier within the slack
         (0.23, 0.02, (100, 0.23)),  # the 130 ms left a consumer waits out: no lateness
         (0.6, 0.5, (500, 0.6)),  # likewise the 100 ms after 500
