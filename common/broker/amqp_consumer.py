@@ -10,7 +10,8 @@ when the restored channel receives a fresh prefetch window while old handlers st
 A delayed message that arrives early is parked in the next delay tier, or, when what is left
 is within the topology's hold and fewer than half the prefetch window is already held so,
 waited out here (unacked: a crash still redelivers it). The cap keeps held messages from
-taking the window from work that is due.
+taking the window from work that is due. A held message whose channel dropped meanwhile is
+not handled: RabbitMQ requeued it with the channel, and its redelivery is handled instead.
 """
 
 from __future__ import annotations
@@ -142,6 +143,8 @@ class AmqpConsumer:
                 await asyncio.sleep(remaining)
             finally:
                 self._holding -= 1
+            if _channel_gone(message):
+                return Outcome.REQUEUE
         incoming = Incoming(
             queue=self._queue,
             body=message.body,
@@ -186,3 +189,11 @@ class AmqpConsumer:
                 self._queue,
                 exc,
             )
+
+
+def _channel_gone(message: AbstractIncomingMessage) -> bool:
+    """The channel that delivered `message` is closed (RabbitMQ requeued the message)."""
+    try:
+        return message.channel.is_closed
+    except BROKER_FAILURES:  # aio-pika raises rather than hand out a closed channel
+        return True

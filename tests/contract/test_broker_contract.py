@@ -22,6 +22,8 @@ from common.broker import (
     Outgoing,
     ProgressNote,
     Reject,
+    Topology,
+    delete_topology,
     open_broker,
 )
 
@@ -162,6 +164,42 @@ async def test_a_delay_just_short_of_a_tier_takes_it_within_its_slack(
     await consumer.stop(timeout=WAIT)
     assert 0.98 - 0.005 <= elapsed <= 0.98 + slack + 0.7
     assert delay_hops(VIDEO) - before == hops
+
+
+async def test_a_message_held_through_a_connection_drop_is_handled_once(
+    amqp_url: str, queue_prefix: str
+) -> None:
+    """2.9 s: the 2 s tier, then 0.9 s waited out by the consumer (a hold of up to 10 s here).
+    The connection drops during that wait: RabbitMQ requeues the message, the restored
+    consumer gets it again, and only that delivery is handled."""
+    topology = Topology(prefix=queue_prefix, queues=(VIDEO,), delay_hold_ms=10_000)
+    received, handler = collector()
+    url = f"{amqp_url}?reconnect_interval=0.2"
+    try:
+        async with open_broker(url, topology) as broker:
+            assert isinstance(broker, AmqpBroker)
+            consumer = await broker.consume(VIDEO, handler, prefetch=4)
+            await broker.publish([Outgoing(VIDEO, b"held", delay=2.9)])
+            # Out of its tier, then taken off the work queue: held by the consumer.
+            async with await aio_pika.connect(amqp_url) as watcher:
+                channel = await watcher.channel()
+                await _until_empty(channel, topology.delay_queue(2000))
+                await _until_empty(channel, topology.work_queue(VIDEO))
+            await broker.connection.reconnect()
+            message = await next_of(received)
+            assert (message.body, message.redelivered) == (b"held", True)
+            await assert_quiet(received)
+            await consumer.stop(timeout=WAIT)
+    finally:
+        await delete_topology(amqp_url, topology)
+
+
+async def _until_empty(channel: aio_pika.abc.AbstractChannel, queue: str) -> None:
+    """Wait until `queue` holds no ready message (checked every 10 ms, for at most WAIT s)."""
+    deadline = time.monotonic() + WAIT
+    while (await channel.declare_queue(queue, passive=True)).declaration_result.message_count:
+        assert time.monotonic() < deadline, f"{queue} still holds a message"
+        await asyncio.sleep(0.01)
 
 
 async def test_short_delay_is_not_blocked_by_a_long_one(harness: Harness) -> None:
