@@ -65,6 +65,7 @@ class AmqpConsumer:
         # Early messages waited out here rather than parked again (see the module doc).
         self._holding = 0
         self._max_holding = prefetch // 2
+        self._hops = metrics.delay_hops.labels(queue)
         self._tasks: set[asyncio.Task[None]] = set()
         self._tag: str | None = None
         self._stopping = False
@@ -168,7 +169,7 @@ class AmqpConsumer:
             await asyncio.sleep(PARK_RETRY_PAUSE)
             return Outcome.REQUEUE
         # Confirmed in the delay tier: acking now cannot lose it.
-        metrics.delay_hops.labels(self._queue).inc()
+        self._hops.inc()
         return Outcome.ACK
 
     async def _settle(self, message: AbstractIncomingMessage, outcome: Outcome) -> None:

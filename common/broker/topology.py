@@ -119,11 +119,14 @@ class Topology:
         it) the smallest tier, accepting that much lateness rather than early delivery.
         """
         remaining_ms = remaining_seconds * 1000.0
-        limit = max(self.tolerance_ms, self.delay_hold_ms) if hold else self.tolerance_ms
-        if remaining_ms <= limit:
+        if remaining_ms <= self._waited_out_ms(hold=hold):
             return None
         index = bisect.bisect_right(self.delay_tiers_ms, remaining_ms)
         return self.delay_tiers_ms[max(index - 1, 0)]
+
+    def _waited_out_ms(self, *, hold: bool) -> int:
+        """The longest remainder a consumer waits out itself: the tolerance, or the hold too."""
+        return max(self.tolerance_ms, self.delay_hold_ms) if hold else self.tolerance_ms
 
     def first_tier(self, delay: float, slack: float = 0.0) -> tuple[int | None, float]:
         """Where to publish a message delayed `delay` s that may come up to `slack` s later:
@@ -137,7 +140,7 @@ class Topology:
         that far behind its rhythm before a late check's slack is too large and the exact path
         (the chain, then a hold) brings it back on time."""
         tier = self.next_tier(delay)
-        if tier is None or slack <= 0 or delay * 1000.0 - tier <= self.delay_hold_ms:
+        if tier is None or slack <= 0 or delay * 1000.0 - tier <= self._waited_out_ms(hold=True):
             return tier, delay
         tiers = self.delay_tiers_ms
         whole = bisect.bisect_left(tiers, delay * 1000.0)  # the shortest tier not under it
