@@ -22,8 +22,9 @@ from grpc_reflection.v1alpha import reflection
 from orchestrator.v1 import jobs_pb2
 
 from common import tracing
+from common.collector import settle_collector
 from common.lifecycle import Background
-from common.service import Infra, open_infra, settle_collector
+from common.service import Infra, open_infra
 from common.settings import Settings, SettingsError
 from services.gateway.core import JobsCore
 from services.gateway.feed_reads import FeedReads

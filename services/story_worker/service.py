@@ -9,10 +9,11 @@ from contextlib import asynccontextmanager
 
 from common.attempts.options import AttemptOptions, Registration
 from common.attempts.runner import AttemptRunner
+from common.collector import settle_collector
 from common.domain.kinds import STORY_SET
 from common.leases import WorkerLease
 from common.metrics_server import serving_metrics
-from common.service import Infra, open_infra, settle_collector
+from common.service import Infra, open_infra
 from common.settings import Settings
 from common.worker import start_consumer
 from services.story_worker.files import StoryFiles

@@ -19,10 +19,10 @@ import pytest
 from orchestrator.v1 import jobs_pb2 as pb
 
 from common.broker import ProgressNote
+from common.collector import GC_YOUNG_THRESHOLD, settle_collector
 from common.domain.records import EventRecord
 from common.domain.states import JobStatus
 from common.lifecycle import Background
-from common.service import GC_YOUNG_THRESHOLD, settle_collector
 from services.gateway import progress
 from services.gateway import proto_convert as convert
 from services.gateway.feed_reads import FeedReads, Head, read_events
