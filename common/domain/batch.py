@@ -11,8 +11,8 @@ slots to waiting tasks, and moving jobs along (by the rules in common.domain.sch
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from common.domain import scheduling
@@ -33,6 +33,7 @@ from common.domain.changes import (
 )
 from common.domain.events import EventDraft, EventType
 from common.domain.kinds import KindRegistry
+from common.domain.live import JobWrite, LiveJob, LiveTask, Slots
 from common.domain.messages import MessageKind, Send, TaskMessage
 from common.domain.states import (
     IllegalTransition,
@@ -42,59 +43,6 @@ from common.domain.states import (
     check_task_transition,
 )
 from common.errors import NotFound
-
-
-@dataclass
-class LiveTask:
-    id: int
-    job_id: str
-    index: int
-    kind: str
-    status: TaskStatus
-    attempt: int
-    holds_slot: bool
-    priority: int
-
-
-@dataclass
-class LiveJob:
-    id: str
-    kind: str
-    status: JobStatus
-    open_tasks: int
-    last_seq: int
-    cancel_requested: bool
-    created_at: float = 0.0
-    owner: str = ""
-    cap: int = 0
-    # When one of its tasks was last handed a provider slot (round-robin among equals).
-    slot_at: float | None = None
-    events: list[EventDraft] = field(default_factory=list)
-    open_delta: int = 0
-    values: dict[str, Any] = field(default_factory=dict)
-    active: bool = False
-    touched: bool = False
-    reopen: str | None = None
-    change_sets: list[ChangeSet] = field(default_factory=list)
-    finishing: bool = False
-
-
-@dataclass
-class Slots:
-    in_flight: int
-    capacity: int
-    changed: bool = False
-    released: bool = False
-
-
-@dataclass(frozen=True)
-class JobWrite:
-    """One job's row update and its new events, numbered from `first_seq`."""
-
-    job_id: str
-    values: dict[str, Any]
-    first_seq: int
-    events: list[EventDraft]
 
 
 class BatchState:
@@ -521,8 +469,3 @@ class BatchState:
         job.values.update(status=new, message=message)
         job.events.append(EventDraft(EventType.JOB_STATUS, message=message, job_status=new))
         return new
-
-
-def live_task(row: Iterable[Any]) -> LiveTask:
-    task_id, job_id, index, kind, status, attempt, holds_slot, priority = row
-    return LiveTask(task_id, job_id, index, kind, TaskStatus(status), attempt, holds_slot, priority)

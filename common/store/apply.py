@@ -25,10 +25,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
 
-from common.domain.batch import BatchState, JobWrite, LiveJob, Slots, live_task
+from common.domain.batch import BatchState
 from common.domain.changes import ChangeSet, JobTasksChange, StoreTimings, TaskChange
 from common.domain.events import EventDraft
 from common.domain.kinds import KindRegistry
+from common.domain.live import JobWrite, LiveJob, Slots, live_task
 from common.domain.messages import Send
 from common.domain.scheduling import SHOWN_NOT_DONE, Budget, BudgetPolicy, Shares
 from common.domain.states import JobStatus, TaskStatus

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from common.domain import scheduling
-from common.domain.batch import BatchState, LiveJob, LiveTask, Slots
+from common.domain.batch import BatchState
 from common.domain.changes import ChangeSet, JobTasksChange, StaleTask, StoreTimings
 from common.domain.events import EventType
 from common.domain.kinds import BUILTIN_KINDS
+from common.domain.live import LiveJob, LiveTask, Slots
 from common.domain.messages import MessageKind
 from common.domain.records import TaskRecord
 from common.domain.scheduling import Candidate
