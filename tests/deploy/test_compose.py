@@ -1,10 +1,8 @@
 """The compose stack (docker-compose.yml, Dockerfile, deploy/): checked without a Docker engine.
 
-`docker-compose -f docker-compose.yml config` resolves and validates the file as Compose will run
-it; the tests read its output. They need the `docker-compose` binary (Debian package
-`docker-compose`): skipped without it on a developer machine, failed in CI (CI=true). YAML is read
-with PyYAML when the project's environment has it, otherwise with the interpreter that runs
-docker-compose (the Debian package depends on python3-yaml).
+The tests read what `docker-compose config` resolves (tests/deploy/compose.py: without the
+binary they are skipped on a developer machine and failed in CI). Monitoring (Prometheus,
+Grafana) is checked in test_monitoring.py.
 
 The stack's environment is also fed to `Settings.from_env()` (and the gateway's exposure check)
 in a subprocess, so a variable the services would refuse fails here, not at `make up`.
@@ -13,30 +11,25 @@ in a subprocess, so a variable the services would refuse fails here, not at `mak
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-import pytest
-from prometheus_client import REGISTRY
-from prometheus_client.metrics import MetricWrapperBase
+from tests.deploy.compose import (
+    APP_SERVICES,
+    DASHBOARD_FILE,
+    GRAFANA,
+    PROMETHEUS_FILE,
+    ROOT,
+    WORKERS,
+    environment,
+    mounts,
+    run_config,
+)
 
-from common import metrics
-
-ROOT = Path(__file__).resolve().parents[2]
-COMPOSE_FILE = ROOT / "docker-compose.yml"
-PROMETHEUS_FILE = ROOT / "deploy" / "prometheus" / "prometheus.yml"
-GRAFANA = ROOT / "deploy" / "grafana"
-DASHBOARD_FILE = GRAFANA / "dashboards" / "orchestrator.json"
-
-APP_SERVICES = ("gateway", "video_worker", "story_worker")
-WORKERS = ("video_worker", "story_worker")
 SERVICES = {
     "rabbitmq",
     "postgres",
@@ -57,122 +50,6 @@ PUBLISHED = {
     "jaeger": {16686: 16686},
 }
 WORKER_METRICS_PORT = 9100
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
-def _unavailable(message: str) -> None:
-    if _in_ci():
-        pytest.fail(f"{message} (CI=true: the deploy tests must not skip)")
-    pytest.skip(message)
-
-
-# --- reading YAML and running docker-compose ---------------------------------------------------
-
-
-def _yaml_interpreter() -> list[str] | None:
-    """A command that turns YAML on stdin into JSON on stdout, or None."""
-    script = "import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)"
-    candidates = [sys.executable]
-    compose = shutil.which("docker-compose")
-    if compose:
-        with open(compose, "rb") as f:
-            first = f.readline().decode(errors="replace")
-        if first.startswith("#!") and "python" in first:
-            candidates.append(first[2:].strip().split()[0])
-    candidates.append("/usr/bin/python3")
-    for python in candidates:
-        if not Path(python).exists():
-            continue
-        probe = subprocess.run(
-            [python, "-c", "import yaml"], capture_output=True, check=False, timeout=30
-        )
-        if probe.returncode == 0:
-            return [python, "-c", script]
-    return None
-
-
-def load_yaml(text: str) -> Any:
-    command = _yaml_interpreter()
-    if command is None:
-        _unavailable("no Python with PyYAML to read YAML (install docker-compose or pyyaml)")
-        raise AssertionError  # unreachable: _unavailable raises
-    done = subprocess.run(
-        command, input=text, capture_output=True, text=True, check=False, timeout=60
-    )
-    assert done.returncode == 0, f"YAML does not parse: {done.stderr}"
-    return json.loads(done.stdout)
-
-
-def _compose_binary() -> str:
-    found = shutil.which("docker-compose")
-    if found is None:
-        _unavailable(
-            "docker-compose is not installed"
-            " (apt-get install -y --no-install-recommends docker-compose)"
-        )
-        raise AssertionError  # unreachable
-    return found
-
-
-@cache
-def _run_config(env_items: tuple[tuple[str, str], ...], empty_env_file: str) -> tuple[str, str]:
-    """`docker-compose config` with only `env_items` (and PATH) in the environment and an empty
-    env file, so neither the caller's shell nor a local .env changes the result."""
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(Path(empty_env_file).parent),
-    }
-    env.update(dict(env_items))
-    done = subprocess.run(
-        [
-            _compose_binary(),
-            "--env-file",
-            empty_env_file,
-            "-f",
-            str(COMPOSE_FILE),
-            "config",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    assert done.returncode == 0, f"docker-compose config failed:\n{done.stderr}"
-    return done.stdout, done.stderr
-
-
-@pytest.fixture(scope="module")
-def empty_env_file(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("compose") / "empty.env"
-    path.write_text("")
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def compose_config(empty_env_file: str):
-    def config(**env: str) -> dict[str, Any]:
-        stdout, _ = _run_config(tuple(sorted(env.items())), empty_env_file)
-        return load_yaml(stdout)
-
-    return config
-
-
-@pytest.fixture(scope="module")
-def stack(compose_config) -> dict[str, Any]:
-    """The resolved compose file with every variable at its default."""
-    return compose_config()
-
-
-def environment(service: dict[str, Any]) -> dict[str, str | None]:
-    env = service.get("environment") or {}
-    if isinstance(env, list):  # KEY=VALUE list form
-        env = dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
-    return {k: (None if v is None else str(v)) for k, v in env.items()}
 
 
 def published_ports(service: dict[str, Any]) -> list[tuple[str, int, int]]:
@@ -213,7 +90,7 @@ def _condition(service: dict[str, Any], dependency: str) -> str | None:
 
 
 def test_config_validates_with_every_variable_defaulted(empty_env_file: str) -> None:
-    _, stderr = _run_config((), empty_env_file)
+    _, stderr = run_config((), empty_env_file)
     assert "not set" not in stderr, f"a variable without a default:\n{stderr}"
 
 
@@ -284,33 +161,21 @@ def test_data_lives_in_named_volumes(stack: dict[str, Any]) -> None:
         "story_worker": "/data/output",
     }
     for name, target in wanted.items():
-        mounts = _mounts(stack["services"][name])
-        assert target in mounts, (name, target)
-        assert mounts[target] in named, f"{name}: {target} is not a named volume"
+        mounted = mounts(stack["services"][name])
+        assert target in mounted, (name, target)
+        assert mounted[target] in named, f"{name}: {target} is not a named volume"
     # A fixed node name: RabbitMQ finds its data again when the container is recreated.
     assert stack["services"]["rabbitmq"].get("hostname") == "rabbitmq"
 
 
-def _mounts(service: dict[str, Any]) -> dict[str, str]:
-    """target -> source of each volume of a service (short or long syntax)."""
-    found = {}
-    for volume in service.get("volumes") or []:
-        if isinstance(volume, dict):
-            found[volume["target"]] = volume.get("source", "")
-        else:
-            source, target = str(volume).split(":")[:2]
-            found[target] = source
-    return found
-
-
 def test_files_mounted_from_the_repository_exist(stack: dict[str, Any]) -> None:
     for name, service in stack["services"].items():
-        for source in _mounts(service).values():
+        for source in mounts(service).values():
             if source.startswith(("/", ".")):
                 assert Path(source).exists(), f"{name} mounts a missing {source}"
-    prometheus = _mounts(stack["services"]["prometheus"])
+    prometheus = mounts(stack["services"]["prometheus"])
     assert Path(prometheus["/etc/prometheus/prometheus.yml"]) == PROMETHEUS_FILE
-    grafana = _mounts(stack["services"]["grafana"])
+    grafana = mounts(stack["services"]["grafana"])
     assert Path(grafana["/etc/grafana/provisioning"]) == GRAFANA / "provisioning"
     assert Path(grafana["/etc/grafana/dashboards"]) == DASHBOARD_FILE.parent
 
@@ -439,178 +304,3 @@ def test_dockerfile_builds_every_package_and_the_protos() -> None:
         if line.strip() and not line.startswith("#")
     }
     assert not (packages | {"protos", "pyproject.toml", "README.md"}) & ignored
-
-
-# --- Prometheus ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def prometheus() -> dict[str, Any]:
-    return load_yaml(PROMETHEUS_FILE.read_text())
-
-
-def _job(prometheus: dict[str, Any], name: str) -> dict[str, Any]:
-    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
-    assert name in jobs, f"prometheus.yml has no job {name!r}"
-    return jobs[name]
-
-
-def test_prometheus_scrapes_the_gateway(prometheus: dict[str, Any], stack: dict[str, Any]) -> None:
-    job = _job(prometheus, "gateway")
-    assert job.get("metrics_path", "/metrics") == "/metrics"
-    targets = [t for group in job["static_configs"] for t in group["targets"]]
-    http_port = environment(stack["services"]["gateway"])["HTTP_ADDR"].rsplit(":", 1)[1]
-    assert targets == [f"gateway:{http_port}"]
-
-
-def test_prometheus_finds_every_worker_replica(
-    prometheus: dict[str, Any], stack: dict[str, Any]
-) -> None:
-    for worker in WORKERS:
-        job = _job(prometheus, worker)
-        assert job.get("metrics_path", "/metrics") == "/metrics"
-        (sd,) = job["dns_sd_configs"]
-        assert sd["names"] == [worker]  # the compose service name: one A record per replica
-        assert sd.get("type", "SRV") == "A"
-        port = environment(stack["services"][worker])["METRICS_ADDR"].rsplit(":", 1)[1]
-        assert sd["port"] == int(port)
-
-
-def test_prometheus_token_file_is_mounted(
-    prometheus: dict[str, Any], stack: dict[str, Any]
-) -> None:
-    mounts = _mounts(stack["services"]["prometheus"])
-    for name in APP_SERVICES:
-        auth = _job(prometheus, name).get("authorization")
-        assert auth is not None, f"{name}: with AUTH_TOKENS set, /metrics needs a token"
-        assert auth["credentials_file"] in mounts, name
-    command = " ".join(stack["services"]["prometheus"]["command"])
-    assert "--config.file=/etc/prometheus/prometheus.yml" in command
-
-
-# --- Grafana ------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD_FILE.read_text())
-
-
-def test_grafana_provisioning(dashboard: dict[str, Any], stack: dict[str, Any]) -> None:
-    (datasources_file,) = (GRAFANA / "provisioning" / "datasources").glob("*.yml")
-    sources = {s["type"]: s for s in load_yaml(datasources_file.read_text())["datasources"]}
-    assert sources["prometheus"]["url"] == "http://prometheus:9090"
-    assert sources["prometheus"].get("isDefault") is True
-    assert sources["jaeger"]["url"] == "http://jaeger:16686"
-    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    assert variables["datasource"]["current"]["value"] == sources["prometheus"]["uid"]
-
-    (providers_file,) = (GRAFANA / "provisioning" / "dashboards").glob("*.yml")
-    (provider,) = load_yaml(providers_file.read_text())["providers"]
-    assert provider["options"]["path"] == "/etc/grafana/dashboards"
-    assert "/etc/grafana/dashboards" in _mounts(stack["services"]["grafana"])
-
-
-def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
-    found = []
-    for panel in dashboard["panels"]:
-        found.append(panel)
-        found.extend(panel.get("panels", []))
-    return [p for p in found if p["type"] != "row"]
-
-
-def test_dashboard_panels_are_readable(dashboard: dict[str, Any]) -> None:
-    panels = _panels(dashboard)
-    titles = [p["title"] for p in panels]
-    assert len(set(titles)) == len(titles), "two panels with the same title"
-    ids = [p["id"] for p in dashboard["panels"]]
-    assert len(set(ids)) == len(ids)
-    for panel in panels:
-        assert panel["title"].strip() and panel.get("description"), panel["id"]
-        assert panel["targets"] and all(t["expr"] for t in panel["targets"]), panel["title"]
-        assert panel["fieldConfig"]["defaults"].get("unit"), f"{panel['title']} has no unit"
-        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
-
-
-# Labels every Prometheus series has (the scrape target's), and a histogram bucket's bound.
-TARGET_LABELS = {"job", "instance"}
-NAME = re.compile(r"\b(orchestrator_[a-z0-9_]+)\b\s*(\{([^}]*)\})?")
-MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
-GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
-LEGEND = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
-
-
-def _registry() -> dict[str, tuple[str, set[str]]]:
-    """Every series name the orchestrator's registry exposes -> (family name, label names)."""
-    labels = {
-        # prometheus-client keeps a metric's name and label names private.
-        m._name: set(m._labelnames)
-        for m in vars(metrics).values()
-        if isinstance(m, MetricWrapperBase)
-    }
-    suffixes = {
-        "counter": ("_total", "_created"),
-        "histogram": ("_bucket", "_sum", "_count", "_created"),
-        "gauge": ("",),
-    }
-    names: dict[str, tuple[str, set[str]]] = {}
-    for family in REGISTRY.collect():
-        if not family.name.startswith(f"{metrics.PREFIX}_"):
-            continue
-        assert family.name in labels, f"{family.name} is not defined in common/metrics.py"
-        for suffix in suffixes[family.type]:
-            extra = {"le"} if suffix == "_bucket" else set()
-            names[family.name + suffix] = (family.name, labels[family.name] | extra)
-    return names
-
-
-def test_dashboard_uses_only_metrics_the_services_expose(dashboard: dict[str, Any]) -> None:
-    known = _registry()
-    for panel in _panels(dashboard):
-        for target in panel["targets"]:
-            expr = target["expr"]
-            used = NAME.findall(expr)
-            assert used or "up" in expr, f"{panel['title']}: no orchestrator metric"
-            available = set(TARGET_LABELS)
-            for name, _, matchers in used:
-                assert name in known, f"{panel['title']}: {name} is not in common/metrics.py"
-                labels = known[name][1]
-                available |= labels
-                for label in MATCHER.findall(matchers):
-                    assert label in labels | TARGET_LABELS, f"{panel['title']}: {name}{{{label}}}"
-            grouped: set[str] = set()
-            for group in GROUPING.findall(expr):
-                grouped |= {g.strip() for g in group.split(",") if g.strip()}
-            if used:
-                assert grouped <= available, f"{panel['title']}: by {grouped - available}"
-            legend = set(LEGEND.findall(target.get("legendFormat", "")))
-            assert legend <= grouped - {"le"}, f"{panel['title']}: legend {legend - grouped}"
-
-
-def test_dashboard_shows_every_metric(dashboard: dict[str, Any]) -> None:
-    known = _registry()
-    families = {family for family, _ in known.values()}
-    used = {
-        known.get(name, (name, set()))[0]
-        for panel in _panels(dashboard)
-        for target in panel["targets"]
-        for name, _, _ in NAME.findall(target["expr"])
-    }
-    missing = families - used
-    assert not missing, f"metrics without a panel in {DASHBOARD_FILE.name}: {sorted(missing)}"
-
-
-def test_dashboard_covers_the_brief(dashboard: dict[str, Any]) -> None:
-    exprs = " ".join(t["expr"] for p in _panels(dashboard) for t in p["targets"])
-    for needed in (
-        "by (provider, outcome)",
-        "by (provider, code)",
-        "histogram_quantile(0.99, sum by (le, provider)",
-        "orchestrator_provider_slots_in_use",
-        "orchestrator_provider_slots_limit",
-        "by (queue, outcome)",
-        "by (transport)",
-        "max by (kind, status) (orchestrator_jobs)",
-        "max by (kind, status) (orchestrator_tasks)",
-    ):
-        assert needed in exprs, needed
