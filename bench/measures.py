@@ -38,8 +38,15 @@ def slot_handoffs(timeline: Mapping[str, Sequence[Any]], limit: int) -> list[flo
 
 
 def handoff_stats(timeline: Mapping[str, Sequence[Any]], limit: int) -> dict[str, Any]:
-    """p50/p90/p99/max/mean of the slot hand-offs in milliseconds, and what they came from."""
-    handoffs = sorted(seconds * 1000 for seconds in slot_handoffs(timeline, limit))
+    """p50/p90/p99/max/mean of the slot hand-offs in milliseconds, and what they came from.
+
+    Also where in the job they were slow: the first round's mean (the `limit` generations of
+    the first wave all finish within its submit spread, so their hand-offs queue behind each
+    other) and the p99 of the job's second half (after the rounds have spread out)."""
+    in_order = [seconds * 1000 for seconds in slot_handoffs(timeline, limit)]
+    handoffs = sorted(in_order)
+    first_round = in_order[:limit]
+    second_half = sorted(in_order[len(in_order) // 2 :])
     outcomes = list(timeline["outcome"])
     return {
         "count": len(handoffs),
@@ -49,6 +56,8 @@ def handoff_stats(timeline: Mapping[str, Sequence[Any]], limit: int) -> dict[str
         "max_ms": handoffs[-1] if handoffs else math.nan,
         "min_ms": handoffs[0] if handoffs else math.nan,
         "mean_ms": sum(handoffs) / len(handoffs) if handoffs else math.nan,
+        "first_round_mean_ms": sum(first_round) / len(first_round) if first_round else math.nan,
+        "second_half_p99_ms": percentile(second_half, 99),
         # Slot time lost between generations, all hand-offs together.
         "idle_slot_seconds": sum(handoffs) / 1000,
         "accepted": len(outcomes),
