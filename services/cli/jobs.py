@@ -37,8 +37,11 @@ def watch_command(
     The exit code tells how the job ended (see `orchestrator --help`).
     """
     g = globals_of(ctx)
-    exit_with(g.run(lambda client: follow_job(client, job_id, sink(g), after_cursor=after,
-                                          follow=follow)))  # fmt: skip
+
+    async def work(client: JobsClient) -> ExitCode:
+        return await follow_job(client, job_id, sink(g), after_cursor=after, follow=follow)
+
+    exit_with(g.run(work))
 
 
 def get(
