@@ -79,12 +79,15 @@ class BatchState:
     # What the store must load ---------------------------------------------------------------
 
     def pools_named(self, change_sets: Sequence[ChangeSet]) -> set[str]:
-        """Slot pools whose row the batch must lock."""
+        """Slot pools whose row the batch must lock: those a start may take a slot of, or a
+        change may free one of. A change that keeps its task's slot (a submitted request's id
+        recorded, a note) leaves the pool's row alone, so it neither reads it nor waits for
+        another process's lock on it."""
         pools: set[str] = set()
         for cs in change_sets:
             pools |= cs.rebalance
             for op in cs.ops:
-                if isinstance(op, TaskChange) and (op.start or op.seen.holds_slot):
+                if isinstance(op, TaskChange) and (op.start or _may_free_slot(op)):
                     pool = self.kinds.pool_of(op.seen.kind)
                     if pool is not None:
                         pools.add(pool)
@@ -469,3 +472,12 @@ class BatchState:
         job.values.update(status=new, message=message)
         job.events.append(EventDraft(EventType.JOB_STATUS, message=message, job_status=new))
         return new
+
+
+def _may_free_slot(op: TaskChange) -> bool:
+    """Whether `op`, applied to the task as its author saw it, hands the task's slot back."""
+    if not op.seen.holds_slot:
+        return False
+    if op.new is None:
+        return op.release_slot
+    return scheduling.releases_slot(holds_slot=True, new=op.new)
