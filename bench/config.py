@@ -36,6 +36,8 @@ class Sizes:
     overhead_segments: int
     overhead_poll_interval: float
     overhead_concurrency: int
+    # Rounds of (orchestrator, raw broker, Celery), back to back; each figure is their median.
+    overhead_rounds: int
     # 3./4. Provider utilisation and faults: N segments of `latency` s under a limit.
     utilisation_segments: int
     utilisation_latency: float
@@ -92,6 +94,7 @@ FULL = Sizes(
     overhead_segments=2000,
     overhead_poll_interval=0.05,
     overhead_concurrency=10_000,
+    overhead_rounds=3,
     utilisation_segments=1000,
     utilisation_latency=2.0,
     utilisation_concurrency=50,
@@ -135,6 +138,7 @@ SMOKE = Sizes(
     overhead_segments=100,
     overhead_poll_interval=0.05,
     overhead_concurrency=10_000,
+    overhead_rounds=1,
     utilisation_segments=100,
     utilisation_latency=0.2,
     utilisation_concurrency=50,

@@ -15,11 +15,18 @@ message for the raw round trip's echo process alone and with the driver (this be
 process); per task for the Celery worker's whole process tree (main process and prefork
 children). The video worker's CPU per segment is then compared with Celery's per task (target
 at most half) and with the echo process's per message (target at most 4x).
+
+The three run back to back, `overhead_rounds` times (3 in the full run). Every figure is the
+median over the rounds, a ratio taken within each round first; the note lists each round's
+value. This machine's speed drifts within a minute (the raw broker managed 721 and then 2278
+msg/s in two rounds of one run), and a single round compared a Celery run made 15 s after the
+orchestrator's.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from typing import Any
 
@@ -27,7 +34,7 @@ from bench.broker_limit import raw_round_trip
 from bench.celery_peer import celery_rates
 from bench.config import Sizes
 from bench.console import say
-from bench.figures import Figure, ScenarioResult, Target, cpu_per_unit_figure
+from bench.figures import Figure, ScenarioResult, Target
 from bench.jobs import require_completed, start_video_job, watch, watch_timeout
 from bench.measures import per_unit_ms, video_worker_seconds
 from bench.simulator import provider_calls
@@ -79,99 +86,155 @@ async def orchestrator_rate(ctx: RunContext, sizes: Sizes) -> dict[str, Any]:
 
 
 async def run(ctx: RunContext, sizes: Sizes, result: ScenarioResult) -> None:
-    n = sizes.overhead_segments
-    say(f"overhead: orchestrator, {n} segments, zero-latency provider")
-    orch = await orchestrator_rate(ctx, sizes)
-    say(f"overhead: orchestrator {orch['rate']:.0f} segments/s; raw broker round trip, {n} msgs")
-    log_dir = ctx.workdir / "overhead-raw"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    raw = await raw_round_trip(ctx.options.amqp_url, ctx.new_prefix(), n, log_dir)
-    say(f"overhead: raw {raw['rate']:.0f} msgs/s; Celery peer, {n} tasks x 2 variants")
-    celery = await celery_rates(ctx, sizes)
-    result.raw.update(orchestrator=orch, raw_broker=raw, celery=celery)
+    n, rounds = sizes.overhead_segments, sizes.overhead_rounds
+    measured: list[dict[str, Any]] = []
+    for i in range(rounds):
+        of = f" (round {i + 1} of {rounds})" if rounds > 1 else ""
+        say(f"overhead: orchestrator, {n} segments, zero-latency provider{of}")
+        orch = await orchestrator_rate(ctx, sizes)
+        say(f"overhead: orchestrator {orch['rate']:.0f} segments/s; raw broker round trip{of}")
+        log_dir = ctx.workdir / f"overhead-raw-{i + 1}"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        raw = await raw_round_trip(ctx.options.amqp_url, ctx.new_prefix(), n, log_dir)
+        say(f"overhead: raw {raw['rate']:.0f} msgs/s; Celery peer, {n} tasks x 2 variants{of}")
+        celery = await celery_rates(ctx, sizes)
+        measured.append({"orchestrator": orch, "raw_broker": raw, "celery": celery})
+    result.raw["rounds"] = measured
+    add_figures(result, sizes, [round_values(m, n) for m in measured])
 
-    work, noop = celery["workload"]["rate"], celery["noop"]["rate"]
+
+def round_values(measured: dict[str, Any], n: int) -> dict[str, float]:
+    """Every figure of one round (orchestrator, raw broker and Celery run back to back)."""
+    orch, raw, celery = measured["orchestrator"], measured["raw_broker"], measured["celery"]
+    work, noop = celery["workload"], celery["noop"]
+    values = {
+        "rate": orch["rate"],
+        "seconds": orch["seconds"],
+        "raw_rate": raw["rate"],
+        "celery_rate": work["rate"],
+        "noop_rate": noop["rate"],
+        "worker_ms": video_worker_seconds(orch["cpu_seconds"]) * 1000 / n,
+        "echo_ms": raw["cpu_seconds"]["echo_worker"] * 1000 / n,
+        "driver_ms": raw["cpu_seconds"]["driver"] * 1000 / n,
+        "celery_ms": work["cpu_seconds"]["celery_worker_tree"] * 1000 / n,
+        "noop_ms": noop["cpu_seconds"]["celery_worker_tree"] * 1000 / n,
+        "celery_sim_ms": work["cpu_seconds"].get("simulator", math.nan) * 1000 / n,
+        "celery_driver_ms": work["cpu_seconds"].get("driver", math.nan) * 1000 / n,
+        "pool": work["pool_processes"],
+    }
+    # Each process's CPU per segment (`cpu:` keys), as `cpu_per_unit_figure` lists them.
+    values |= {f"cpu:{name}": ms for name, ms in per_unit_ms(orch["cpu_seconds"], n).items()}
+    return values
+
+
+def add_figures(result: ScenarioResult, sizes: Sizes, rounds: list[dict[str, float]]) -> None:
+    """The table's rows: with several rounds, each the median of what the rounds measured
+    (a ratio is taken within each round, then its median), the rounds' values in the note."""
+    n, k = sizes.overhead_segments, len(rounds)
+
+    def mid(key: str) -> float:
+        return statistics.median(r[key] for r in rounds)
+
+    def ratio(top: str, bottom: str) -> float:
+        return statistics.median(r[top] / r[bottom] for r in rounds)
+
+    def each(top: str, bottom: str | None = None, fmt: str = ".2f") -> str:
+        """'; rounds: a / b / c' of a value (or a ratio), nothing with one round."""
+        if k == 1:
+            return ""
+        shown = [r[top] / r[bottom] if bottom else r[top] for r in rounds]
+        return "; rounds: " + " / ".join(f"{v:{fmt}}" for v in shown)
+
+    scope = "this run" if k == 1 else f"medians of {k} rounds"
     result.add(
         Figure(
             "orchestrator end to end",
-            orch["rate"],
+            mid("rate"),
             "seg/s",
             ".0f",
-            note=f"N={n} in {orch['seconds']:.2f}s; poll {sizes.overhead_poll_interval}s, no"
-            " provider limit",
+            note=f"N={n} in {mid('seconds'):.2f}s; poll {sizes.overhead_poll_interval}s, no"
+            f" provider limit{each('rate', fmt='.0f')}",
         )
     )
     result.add(
         Figure(
             "raw broker round trip",
-            raw["rate"],
+            mid("raw_rate"),
             "msg/s",
             ".0f",
-            note="aio-pika, confirms, echo process",
+            note=f"aio-pika, confirms, echo process{each('raw_rate', fmt='.0f')}",
         )
     )
     result.add(
         Figure(
             "Celery, same workload",
-            work,
+            mid("celery_rate"),
             "task/s",
             ".0f",
-            note=f"prefork x{sizes.celery_concurrency}, sync httpx",
+            note=f"prefork x{sizes.celery_concurrency}, sync httpx{each('celery_rate', fmt='.0f')}",
         )
     )
-    result.add(Figure("Celery, no-op task", noop, "task/s", ".0f", note="completion only"))
-    result.add(Figure("orchestrator / raw", orch["rate"] / raw["rate"], "", ".2f", VS_RAW))
     result.add(
-        Figure("orchestrator / Celery (same workload)", orch["rate"] / work, "", ".2f", VS_CELERY)
+        Figure("Celery, no-op task", mid("noop_rate"), "task/s", ".0f", note="completion only")
     )
-    result.add(Figure("orchestrator / Celery (no-op)", orch["rate"] / noop, "", ".2f"))
-    add_cpu_figures(result, n, orch, raw, celery)
-
-
-def add_cpu_figures(
-    result: ScenarioResult,
-    n: int,
-    orch: dict[str, Any],
-    raw: dict[str, Any],
-    celery: dict[str, Any],
-) -> None:
-    """CPU per segment / message / task, and the video worker's against the two yardsticks."""
-    worker_ms = video_worker_seconds(orch["cpu_seconds"]) * 1000 / n
-    orch_ms = per_unit_ms(orch["cpu_seconds"], n)
-    echo_ms = raw["cpu_seconds"]["echo_worker"] * 1000 / n
-    driver_ms = raw["cpu_seconds"]["driver"] * 1000 / n
-    work_cpu, noop_cpu = celery["workload"]["cpu_seconds"], celery["noop"]["cpu_seconds"]
-    celery_ms = work_cpu["celery_worker_tree"] * 1000 / n
-    noop_ms = noop_cpu["celery_worker_tree"] * 1000 / n
-    pool = celery["workload"]["pool_processes"]
     result.add(
-        cpu_per_unit_figure(
-            "orchestrator: CPU per segment", orch["cpu_seconds"], n, orch["seconds"]
+        Figure(
+            "orchestrator / raw",
+            ratio("rate", "raw_rate"),
+            "",
+            ".2f",
+            VS_RAW,
+            note=each("rate", "raw_rate").removeprefix("; "),
         )
     )
+    result.add(
+        Figure(
+            "orchestrator / Celery (same workload)",
+            ratio("rate", "celery_rate"),
+            "",
+            ".2f",
+            VS_CELERY,
+            note=each("rate", "celery_rate").removeprefix("; "),
+        )
+    )
+    result.add(Figure("orchestrator / Celery (no-op)", ratio("rate", "noop_rate"), "", ".2f"))
+    processes = {key.removeprefix("cpu:"): mid(key) for key in rounds[0] if key.startswith("cpu:")}
+    parts = ", ".join(f"{name} {ms:.2f}" for name, ms in processes.items())
+    result.add(
+        Figure(
+            "orchestrator: CPU per segment",
+            sum(processes.values()),
+            "ms/seg",
+            ".2f",
+            note=f"ms/seg: {parts}" + (f" (medians of {k} rounds)" if k > 1 else ""),
+        )
+    )
+    worker_ms, gateway_ms = mid("worker_ms"), processes.get("gateway", math.nan)
     result.add(
         Figure(
             "orchestrator: video worker CPU/segment",
             worker_ms,
             "ms",
             ".2f",
-            note=f"gateway {orch_ms.get('gateway', math.nan):.2f} ms; gateway + worker"
-            f" {orch_ms.get('gateway', math.nan) + worker_ms:.2f} ms",
+            note=f"gateway {gateway_ms:.2f} ms; gateway + worker {gateway_ms + worker_ms:.2f} ms"
+            + each("worker_ms"),
         )
     )
     result.add(
         Figure(
             "raw broker: CPU/message, echo process",
-            echo_ms,
+            mid("echo_ms"),
             "ms",
             ".3f",
-            note="bench.echo_worker alone (consume, publish confirmed, ack)",
+            note="bench.echo_worker alone (consume, publish confirmed, ack)"
+            + each("echo_ms", fmt=".3f"),
         )
     )
+    driver_ms = mid("driver_ms")
     result.add(
         Figure(
             "raw broker: CPU/message, driver + echo",
-            echo_ms + driver_ms,
+            statistics.median(r["echo_ms"] + r["driver_ms"] for r in rounds),
             "ms",
             ".3f",
             note=f"driver (this benchmark process: publish with confirms, consume) {driver_ms:.3f}"
@@ -181,18 +244,18 @@ def add_cpu_figures(
     result.add(
         Figure(
             "Celery: CPU/task, worker process tree",
-            celery_ms,
+            mid("celery_ms"),
             "ms",
             ".2f",
-            note=f"same workload; celery worker + {pool} prefork children (whole tree); simulator"
-            f" {work_cpu.get('simulator', math.nan) * 1000 / n:.2f} ms, driver"
-            f" {work_cpu.get('driver', math.nan) * 1000 / n:.2f} ms per task not included",
+            note=f"same workload; celery worker + {rounds[0]['pool']:.0f} prefork children (whole"
+            f" tree); simulator {mid('celery_sim_ms'):.2f} ms, driver"
+            f" {mid('celery_driver_ms'):.2f} ms per task not included" + each("celery_ms"),
         )
     )
     result.add(
         Figure(
             "Celery no-op: CPU/task, worker tree",
-            noop_ms,
+            mid("noop_ms"),
             "ms",
             ".2f",
             note="completion only",
@@ -201,22 +264,26 @@ def add_cpu_figures(
     result.add(
         Figure(
             "video worker / Celery, CPU per segment",
-            worker_ms / celery_ms,
+            ratio("worker_ms", "celery_ms"),
             "",
             ".2f",
             CPU_VS_CELERY,
-            note=f"{worker_ms:.2f} ms / {celery_ms:.2f} ms (video worker process / Celery worker"
-            " tree), same workload, this run",
+            note=f"{worker_ms:.2f} ms / {mid('celery_ms'):.2f} ms (video worker process / Celery"
+            f" worker tree), same workload, {scope}" + each("worker_ms", "celery_ms"),
         )
+    )
+    vs_echo_and_driver = statistics.median(
+        r["worker_ms"] / (r["echo_ms"] + r["driver_ms"]) for r in rounds
     )
     result.add(
         Figure(
             "video worker / raw echo, CPU per segment",
-            worker_ms / echo_ms,
+            ratio("worker_ms", "echo_ms"),
             "",
             ".1f",
             CPU_VS_RAW,
-            note=f"{worker_ms:.2f} ms / {echo_ms:.3f} ms (video worker process / echo process),"
-            f" N={n}, this run; / (driver + echo): {worker_ms / (echo_ms + driver_ms):.1f}",
+            note=f"{worker_ms:.2f} ms / {mid('echo_ms'):.3f} ms (video worker process / echo"
+            f" process), N={n}, {scope}; / (driver + echo):"
+            f" {vs_echo_and_driver:.1f}" + each("worker_ms", "echo_ms", fmt=".1f"),
         )
     )
