@@ -195,13 +195,16 @@ async def _measure(
     }
 
 
-async def celery_rates(ctx: RunContext, sizes: Sizes) -> dict[str, Any]:
-    """Start a simulator and a Celery worker; measure the workload and the no-op variant."""
+async def celery_rates(
+    ctx: RunContext, sizes: Sizes, name: str = "overhead-celery"
+) -> dict[str, Any]:
+    """Start a simulator and a Celery worker; measure the workload and the no-op variant.
+    `name`: the run's folder of logs."""
     opts = ctx.options
     n = sizes.overhead_segments
     prefix = ctx.new_prefix()
     queue, done = f"{prefix}-celery", f"{prefix}-celery-done"
-    log_dir = ctx.workdir / "overhead-celery"
+    log_dir = ctx.workdir / name
     log_dir.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as exits:
         sim = await exits.enter_async_context(

@@ -17,10 +17,10 @@ children). The video worker's CPU per segment is then compared with Celery's per
 at most half) and with the echo process's per message (target at most 4x).
 
 The three run back to back, `overhead_rounds` times (3 in the full run). Every figure is the
-median over the rounds, a ratio taken within each round first; the note lists each round's
-value. This machine's speed drifts within a minute (the raw broker managed 721 and then 2278
-msg/s in two rounds of one run), and a single round compared a Celery run made 15 s after the
-orchestrator's.
+median over the rounds, a ratio (or a sum) taken within each round first; the main figures'
+notes list each round's value. This machine's speed drifts within a minute (the raw broker
+managed 721 and then 2278 msg/s in two rounds of one run), and a single round compared a
+Celery run made 15 s after the orchestrator's.
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ CPU_VS_CELERY = Target("<=", 0.5)
 CPU_VS_RAW = Target("<=", 4.0, ".1f")
 
 
-async def orchestrator_rate(ctx: RunContext, sizes: Sizes) -> dict[str, Any]:
+async def orchestrator_rate(
+    ctx: RunContext, sizes: Sizes, name: str = "overhead-orchestrator"
+) -> dict[str, Any]:
     """Segments per second end to end for one job of `overhead_segments` segments."""
     n = sizes.overhead_segments
     env = {
@@ -59,9 +61,7 @@ async def orchestrator_rate(ctx: RunContext, sizes: Sizes) -> dict[str, Any]:
         "FAL_FIRST_POLL_DELAY": "0",
         "FAL_CONCURRENCY": str(sizes.overhead_concurrency),
     }
-    async with orchestrator_stack(
-        ctx, "overhead-orchestrator", sim_config={"latency": 0}, env=env
-    ) as stack:
+    async with orchestrator_stack(ctx, name, sim_config={"latency": 0}, env=env) as stack:
         cpu_before = await stack.cpu_seconds()
         began = time.perf_counter()
         job_id, rpc_seconds = await start_video_job(stack.stub, n)
@@ -89,18 +89,19 @@ async def run(ctx: RunContext, sizes: Sizes, result: ScenarioResult) -> None:
     n, rounds = sizes.overhead_segments, sizes.overhead_rounds
     measured: list[dict[str, Any]] = []
     for i in range(rounds):
-        of = f" (round {i + 1} of {rounds})" if rounds > 1 else ""
+        of, tag = (f" (round {i + 1} of {rounds})", f"-{i + 1}") if rounds > 1 else ("", "")
         say(f"overhead: orchestrator, {n} segments, zero-latency provider{of}")
-        orch = await orchestrator_rate(ctx, sizes)
+        orch = await orchestrator_rate(ctx, sizes, f"overhead-orchestrator{tag}")
         say(f"overhead: orchestrator {orch['rate']:.0f} segments/s; raw broker round trip{of}")
-        log_dir = ctx.workdir / f"overhead-raw-{i + 1}"
+        log_dir = ctx.workdir / f"overhead-raw{tag}"
         log_dir.mkdir(parents=True, exist_ok=True)
         raw = await raw_round_trip(ctx.options.amqp_url, ctx.new_prefix(), n, log_dir)
         say(f"overhead: raw {raw['rate']:.0f} msgs/s; Celery peer, {n} tasks x 2 variants{of}")
-        celery = await celery_rates(ctx, sizes)
+        celery = await celery_rates(ctx, sizes, f"overhead-celery{tag}")
         measured.append({"orchestrator": orch, "raw_broker": raw, "celery": celery})
     result.raw["rounds"] = measured
-    add_figures(result, sizes, [round_values(m, n) for m in measured])
+    pool = measured[0]["celery"]["workload"]["pool_processes"]
+    add_figures(result, sizes, [round_values(m, n) for m in measured], pool)
 
 
 def round_values(measured: dict[str, Any], n: int) -> dict[str, float]:
@@ -120,16 +121,18 @@ def round_values(measured: dict[str, Any], n: int) -> dict[str, float]:
         "noop_ms": noop["cpu_seconds"]["celery_worker_tree"] * 1000 / n,
         "celery_sim_ms": work["cpu_seconds"].get("simulator", math.nan) * 1000 / n,
         "celery_driver_ms": work["cpu_seconds"].get("driver", math.nan) * 1000 / n,
-        "pool": work["pool_processes"],
     }
     # Each process's CPU per segment (`cpu:` keys), as `cpu_per_unit_figure` lists them.
     values |= {f"cpu:{name}": ms for name, ms in per_unit_ms(orch["cpu_seconds"], n).items()}
     return values
 
 
-def add_figures(result: ScenarioResult, sizes: Sizes, rounds: list[dict[str, float]]) -> None:
-    """The table's rows: with several rounds, each the median of what the rounds measured
-    (a ratio is taken within each round, then its median), the rounds' values in the note."""
+def add_figures(
+    result: ScenarioResult, sizes: Sizes, rounds: list[dict[str, float]], pool: object
+) -> None:
+    """The table's rows: with several rounds, each the median of what the rounds measured (a
+    ratio or a sum is taken within each round, then its median); the main figures' notes list
+    each round's value."""
     n, k = sizes.overhead_segments, len(rounds)
 
     def mid(key: str) -> float:
@@ -145,7 +148,7 @@ def add_figures(result: ScenarioResult, sizes: Sizes, rounds: list[dict[str, flo
         shown = [r[top] / r[bottom] if bottom else r[top] for r in rounds]
         return "; rounds: " + " / ".join(f"{v:{fmt}}" for v in shown)
 
-    scope = "this run" if k == 1 else f"medians of {k} rounds"
+    scope = "this run" if k == 1 else f"times: medians of {k} rounds; figure: median ratio"
     result.add(
         Figure(
             "orchestrator end to end",
@@ -198,26 +201,36 @@ def add_figures(result: ScenarioResult, sizes: Sizes, rounds: list[dict[str, flo
         )
     )
     result.add(Figure("orchestrator / Celery (no-op)", ratio("rate", "noop_rate"), "", ".2f"))
-    processes = {key.removeprefix("cpu:"): mid(key) for key in rounds[0] if key.startswith("cpu:")}
-    parts = ", ".join(f"{name} {ms:.2f}" for name, ms in processes.items())
+    # Processes measured in every round (one whose reading failed in a round is left out).
+    measured = [
+        key for key in rounds[0] if key.startswith("cpu:") and all(key in r for r in rounds)
+    ]
+    for r in rounds:
+        r["cpu_total"] = sum(r[key] for key in measured)
+        r["gateway_and_worker"] = r.get("cpu:gateway", math.nan) + r["worker_ms"]
+    parts = ", ".join(f"{key.removeprefix('cpu:')} {mid(key):.2f}" for key in measured)
     result.add(
         Figure(
             "orchestrator: CPU per segment",
-            sum(processes.values()),
+            mid("cpu_total"),
             "ms/seg",
             ".2f",
-            note=f"ms/seg: {parts}" + (f" (medians of {k} rounds)" if k > 1 else ""),
+            note=f"ms/seg: {parts}"
+            + (f" (each a median of {k} rounds)" if k > 1 else "")
+            + f"; wall {mid('seconds'):.1f}s"
+            + each("cpu_total"),
         )
     )
-    worker_ms, gateway_ms = mid("worker_ms"), processes.get("gateway", math.nan)
+    worker_ms = mid("worker_ms")
+    gateway_ms = mid("cpu:gateway") if "cpu:gateway" in measured else math.nan
     result.add(
         Figure(
             "orchestrator: video worker CPU/segment",
             worker_ms,
             "ms",
             ".2f",
-            note=f"gateway {gateway_ms:.2f} ms; gateway + worker {gateway_ms + worker_ms:.2f} ms"
-            + each("worker_ms"),
+            note=f"gateway {gateway_ms:.2f} ms; gateway + worker {mid('gateway_and_worker'):.2f}"
+            " ms" + each("worker_ms"),
         )
     )
     result.add(
@@ -247,7 +260,7 @@ def add_figures(result: ScenarioResult, sizes: Sizes, rounds: list[dict[str, flo
             mid("celery_ms"),
             "ms",
             ".2f",
-            note=f"same workload; celery worker + {rounds[0]['pool']:.0f} prefork children (whole"
+            note=f"same workload; celery worker + {pool} prefork children (whole"
             f" tree); simulator {mid('celery_sim_ms'):.2f} ms, driver"
             f" {mid('celery_driver_ms'):.2f} ms per task not included" + each("celery_ms"),
         )
