@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bench.broker_limit import raw_round_trip
@@ -47,6 +48,8 @@ VS_RAW = Target(">=", 0.25)
 # raw echo process's per message.
 CPU_VS_CELERY = Target("<=", 0.5)
 CPU_VS_RAW = Target("<=", 4.0, ".1f")
+# A value read from one round's figures (`round_values`).
+PerRound = Callable[[dict[str, float]], float]
 
 
 async def orchestrator_rate(
@@ -122,7 +125,7 @@ def round_values(measured: dict[str, Any], n: int) -> dict[str, float]:
         "celery_sim_ms": work["cpu_seconds"].get("simulator", math.nan) * 1000 / n,
         "celery_driver_ms": work["cpu_seconds"].get("driver", math.nan) * 1000 / n,
     }
-    # Each process's CPU per segment (`cpu:` keys), as `cpu_per_unit_figure` lists them.
+    # Each process's CPU per segment (`cpu:` keys).
     values |= {f"cpu:{name}": ms for name, ms in per_unit_ms(orch["cpu_seconds"], n).items()}
     return values
 
@@ -135,18 +138,27 @@ def add_figures(
     each round's value."""
     n, k = sizes.overhead_segments, len(rounds)
 
+    def value(top: str, bottom: str | None = None) -> PerRound:
+        """One round's `top`, or its `top / bottom`."""
+        return lambda r: r[top] / r[bottom] if bottom else r[top]
+
+    def median_of(of: PerRound) -> float:
+        return statistics.median(of(r) for r in rounds)
+
     def mid(key: str) -> float:
-        return statistics.median(r[key] for r in rounds)
+        return median_of(value(key))
 
     def ratio(top: str, bottom: str) -> float:
-        return statistics.median(r[top] / r[bottom] for r in rounds)
+        return median_of(value(top, bottom))
 
-    def each(top: str, bottom: str | None = None, fmt: str = ".2f") -> str:
-        """'; rounds: a / b / c' of a value (or a ratio), nothing with one round."""
+    def listed(of: PerRound, fmt: str = ".2f") -> str:
+        """'; rounds: a / b / c', nothing with one round."""
         if k == 1:
             return ""
-        shown = [r[top] / r[bottom] if bottom else r[top] for r in rounds]
-        return "; rounds: " + " / ".join(f"{v:{fmt}}" for v in shown)
+        return "; rounds: " + " / ".join(f"{of(r):{fmt}}" for r in rounds)
+
+    def each(top: str, bottom: str | None = None, fmt: str = ".2f") -> str:
+        return listed(value(top, bottom), fmt)
 
     scope = "this run" if k == 1 else f"times: medians of {k} rounds; figure: median ratio"
     result.add(
@@ -205,31 +217,33 @@ def add_figures(
     measured = [
         key for key in rounds[0] if key.startswith("cpu:") and all(key in r for r in rounds)
     ]
-    for r in rounds:
-        r["cpu_total"] = sum(r[key] for key in measured)
-        r["gateway_and_worker"] = r.get("cpu:gateway", math.nan) + r["worker_ms"]
+
+    def cpu_total(r: dict[str, float]) -> float:
+        return sum(r[key] for key in measured)
+
     parts = ", ".join(f"{key.removeprefix('cpu:')} {mid(key):.2f}" for key in measured)
     result.add(
         Figure(
             "orchestrator: CPU per segment",
-            mid("cpu_total"),
+            median_of(cpu_total),
             "ms/seg",
             ".2f",
             note=f"ms/seg: {parts}"
             + (f" (each a median of {k} rounds)" if k > 1 else "")
             + f"; wall {mid('seconds'):.1f}s"
-            + each("cpu_total"),
+            + listed(cpu_total),
         )
     )
     worker_ms = mid("worker_ms")
     gateway_ms = mid("cpu:gateway") if "cpu:gateway" in measured else math.nan
+    gateway_and_worker = median_of(lambda r: r.get("cpu:gateway", math.nan) + r["worker_ms"])
     result.add(
         Figure(
             "orchestrator: video worker CPU/segment",
             worker_ms,
             "ms",
             ".2f",
-            note=f"gateway {gateway_ms:.2f} ms; gateway + worker {mid('gateway_and_worker'):.2f}"
+            note=f"gateway {gateway_ms:.2f} ms; gateway + worker {gateway_and_worker:.2f}"
             " ms" + each("worker_ms"),
         )
     )
@@ -247,7 +261,7 @@ def add_figures(
     result.add(
         Figure(
             "raw broker: CPU/message, driver + echo",
-            statistics.median(r["echo_ms"] + r["driver_ms"] for r in rounds),
+            median_of(lambda r: r["echo_ms"] + r["driver_ms"]),
             "ms",
             ".3f",
             note=f"driver (this benchmark process: publish with confirms, consume) {driver_ms:.3f}"
@@ -285,9 +299,7 @@ def add_figures(
             f" worker tree), same workload, {scope}" + each("worker_ms", "celery_ms"),
         )
     )
-    vs_echo_and_driver = statistics.median(
-        r["worker_ms"] / (r["echo_ms"] + r["driver_ms"]) for r in rounds
-    )
+    vs_echo_and_driver = median_of(lambda r: r["worker_ms"] / (r["echo_ms"] + r["driver_ms"]))
     result.add(
         Figure(
             "video worker / raw echo, CPU per segment",
